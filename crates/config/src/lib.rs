@@ -1,0 +1,351 @@
+//! koala's configuration, read once from `KOALA_*` environment variables.
+//!
+//! Parsing never fails as a whole: a bad value is reported as a
+//! [`ConfigError`] naming the variable, and its default is used instead, so a
+//! typo never stops the host. `docs/environment.md` lists every variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the library does in this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mode {
+    pub record: bool,
+    pub replay: bool,
+}
+
+impl Mode {
+    pub fn is_active(self) -> bool {
+        self.record || self.replay
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.record, self.replay) {
+            (false, false) => f.write_str("passive"),
+            (true, false) => f.write_str("record"),
+            (false, true) => f.write_str("replay"),
+            (true, true) => f.write_str("record,replay"),
+        }
+    }
+}
+
+/// Where log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    /// A file rotated every hour (`<path>.YYYY-MM-DD-HH`).
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    /// `ERROR` and `FATAL`: only errors.
+    Error,
+}
+
+/// What the outbound server does with a request that matches no recorded call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmatchedPolicy {
+    /// Close the connection (the original koala's behaviour).
+    Close,
+    /// Answer a short protocol-neutral error text, then close.
+    Error,
+}
+
+/// An outbound address the replayer must not redirect. `None` parts match anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bypass {
+    pub ip: Option<std::net::IpAddr>,
+    pub port: Option<u16>,
+}
+
+impl Bypass {
+    pub fn matches(&self, addr: &SocketAddr) -> bool {
+        self.ip.is_none_or(|ip| ip == addr.ip()) && self.port.is_none_or(|p| p == addr.port())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    /// `KOALA_MODE` was set at all (even to a bad value): logging defaults apply.
+    pub mode_requested: bool,
+    pub record_to: PathBuf,
+    pub session_idle: Duration,
+    pub log_target: LogTarget,
+    pub log_level: LogLevel,
+    pub queue_capacity: usize,
+    pub max_payload_bytes: usize,
+    pub max_calls_per_session: usize,
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub sut_addr: SocketAddr,
+    pub outbound_bypass: Vec<Bypass>,
+    pub replay_idle: Duration,
+    pub unmatched: UnmatchedPolicy,
+}
+
+/// A variable whose value could not be used; its default applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={:?} ignored: {}", self.variable, self.value, self.reason)
+    }
+}
+
+/// Every variable koala reads, with its default, for docs and `koala env`.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    ("KOALA_MODE", "(unset: passive)", "record, replay or record,replay"),
+    ("KOALA_RECORD_TO", "./koala-sessions", "directory for session files and the default log"),
+    ("KOALA_SESSION_IDLE_MS", "1000", "a session idle this long is closed and written"),
+    ("KOALA_LOG_FILE", "<KOALA_RECORD_TO>/koala.log when KOALA_MODE is set", "STDOUT, STDERR, OFF or a path (rotated hourly)"),
+    ("KOALA_LOG_LEVEL", "INFO", "TRACE, DEBUG, INFO, WARN, ERROR or FATAL"),
+    ("KOALA_QUEUE_CAPACITY", "4096", "finished sessions waiting for the writer; beyond it they are dropped and counted"),
+    ("KOALA_MAX_PAYLOAD_BYTES", "16777216", "a request or response is cut (truncated: true) beyond this"),
+    ("KOALA_MAX_CALLS_PER_SESSION", "10000", "further calls of a session are dropped and counted"),
+    ("KOALA_INBOUND_ADDR", "127.0.0.1:2514", "replay: where the inbound server listens"),
+    ("KOALA_OUTBOUND_ADDR", "127.0.0.1:2516", "replay: where the outbound server listens"),
+    ("KOALA_SUT_ADDR", "127.0.0.1:2515", "replay: where the service under test listens"),
+    ("KOALA_OUTBOUND_BYPASS", "(empty)", "replay: comma-separated ip:port, ip or :port never redirected"),
+    ("KOALA_REPLAY_IDLE_MS", "100", "replay: silence that ends a non-HTTP response"),
+    ("KOALA_REPLAY_UNMATCHED", "close", "replay: close or error, for a request no recorded call matches"),
+];
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> (Config, Vec<ConfigError>) {
+        Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Reads variables through `lookup`, so tests need not touch the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> (Config, Vec<ConfigError>) {
+        let mut parser = Parser { lookup: &lookup, errors: Vec::new() };
+        let mode_value = lookup("KOALA_MODE");
+        let mode_requested = mode_value.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let mode = parser.parse("KOALA_MODE", Mode::default(), parse_mode);
+        let record_to = lookup("KOALA_RECORD_TO")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("./koala-sessions"));
+        let default_log = if mode_requested {
+            LogTarget::File(record_to.join("koala.log"))
+        } else {
+            LogTarget::Off
+        };
+        let config = Config {
+            mode,
+            mode_requested,
+            session_idle: parser.parse("KOALA_SESSION_IDLE_MS", Duration::from_millis(1000), parse_millis),
+            log_target: parser.parse("KOALA_LOG_FILE", default_log, parse_log_target),
+            log_level: parser.parse("KOALA_LOG_LEVEL", LogLevel::Info, parse_log_level),
+            queue_capacity: parser.parse("KOALA_QUEUE_CAPACITY", 4096, parse_positive),
+            max_payload_bytes: parser.parse("KOALA_MAX_PAYLOAD_BYTES", 16 << 20, parse_positive),
+            max_calls_per_session: parser.parse("KOALA_MAX_CALLS_PER_SESSION", 10_000, parse_positive),
+            inbound_addr: parser.parse("KOALA_INBOUND_ADDR", addr("127.0.0.1:2514"), parse_addr),
+            outbound_addr: parser.parse("KOALA_OUTBOUND_ADDR", addr("127.0.0.1:2516"), parse_addr),
+            sut_addr: parser.parse("KOALA_SUT_ADDR", addr("127.0.0.1:2515"), parse_addr),
+            outbound_bypass: parser.parse("KOALA_OUTBOUND_BYPASS", Vec::new(), parse_bypass_list),
+            replay_idle: parser.parse("KOALA_REPLAY_IDLE_MS", Duration::from_millis(100), parse_millis),
+            unmatched: parser.parse("KOALA_REPLAY_UNMATCHED", UnmatchedPolicy::Close, parse_unmatched),
+            record_to,
+        };
+        (config, parser.errors)
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("built-in default address")
+}
+
+struct Parser<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Parser<'_> {
+    /// An unset or empty variable takes its default silently.
+    fn parse<T>(&mut self, variable: &'static str, default: T, parse: fn(&str) -> Result<T, String>) -> T {
+        let Some(value) = (self.lookup)(variable).filter(|v| !v.trim().is_empty()) else {
+            return default;
+        };
+        match parse(value.trim()) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                self.errors.push(ConfigError { variable, value, reason });
+                default
+            }
+        }
+    }
+}
+
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    let mut mode = Mode::default();
+    for part in text.split(',').map(str::trim) {
+        match part.to_ascii_lowercase().as_str() {
+            "record" => mode.record = true,
+            "replay" => mode.replay = true,
+            "off" | "passive" => {}
+            _ => return Err(format!("unknown mode {part:?}; expected record, replay or record,replay")),
+        }
+    }
+    Ok(mode)
+}
+
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    parse_positive(text).map(|ms| Duration::from_millis(ms as u64))
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be greater than 0".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a positive whole number".into()),
+    }
+}
+
+fn parse_log_target(text: &str) -> Result<LogTarget, String> {
+    Ok(match text.to_ascii_uppercase().as_str() {
+        "STDOUT" => LogTarget::Stdout,
+        "STDERR" => LogTarget::Stderr,
+        "OFF" | "NONE" => LogTarget::Off,
+        _ => LogTarget::File(PathBuf::from(text)),
+    })
+}
+
+fn parse_log_level(text: &str) -> Result<LogLevel, String> {
+    Ok(match text.to_ascii_uppercase().as_str() {
+        "TRACE" => LogLevel::Trace,
+        "DEBUG" => LogLevel::Debug,
+        "INFO" => LogLevel::Info,
+        "WARN" | "WARNING" => LogLevel::Warn,
+        "ERROR" | "FATAL" => LogLevel::Error,
+        _ => return Err("expected TRACE, DEBUG, INFO, WARN, ERROR or FATAL".into()),
+    })
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| "expected ip:port, e.g. 127.0.0.1:2514 or [::1]:2514".to_string())
+}
+
+fn parse_unmatched(text: &str) -> Result<UnmatchedPolicy, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "close" => Ok(UnmatchedPolicy::Close),
+        "error" => Ok(UnmatchedPolicy::Error),
+        _ => Err("expected close or error".into()),
+    }
+}
+
+/// `127.0.0.1:9000,:53,10.0.0.5` — ip:port, :port or a bare ip.
+fn parse_bypass_list(text: &str) -> Result<Vec<Bypass>, String> {
+    text.split(',').map(str::trim).filter(|p| !p.is_empty()).map(parse_bypass).collect()
+}
+
+fn parse_bypass(text: &str) -> Result<Bypass, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port = port.parse().map_err(|_| format!("bad port in {text:?}"))?;
+        return Ok(Bypass { ip: None, port: Some(port) });
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Bypass { ip: Some(addr.ip()), port: Some(addr.port()) });
+    }
+    let ip = text.trim_start_matches('[').trim_end_matches(']');
+    ip.parse()
+        .map(|ip| Bypass { ip: Some(ip), port: None })
+        .map_err(|_| format!("{text:?} is not ip:port, :port or ip"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> (Config, Vec<ConfigError>) {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_passive_and_silent() {
+        let (config, errors) = parse(&[]);
+        assert!(errors.is_empty());
+        assert!(!config.mode.is_active());
+        assert_eq!(config.log_target, LogTarget::Off);
+        assert_eq!(config.session_idle, Duration::from_millis(1000));
+        assert_eq!(config.record_to, PathBuf::from("./koala-sessions"));
+        assert_eq!(config.inbound_addr, addr("127.0.0.1:2514"));
+        assert_eq!(config.outbound_addr, addr("127.0.0.1:2516"));
+        assert_eq!(config.sut_addr, addr("127.0.0.1:2515"));
+    }
+
+    #[test]
+    fn modes_combine() {
+        assert_eq!(parse(&[("KOALA_MODE", "record")]).0.mode, Mode { record: true, replay: false });
+        assert_eq!(parse(&[("KOALA_MODE", "replay")]).0.mode, Mode { record: false, replay: true });
+        assert_eq!(
+            parse(&[("KOALA_MODE", "record, REPLAY")]).0.mode,
+            Mode { record: true, replay: true }
+        );
+    }
+
+    #[test]
+    fn a_requested_mode_logs_next_to_the_sessions_by_default() {
+        let (config, _) = parse(&[("KOALA_MODE", "record"), ("KOALA_RECORD_TO", "/tmp/x")]);
+        assert_eq!(config.log_target, LogTarget::File(PathBuf::from("/tmp/x/koala.log")));
+        let (config, _) = parse(&[("KOALA_MODE", "record"), ("KOALA_LOG_FILE", "stderr")]);
+        assert_eq!(config.log_target, LogTarget::Stderr);
+    }
+
+    #[test]
+    fn bad_values_are_reported_and_defaulted() {
+        let (config, errors) = parse(&[
+            ("KOALA_MODE", "recrod"),
+            ("KOALA_SESSION_IDLE_MS", "0"),
+            ("KOALA_LOG_LEVEL", "loud"),
+            ("KOALA_INBOUND_ADDR", "localhost"),
+        ]);
+        assert!(!config.mode.is_active());
+        assert!(config.mode_requested, "a mistyped mode still gets a log to explain it");
+        assert_eq!(config.session_idle, Duration::from_millis(1000));
+        let names: Vec<_> = errors.iter().map(|e| e.variable).collect();
+        assert_eq!(
+            names,
+            ["KOALA_MODE", "KOALA_SESSION_IDLE_MS", "KOALA_LOG_LEVEL", "KOALA_INBOUND_ADDR"]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            r#"KOALA_MODE="recrod" ignored: unknown mode "recrod"; expected record, replay or record,replay"#
+        );
+    }
+
+    #[test]
+    fn bypass_forms() {
+        let (config, errors) =
+            parse(&[("KOALA_OUTBOUND_BYPASS", "127.0.0.1:9000, :53,10.1.2.3,[::1]:80")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let list = &config.outbound_bypass;
+        assert!(list[0].matches(&addr("127.0.0.1:9000")));
+        assert!(!list[0].matches(&addr("127.0.0.1:9001")));
+        assert!(list[1].matches(&addr("8.8.8.8:53")));
+        assert!(list[2].matches(&addr("10.1.2.3:1")));
+        assert!(list[3].matches(&addr("[::1]:80")));
+        let (_, errors) = parse(&[("KOALA_OUTBOUND_BYPASS", "nope")]);
+        assert_eq!(errors.len(), 1);
+    }
+}

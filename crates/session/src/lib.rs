@@ -1,0 +1,96 @@
+//! The session model shared by the recorder, the replayer and the CLI.
+//!
+//! A session is one inbound request, the outbound calls the service made
+//! while serving it, and the response. Sessions are stored as JSON Lines:
+//! one [`Session`] per line (see `docs/session-format.md`).
+
+mod payload;
+mod reader;
+
+pub use payload::Payload;
+pub use reader::{LineError, SessionFileError, read_session_line, read_sessions_file, session_files};
+
+use serde::{Deserialize, Serialize};
+
+/// Value of the `koala` field: the version of the session format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why the recorder closed a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The connection delivered the next request after a response was sent.
+    NextRequest,
+    /// The inbound connection was closed.
+    Close,
+    /// Nothing happened for `KOALA_SESSION_IDLE_MS`.
+    Idle,
+    /// A `to-koala!thread-shutdown` helper hint ended it.
+    Hint,
+    /// The process exited.
+    Exit,
+}
+
+/// One recorded inbound request with the outbound calls made for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Format version, [`FORMAT_VERSION`].
+    pub koala: u32,
+    /// Unique id: `<process start secs>-<pid>-<sequence>`.
+    pub id: String,
+    pub pid: u32,
+    /// The thread that read the request.
+    pub tid: u32,
+    /// Short program name of the recording process.
+    pub program: String,
+    /// Why the session was closed; absent in hand-written sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<EndReason>,
+    pub inbound: Exchange,
+    /// Outbound calls in the order they were made.
+    #[serde(default)]
+    pub calls: Vec<Exchange>,
+}
+
+/// Bytes sent one way and the bytes that came back, on one TCP connection.
+///
+/// For the inbound exchange the request is what the service read and the
+/// response what it wrote; for a call the request is what the service sent
+/// to its dependency and the response what it read back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchange {
+    /// The service's end of the connection, `ip:port`.
+    pub local: String,
+    /// The other end, `ip:port`.
+    pub peer: String,
+    pub request: Payload,
+    pub response: Payload,
+    /// Unix-epoch nanoseconds of the first request byte; 0 when there was none.
+    #[serde(default)]
+    pub request_ns: u64,
+    /// Unix-epoch nanoseconds of the first response byte; 0 when there was none.
+    #[serde(default)]
+    pub response_ns: u64,
+    /// Set when a payload hit `KOALA_MAX_PAYLOAD_BYTES` and was cut.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl Session {
+    /// The session as one JSON line, without the trailing newline.
+    pub fn to_json_line(&self) -> String {
+        // Serializing plain structs, strings and integers cannot fail.
+        serde_json::to_string(self).expect("a session always serializes")
+    }
+}
+
+impl Exchange {
+    /// A server-speaks-first call: nothing was sent before the response.
+    pub fn is_greeting(&self) -> bool {
+        self.request.is_empty() && !self.response.is_empty()
+    }
+}

@@ -1,0 +1,163 @@
+//! Reading session files: JSON Lines, one session per line.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use crate::{FORMAT_VERSION, Session};
+
+/// A line of a session file that is not a valid session.
+#[derive(Debug)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// A session file that could not be read at all.
+#[derive(Debug)]
+pub struct SessionFileError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl fmt::Display for SessionFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for SessionFileError {}
+
+/// Parses one session line and checks its format version.
+pub fn read_session_line(line: &str) -> Result<Session, String> {
+    let session: Session = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    if session.koala != FORMAT_VERSION {
+        return Err(format!(
+            "unsupported session format version {} (this koala reads version {FORMAT_VERSION})",
+            session.koala
+        ));
+    }
+    Ok(session)
+}
+
+/// Reads every session of a JSON Lines file. Blank lines are skipped; a bad
+/// line is reported with its number and does not stop the others.
+pub fn read_sessions_file(
+    path: &Path,
+) -> Result<Vec<Result<Session, LineError>>, SessionFileError> {
+    let file_error = |source| SessionFileError { path: path.to_path_buf(), source };
+    let reader = BufReader::new(fs::File::open(path).map_err(file_error)?);
+    let mut sessions = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.map_err(file_error)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        sessions.push(
+            read_session_line(&line).map_err(|message| LineError { line: index + 1, message }),
+        );
+    }
+    Ok(sessions)
+}
+
+/// Expands files and directories into the `.jsonl` files they name, in a
+/// stable (sorted) order. A file given explicitly is taken whatever its name.
+pub fn session_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SessionFileError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let metadata = fs::metadata(path)
+            .map_err(|source| SessionFileError { path: path.clone(), source })?;
+        if metadata.is_dir() {
+            let entries = fs::read_dir(path)
+                .map_err(|source| SessionFileError { path: path.clone(), source })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|ext| ext == "jsonl") && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Exchange, Payload};
+
+    fn sample() -> Session {
+        Session {
+            koala: FORMAT_VERSION,
+            id: "1-2-3".into(),
+            pid: 2,
+            tid: 2,
+            program: "svc".into(),
+            end: Some(crate::EndReason::Close),
+            inbound: Exchange {
+                local: "127.0.0.1:80".into(),
+                peer: "127.0.0.1:5000".into(),
+                request: Payload::from("GET /"),
+                response: Payload::from(&[0xffu8, 1][..]),
+                request_ns: 10,
+                response_ns: 20,
+                truncated: false,
+            },
+            calls: vec![Exchange::default()],
+        }
+    }
+
+    #[test]
+    fn a_session_round_trips_through_its_line() {
+        let line = sample().to_json_line();
+        assert!(!line.contains('\n'));
+        assert_eq!(read_session_line(&line).unwrap(), sample());
+    }
+
+    #[test]
+    fn the_line_has_the_documented_field_names() {
+        let value: serde_json::Value = serde_json::from_str(&sample().to_json_line()).unwrap();
+        for field in ["koala", "id", "pid", "tid", "program", "end", "inbound", "calls"] {
+            assert!(value.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(value["end"], "close");
+        assert_eq!(value["inbound"]["response"], serde_json::json!({"base64": "/wE="}));
+        assert!(value["inbound"].get("truncated").is_none());
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let err = read_session_line(r#"{"koala":1,"id":"x"}"#).unwrap_err();
+        assert!(err.contains("missing field"), "{err}");
+        let mut other = sample();
+        other.koala = 7;
+        let err = read_session_line(&other.to_json_line()).unwrap_err();
+        assert!(err.contains("unsupported session format version 7"), "{err}");
+        assert!(read_session_line("not json").is_err());
+    }
+
+    #[test]
+    fn files_report_bad_lines_by_number() {
+        let dir = std::env::temp_dir().join(format!("koala-session-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.jsonl");
+        let good = sample().to_json_line();
+        fs::write(&file, format!("{good}\n\n{{broken\n{good}\n")).unwrap();
+        fs::write(dir.join("ignored.txt"), "x").unwrap();
+        let sessions = read_sessions_file(&file).unwrap();
+        assert_eq!(sessions.len(), 3);
+        assert!(sessions[0].is_ok() && sessions[2].is_ok());
+        assert_eq!(sessions[1].as_ref().unwrap_err().line, 3);
+        assert_eq!(session_files(std::slice::from_ref(&dir)).unwrap(), vec![file]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

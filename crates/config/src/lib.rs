@@ -85,6 +85,7 @@ pub struct Config {
     pub log_target: LogTarget,
     pub log_level: LogLevel,
     pub queue_capacity: usize,
+    pub queue_max_bytes: usize,
     pub max_payload_bytes: usize,
     pub max_calls_per_session: usize,
     pub inbound_addr: SocketAddr,
@@ -105,26 +106,91 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={:?} ignored: {}", self.variable, self.value, self.reason)
+        write!(
+            f,
+            "{}={:?} ignored: {}",
+            self.variable, self.value, self.reason
+        )
     }
 }
 
 /// Every variable koala reads, with its default, for docs and `koala env`.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("KOALA_MODE", "(unset: passive)", "record, replay or record,replay"),
-    ("KOALA_RECORD_TO", "./koala-sessions", "directory for session files and the default log"),
-    ("KOALA_SESSION_IDLE_MS", "1000", "a session idle this long is closed and written"),
-    ("KOALA_LOG_FILE", "<KOALA_RECORD_TO>/koala.log when KOALA_MODE is set", "STDOUT, STDERR, OFF or a path (rotated hourly)"),
-    ("KOALA_LOG_LEVEL", "INFO", "TRACE, DEBUG, INFO, WARN, ERROR or FATAL"),
-    ("KOALA_QUEUE_CAPACITY", "4096", "finished sessions waiting for the writer; beyond it they are dropped and counted"),
-    ("KOALA_MAX_PAYLOAD_BYTES", "16777216", "a request or response is cut (truncated: true) beyond this"),
-    ("KOALA_MAX_CALLS_PER_SESSION", "10000", "further calls of a session are dropped and counted"),
-    ("KOALA_INBOUND_ADDR", "127.0.0.1:2514", "replay: where the inbound server listens"),
-    ("KOALA_OUTBOUND_ADDR", "127.0.0.1:2516", "replay: where the outbound server listens"),
-    ("KOALA_SUT_ADDR", "127.0.0.1:2515", "replay: where the service under test listens"),
-    ("KOALA_OUTBOUND_BYPASS", "(empty)", "replay: comma-separated ip:port, ip or :port never redirected"),
-    ("KOALA_REPLAY_IDLE_MS", "100", "replay: silence that ends a non-HTTP response"),
-    ("KOALA_REPLAY_UNMATCHED", "close", "replay: close or error, for a request no recorded call matches"),
+    (
+        "KOALA_MODE",
+        "(unset: passive)",
+        "record, replay or record,replay",
+    ),
+    (
+        "KOALA_RECORD_TO",
+        "./koala-sessions",
+        "directory for session files and the default log",
+    ),
+    (
+        "KOALA_SESSION_IDLE_MS",
+        "1000",
+        "a session idle this long is closed and written",
+    ),
+    (
+        "KOALA_LOG_FILE",
+        "<KOALA_RECORD_TO>/koala.log when KOALA_MODE is set",
+        "STDOUT, STDERR, OFF or a path (rotated hourly)",
+    ),
+    (
+        "KOALA_LOG_LEVEL",
+        "INFO",
+        "TRACE, DEBUG, INFO, WARN, ERROR or FATAL",
+    ),
+    (
+        "KOALA_QUEUE_CAPACITY",
+        "4096",
+        "finished sessions waiting for the writer; beyond it they are dropped and counted",
+    ),
+    (
+        "KOALA_QUEUE_MAX_BYTES",
+        "268435456",
+        "payload bytes waiting for the writer; beyond it sessions are dropped and counted",
+    ),
+    (
+        "KOALA_MAX_PAYLOAD_BYTES",
+        "16777216",
+        "a request or response is cut (truncated: true) beyond this",
+    ),
+    (
+        "KOALA_MAX_CALLS_PER_SESSION",
+        "10000",
+        "further calls of a session are dropped and counted",
+    ),
+    (
+        "KOALA_INBOUND_ADDR",
+        "127.0.0.1:2514",
+        "replay: where the inbound server listens",
+    ),
+    (
+        "KOALA_OUTBOUND_ADDR",
+        "127.0.0.1:2516",
+        "replay: where the outbound server listens",
+    ),
+    (
+        "KOALA_SUT_ADDR",
+        "127.0.0.1:2515",
+        "replay: where the service under test listens",
+    ),
+    (
+        "KOALA_OUTBOUND_BYPASS",
+        "(empty)",
+        "replay: comma-separated ip:port, ip or :port never redirected",
+    ),
+    (
+        "KOALA_REPLAY_IDLE_MS",
+        "100",
+        "replay: silence that ends a non-HTTP response",
+    ),
+    (
+        "KOALA_REPLAY_UNMATCHED",
+        "close",
+        "replay: close or error, for a request no recorded call matches",
+    ),
 ];
 
 impl Config {
@@ -135,7 +201,10 @@ impl Config {
 
     /// Reads variables through `lookup`, so tests need not touch the environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> (Config, Vec<ConfigError>) {
-        let mut parser = Parser { lookup: &lookup, errors: Vec::new() };
+        let mut parser = Parser {
+            lookup: &lookup,
+            errors: Vec::new(),
+        };
         let mode_value = lookup("KOALA_MODE");
         let mode_requested = mode_value.as_deref().is_some_and(|v| !v.trim().is_empty());
         let mode = parser.parse("KOALA_MODE", Mode::default(), parse_mode);
@@ -151,18 +220,35 @@ impl Config {
         let config = Config {
             mode,
             mode_requested,
-            session_idle: parser.parse("KOALA_SESSION_IDLE_MS", Duration::from_millis(1000), parse_millis),
+            session_idle: parser.parse(
+                "KOALA_SESSION_IDLE_MS",
+                Duration::from_millis(1000),
+                parse_millis,
+            ),
             log_target: parser.parse("KOALA_LOG_FILE", default_log, parse_log_target),
             log_level: parser.parse("KOALA_LOG_LEVEL", LogLevel::Info, parse_log_level),
             queue_capacity: parser.parse("KOALA_QUEUE_CAPACITY", 4096, parse_positive),
+            queue_max_bytes: parser.parse("KOALA_QUEUE_MAX_BYTES", 256 << 20, parse_positive),
             max_payload_bytes: parser.parse("KOALA_MAX_PAYLOAD_BYTES", 16 << 20, parse_positive),
-            max_calls_per_session: parser.parse("KOALA_MAX_CALLS_PER_SESSION", 10_000, parse_positive),
+            max_calls_per_session: parser.parse(
+                "KOALA_MAX_CALLS_PER_SESSION",
+                10_000,
+                parse_positive,
+            ),
             inbound_addr: parser.parse("KOALA_INBOUND_ADDR", addr("127.0.0.1:2514"), parse_addr),
             outbound_addr: parser.parse("KOALA_OUTBOUND_ADDR", addr("127.0.0.1:2516"), parse_addr),
             sut_addr: parser.parse("KOALA_SUT_ADDR", addr("127.0.0.1:2515"), parse_addr),
             outbound_bypass: parser.parse("KOALA_OUTBOUND_BYPASS", Vec::new(), parse_bypass_list),
-            replay_idle: parser.parse("KOALA_REPLAY_IDLE_MS", Duration::from_millis(100), parse_millis),
-            unmatched: parser.parse("KOALA_REPLAY_UNMATCHED", UnmatchedPolicy::Close, parse_unmatched),
+            replay_idle: parser.parse(
+                "KOALA_REPLAY_IDLE_MS",
+                Duration::from_millis(100),
+                parse_millis,
+            ),
+            unmatched: parser.parse(
+                "KOALA_REPLAY_UNMATCHED",
+                UnmatchedPolicy::Close,
+                parse_unmatched,
+            ),
             record_to,
         };
         (config, parser.errors)
@@ -180,14 +266,23 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     /// An unset or empty variable takes its default silently.
-    fn parse<T>(&mut self, variable: &'static str, default: T, parse: fn(&str) -> Result<T, String>) -> T {
+    fn parse<T>(
+        &mut self,
+        variable: &'static str,
+        default: T,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> T {
         let Some(value) = (self.lookup)(variable).filter(|v| !v.trim().is_empty()) else {
             return default;
         };
         match parse(value.trim()) {
             Ok(parsed) => parsed,
             Err(reason) => {
-                self.errors.push(ConfigError { variable, value, reason });
+                self.errors.push(ConfigError {
+                    variable,
+                    value,
+                    reason,
+                });
                 default
             }
         }
@@ -201,7 +296,11 @@ fn parse_mode(text: &str) -> Result<Mode, String> {
             "record" => mode.record = true,
             "replay" => mode.replay = true,
             "off" | "passive" => {}
-            _ => return Err(format!("unknown mode {part:?}; expected record, replay or record,replay")),
+            _ => {
+                return Err(format!(
+                    "unknown mode {part:?}; expected record, replay or record,replay"
+                ));
+            }
         }
     }
     Ok(mode)
@@ -240,7 +339,8 @@ fn parse_log_level(text: &str) -> Result<LogLevel, String> {
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| "expected ip:port, e.g. 127.0.0.1:2514 or [::1]:2514".to_string())
+    text.parse()
+        .map_err(|_| "expected ip:port, e.g. 127.0.0.1:2514 or [::1]:2514".to_string())
 }
 
 fn parse_unmatched(text: &str) -> Result<UnmatchedPolicy, String> {
@@ -253,20 +353,33 @@ fn parse_unmatched(text: &str) -> Result<UnmatchedPolicy, String> {
 
 /// `127.0.0.1:9000,:53,10.0.0.5` — ip:port, :port or a bare ip.
 fn parse_bypass_list(text: &str) -> Result<Vec<Bypass>, String> {
-    text.split(',').map(str::trim).filter(|p| !p.is_empty()).map(parse_bypass).collect()
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(parse_bypass)
+        .collect()
 }
 
 fn parse_bypass(text: &str) -> Result<Bypass, String> {
     if let Some(port) = text.strip_prefix(':') {
         let port = port.parse().map_err(|_| format!("bad port in {text:?}"))?;
-        return Ok(Bypass { ip: None, port: Some(port) });
+        return Ok(Bypass {
+            ip: None,
+            port: Some(port),
+        });
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Bypass { ip: Some(addr.ip()), port: Some(addr.port()) });
+        return Ok(Bypass {
+            ip: Some(addr.ip()),
+            port: Some(addr.port()),
+        });
     }
     let ip = text.trim_start_matches('[').trim_end_matches(']');
     ip.parse()
-        .map(|ip| Bypass { ip: Some(ip), port: None })
+        .map(|ip| Bypass {
+            ip: Some(ip),
+            port: None,
+        })
         .map_err(|_| format!("{text:?} is not ip:port, :port or ip"))
 }
 
@@ -276,8 +389,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn parse(vars: &[(&str, &str)]) -> (Config, Vec<ConfigError>) {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -296,18 +411,36 @@ mod tests {
 
     #[test]
     fn modes_combine() {
-        assert_eq!(parse(&[("KOALA_MODE", "record")]).0.mode, Mode { record: true, replay: false });
-        assert_eq!(parse(&[("KOALA_MODE", "replay")]).0.mode, Mode { record: false, replay: true });
+        assert_eq!(
+            parse(&[("KOALA_MODE", "record")]).0.mode,
+            Mode {
+                record: true,
+                replay: false
+            }
+        );
+        assert_eq!(
+            parse(&[("KOALA_MODE", "replay")]).0.mode,
+            Mode {
+                record: false,
+                replay: true
+            }
+        );
         assert_eq!(
             parse(&[("KOALA_MODE", "record, REPLAY")]).0.mode,
-            Mode { record: true, replay: true }
+            Mode {
+                record: true,
+                replay: true
+            }
         );
     }
 
     #[test]
     fn a_requested_mode_logs_next_to_the_sessions_by_default() {
         let (config, _) = parse(&[("KOALA_MODE", "record"), ("KOALA_RECORD_TO", "/tmp/x")]);
-        assert_eq!(config.log_target, LogTarget::File(PathBuf::from("/tmp/x/koala.log")));
+        assert_eq!(
+            config.log_target,
+            LogTarget::File(PathBuf::from("/tmp/x/koala.log"))
+        );
         let (config, _) = parse(&[("KOALA_MODE", "record"), ("KOALA_LOG_FILE", "stderr")]);
         assert_eq!(config.log_target, LogTarget::Stderr);
     }
@@ -321,12 +454,20 @@ mod tests {
             ("KOALA_INBOUND_ADDR", "localhost"),
         ]);
         assert!(!config.mode.is_active());
-        assert!(config.mode_requested, "a mistyped mode still gets a log to explain it");
+        assert!(
+            config.mode_requested,
+            "a mistyped mode still gets a log to explain it"
+        );
         assert_eq!(config.session_idle, Duration::from_millis(1000));
         let names: Vec<_> = errors.iter().map(|e| e.variable).collect();
         assert_eq!(
             names,
-            ["KOALA_MODE", "KOALA_SESSION_IDLE_MS", "KOALA_LOG_LEVEL", "KOALA_INBOUND_ADDR"]
+            [
+                "KOALA_MODE",
+                "KOALA_SESSION_IDLE_MS",
+                "KOALA_LOG_LEVEL",
+                "KOALA_INBOUND_ADDR"
+            ]
         );
         assert_eq!(
             errors[0].to_string(),
@@ -336,8 +477,10 @@ mod tests {
 
     #[test]
     fn bypass_forms() {
-        let (config, errors) =
-            parse(&[("KOALA_OUTBOUND_BYPASS", "127.0.0.1:9000, :53,10.1.2.3,[::1]:80")]);
+        let (config, errors) = parse(&[(
+            "KOALA_OUTBOUND_BYPASS",
+            "127.0.0.1:9000, :53,10.1.2.3,[::1]:80",
+        )]);
         assert!(errors.is_empty(), "{errors:?}");
         let list = &config.outbound_bypass;
         assert!(list[0].matches(&addr("127.0.0.1:9000")));

@@ -140,7 +140,13 @@ fn sockopt(fd: i32, option: i32) -> Option<i32> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: value/len are valid out-pointers of the right size.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
     };
     (rc == 0).then_some(value)
 }
@@ -150,7 +156,11 @@ fn is_connected(fd: i32) -> bool {
     unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        libc::getpeername(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) == 0
+        libc::getpeername(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) == 0
     }
 }
 
@@ -191,8 +201,17 @@ mod tests {
     #[test]
     fn new_socket_kinds() {
         let stream = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
-        assert_eq!(kind_for_new_socket(libc::AF_INET6, stream), FdKind::TcpSocket);
-        assert_eq!(kind_for_new_socket(libc::AF_INET, libc::SOCK_DGRAM), FdKind::Udp);
-        assert_eq!(kind_for_new_socket(libc::AF_UNIX, libc::SOCK_STREAM), FdKind::OtherSocket);
+        assert_eq!(
+            kind_for_new_socket(libc::AF_INET6, stream),
+            FdKind::TcpSocket
+        );
+        assert_eq!(
+            kind_for_new_socket(libc::AF_INET, libc::SOCK_DGRAM),
+            FdKind::Udp
+        );
+        assert_eq!(
+            kind_for_new_socket(libc::AF_UNIX, libc::SOCK_STREAM),
+            FdKind::OtherSocket
+        );
     }
 }

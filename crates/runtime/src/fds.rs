@@ -13,7 +13,10 @@ pub fn high_fd_base() -> i32 {
     if cached > 0 {
         return cached;
     }
-    let mut limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
     let soft = limit.rlim_cur.min(8192) as i32;
@@ -51,12 +54,17 @@ mod tests {
 
     #[test]
     fn relocated_fds_are_high_and_cloexec() {
-        let fd = std::fs::File::open("/proc/self/stat").unwrap().into_raw_fd();
+        let fd = std::fs::File::open("/proc/self/stat")
+            .unwrap()
+            .into_raw_fd();
         let high = relocate_high(fd);
         assert!(high >= high_fd_base(), "{high}");
         // SAFETY: fd numbers owned by this test.
         unsafe {
-            assert_eq!(libc::fcntl(high, libc::F_GETFD) & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+            assert_eq!(
+                libc::fcntl(high, libc::F_GETFD) & libc::FD_CLOEXEC,
+                libc::FD_CLOEXEC
+            );
             assert_eq!(libc::fcntl(fd, libc::F_GETFD), -1, "the low fd is closed");
             libc::close(high);
         }

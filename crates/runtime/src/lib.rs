@@ -9,6 +9,7 @@ pub mod errno;
 pub mod fdkind;
 pub mod fds;
 pub mod guard;
+pub mod sockaddr;
 pub mod thread;
 
 pub use fdkind::FdKind;

@@ -10,11 +10,14 @@ pub fn spawn_internal<F>(name: &str, body: F) -> io::Result<JoinHandle<()>>
 where
     F: FnOnce() + Send + 'static,
 {
-    std::thread::Builder::new().name(name.to_string()).stack_size(256 << 10).spawn(move || {
-        crate::guard::mark_current_thread_internal();
-        block_all_signals();
-        body();
-    })
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            crate::guard::mark_current_thread_internal();
+            block_all_signals();
+            body();
+        })
 }
 
 fn block_all_signals() {

@@ -8,7 +8,9 @@ mod payload;
 mod reader;
 
 pub use payload::Payload;
-pub use reader::{LineError, SessionFileError, read_session_line, read_sessions_file, session_files};
+pub use reader::{
+    LineError, SessionFileError, read_session_line, read_sessions_file, session_files,
+};
 
 use serde::{Deserialize, Serialize};
 

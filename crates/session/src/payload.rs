@@ -128,7 +128,10 @@ mod tests {
 
     #[test]
     fn utf8_is_a_plain_string() {
-        assert_eq!(round_trip(b"GET / HTTP/1.1\r\n\r\n"), r#""GET / HTTP/1.1\r\n\r\n""#);
+        assert_eq!(
+            round_trip(b"GET / HTTP/1.1\r\n\r\n"),
+            r#""GET / HTTP/1.1\r\n\r\n""#
+        );
         assert_eq!(round_trip("héllo ✓".as_bytes()), "\"héllo ✓\"");
         assert_eq!(round_trip(b"\x00\x01\x7f"), "\"\\u0000\\u0001\x7f\"");
         assert_eq!(round_trip(b""), r#""""#);

@@ -52,7 +52,10 @@ pub fn read_session_line(line: &str) -> Result<Session, String> {
 pub fn read_sessions_file(
     path: &Path,
 ) -> Result<Vec<Result<Session, LineError>>, SessionFileError> {
-    let file_error = |source| SessionFileError { path: path.to_path_buf(), source };
+    let file_error = |source| SessionFileError {
+        path: path.to_path_buf(),
+        source,
+    };
     let reader = BufReader::new(fs::File::open(path).map_err(file_error)?);
     let mut sessions = Vec::new();
     for (index, line) in reader.lines().enumerate() {
@@ -60,9 +63,10 @@ pub fn read_sessions_file(
         if line.trim().is_empty() {
             continue;
         }
-        sessions.push(
-            read_session_line(&line).map_err(|message| LineError { line: index + 1, message }),
-        );
+        sessions.push(read_session_line(&line).map_err(|message| LineError {
+            line: index + 1,
+            message,
+        }));
     }
     Ok(sessions)
 }
@@ -72,11 +76,15 @@ pub fn read_sessions_file(
 pub fn session_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SessionFileError> {
     let mut files = Vec::new();
     for path in paths {
-        let metadata = fs::metadata(path)
-            .map_err(|source| SessionFileError { path: path.clone(), source })?;
+        let metadata = fs::metadata(path).map_err(|source| SessionFileError {
+            path: path.clone(),
+            source,
+        })?;
         if metadata.is_dir() {
-            let entries = fs::read_dir(path)
-                .map_err(|source| SessionFileError { path: path.clone(), source })?;
+            let entries = fs::read_dir(path).map_err(|source| SessionFileError {
+                path: path.clone(),
+                source,
+            })?;
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|ext| ext == "jsonl") && p.is_file())
@@ -126,11 +134,16 @@ mod tests {
     #[test]
     fn the_line_has_the_documented_field_names() {
         let value: serde_json::Value = serde_json::from_str(&sample().to_json_line()).unwrap();
-        for field in ["koala", "id", "pid", "tid", "program", "end", "inbound", "calls"] {
+        for field in [
+            "koala", "id", "pid", "tid", "program", "end", "inbound", "calls",
+        ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }
         assert_eq!(value["end"], "close");
-        assert_eq!(value["inbound"]["response"], serde_json::json!({"base64": "/wE="}));
+        assert_eq!(
+            value["inbound"]["response"],
+            serde_json::json!({"base64": "/wE="})
+        );
         assert!(value["inbound"].get("truncated").is_none());
     }
 
@@ -141,7 +154,10 @@ mod tests {
         let mut other = sample();
         other.koala = 7;
         let err = read_session_line(&other.to_json_line()).unwrap_err();
-        assert!(err.contains("unsupported session format version 7"), "{err}");
+        assert!(
+            err.contains("unsupported session format version 7"),
+            "{err}"
+        );
         assert!(read_session_line("not json").is_err());
     }
 
@@ -157,7 +173,10 @@ mod tests {
         assert_eq!(sessions.len(), 3);
         assert!(sessions[0].is_ok() && sessions[2].is_ok());
         assert_eq!(sessions[1].as_ref().unwrap_err().line, 3);
-        assert_eq!(session_files(std::slice::from_ref(&dir)).unwrap(), vec![file]);
+        assert_eq!(
+            session_files(std::slice::from_ref(&dir)).unwrap(),
+            vec![file]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,248 @@
+//! libkoala's logging.
+//!
+//! `tracing` events are formatted on the thread that logs and handed to a
+//! bounded channel with `try_send` (a full channel drops the line); an
+//! internal thread drains it into the configured target: stdout, stderr, or
+//! a file rotated every hour by `tracing-appender`. So a host thread never
+//! writes to a file or a terminal itself, and nothing is printed unless
+//! `KOALA_LOG_FILE` asks for it.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use koala_config::{LogLevel, LogTarget};
+
+/// Lines waiting for the drain thread; more are dropped.
+const CAPACITY: usize = 4096;
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(Sender<()>),
+}
+
+/// The channel of the current process. Swapped (and the old one leaked)
+/// in a forked child, whose drain thread is gone: no lock on the log path.
+static SENDER: AtomicPtr<Sender<Message>> = AtomicPtr::new(std::ptr::null_mut());
+/// Its receiving end, until the drain thread takes it.
+static RECEIVER: AtomicPtr<Receiver<Message>> = AtomicPtr::new(std::ptr::null_mut());
+/// The drain thread starts with the first line: most processes a preload
+/// library lands in (shells, tools) never log anything.
+static DRAIN_STARTED: AtomicBool = AtomicBool::new(false);
+
+struct Settings {
+    target: LogTarget,
+}
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+/// Installs the global subscriber and starts the drain thread. With
+/// `LogTarget::Off` nothing is installed and logging costs nothing.
+pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Result<(), String> {
+    if *target == LogTarget::Off {
+        return Ok(());
+    }
+    if SETTINGS
+        .set(Settings {
+            target: target.clone(),
+        })
+        .is_err()
+    {
+        return Err("logging is already initialised".into());
+    }
+    set_prefix(format!("koala[{program}:{pid}] "));
+    new_channel();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing_level(level))
+        .with_writer(ChannelWriter::default)
+        .with_ansi(false)
+        .with_target(false)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| e.to_string())
+}
+
+/// In a forked child: a new channel and drain thread, and the new pid in
+/// the line prefix.
+pub fn after_fork_in_child(program: &str, pid: u32) {
+    if SETTINGS.get().is_none() {
+        return;
+    }
+    set_prefix(format!("koala[{program}:{pid}] "));
+    new_channel();
+    DRAIN_STARTED.store(false, Ordering::Release);
+}
+
+/// Writes every line logged so far; waits at most `timeout`.
+pub fn flush(timeout: Duration) {
+    if !DRAIN_STARTED.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(sender) = current_sender() else {
+        return;
+    };
+    let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+    if sender.try_send(Message::Flush(ack_tx)).is_ok() {
+        let _ = ack_rx.recv_timeout(timeout);
+    }
+}
+
+fn tracing_level(level: LogLevel) -> tracing::Level {
+    match level {
+        LogLevel::Trace => tracing::Level::TRACE,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    }
+}
+
+fn current_sender() -> Option<&'static Sender<Message>> {
+    let ptr = SENDER.load(Ordering::Acquire);
+    // SAFETY: pointers stored in SENDER come from Box::leak and are never freed.
+    unsafe { ptr.as_ref() }
+}
+
+/// A fresh channel; the previous one (if any) is leaked, never touched.
+fn new_channel() {
+    let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
+    RECEIVER.store(Box::leak(Box::new(rx)), Ordering::Release);
+    SENDER.store(Box::leak(Box::new(tx)), Ordering::Release);
+}
+
+fn ensure_drain() {
+    if DRAIN_STARTED.load(Ordering::Acquire) || DRAIN_STARTED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let rx = RECEIVER.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: leaked by new_channel, and taken exactly once (swap above).
+    let Some(rx) = (unsafe { rx.as_ref() }) else {
+        return;
+    };
+    // The output is opened on the drain thread, so its fd is the library's
+    // own (moved high, close-on-exec). A log that cannot be opened is
+    // silently dropped: there is nowhere else to say so.
+    let _ = koala_runtime::thread::spawn_internal("koala-log", move || {
+        if let Ok(output) = open_output() {
+            drain(rx.clone(), output);
+        }
+    });
+}
+
+enum Output {
+    Fd(i32),
+    File(tracing_appender::rolling::RollingFileAppender),
+}
+
+fn open_output() -> io::Result<Output> {
+    let settings = SETTINGS.get().expect("set before the drain starts");
+    Ok(match &settings.target {
+        LogTarget::Stdout => Output::Fd(1),
+        LogTarget::Stderr => Output::Fd(2),
+        LogTarget::Off => Output::Fd(-1),
+        LogTarget::File(path) => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(".".as_ref());
+            let name = path
+                .file_name()
+                .ok_or_else(|| io::Error::other("KOALA_LOG_FILE names a directory"))?;
+            std::fs::create_dir_all(dir)?;
+            let appender = tracing_appender::rolling::RollingFileAppender::builder()
+                .rotation(tracing_appender::rolling::Rotation::HOURLY)
+                .filename_prefix(name.to_string_lossy())
+                .build(dir)
+                .map_err(io::Error::other)?;
+            Output::File(appender)
+        }
+    })
+}
+
+fn drain(rx: Receiver<Message>, mut output: Output) {
+    while let Ok(message) = rx.recv() {
+        match message {
+            Message::Line(line) => output.write_line(&line),
+            Message::Flush(ack) => {
+                output.flush();
+                let _ = ack.try_send(());
+            }
+        }
+    }
+}
+
+impl Output {
+    fn write_line(&mut self, line: &[u8]) {
+        match self {
+            Output::Fd(fd) => write_all_fd(*fd, line),
+            Output::File(file) => {
+                let _ = file.write_all(line);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Output::File(file) = self {
+            let _ = file.flush();
+        }
+    }
+}
+
+/// Raw write(2): the host may have replaced fd 1/2, and std's handles
+/// would take locks the host's own printing may hold.
+fn write_all_fd(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writing a valid buffer to an fd number.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// `koala[program:pid] `, swapped (old one leaked) in a forked child.
+static PREFIX: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
+
+fn set_prefix(prefix: String) {
+    PREFIX.store(Box::leak(Box::new(prefix)), Ordering::Release);
+}
+
+fn prefix() -> &'static str {
+    let ptr = PREFIX.load(Ordering::Acquire);
+    // SAFETY: leaked, never freed.
+    unsafe { ptr.as_ref() }.map_or("koala ", String::as_str)
+}
+
+/// Collects one formatted event and queues it when dropped.
+#[derive(Default)]
+struct ChannelWriter {
+    line: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.line.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let mut line = Vec::with_capacity(prefix().len() + self.line.len());
+        line.extend_from_slice(prefix().as_bytes());
+        line.extend_from_slice(&self.line);
+        if let Some(sender) = current_sender()
+            && sender.try_send(Message::Line(line)).is_ok()
+        {
+            ensure_drain();
+        }
+    }
+}

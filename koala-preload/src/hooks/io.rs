@@ -1,0 +1,331 @@
+//! Hooks that move bytes: read/recv family (including the _FORTIFY_SOURCE
+//! `__*_chk` variants, which fortified C programs call instead) and the
+//! write/send family, including sendfile.
+//!
+//! Each one: `observe(fd)` (one relaxed load for files and pipes) → the
+//! real call → hand the bytes that actually moved to the layer → return the
+//! real result, errno untouched.
+
+use std::borrow::Cow;
+
+use libc::{c_int, c_void, iovec, msghdr, off_t, size_t, sockaddr, socklen_t, ssize_t};
+
+use crate::layer::{self, Observed};
+use crate::real::hook;
+
+/// Recording reads the bytes the kernel copied, so flags that leave the
+/// data in the socket (MSG_PEEK) or discard it (MSG_TRUNC on TCP) are not data.
+fn consumes_data(flags: c_int) -> bool {
+    flags & (libc::MSG_PEEK | libc::MSG_TRUNC) == 0
+}
+
+/// The first `len` bytes of `buf`.
+///
+/// # Safety
+/// The real call just wrote `len` bytes there.
+unsafe fn bytes<'a>(buf: *const c_void, len: ssize_t) -> &'a [u8] {
+    // SAFETY: per the caller.
+    unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len as usize) }
+}
+
+/// The first `len` bytes spread over `iov`, in order.
+///
+/// # Safety
+/// `iov` points to `count` iovecs describing at least `len` valid bytes.
+unsafe fn gather(iov: *const iovec, count: c_int, len: ssize_t) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut left = len as usize;
+    for i in 0..count.max(0) as usize {
+        if left == 0 {
+            break;
+        }
+        // SAFETY: per the caller.
+        let part = unsafe { &*iov.add(i) };
+        let take = part.iov_len.min(left);
+        // SAFETY: iov_base holds iov_len bytes, of which `take` are in range.
+        out.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(part.iov_base.cast::<u8>(), take)
+        });
+        left -= take;
+    }
+    out
+}
+
+/// Hands the bytes the real call moved (`n > 0`) to the layer; `data` is
+/// only evaluated for observed calls.
+fn received<'a>(
+    observed: Option<Observed>,
+    fd: c_int,
+    n: ssize_t,
+    data: impl FnOnce() -> Cow<'a, [u8]>,
+) {
+    if let Some(observed) = observed.filter(|_| n > 0) {
+        observed.received(fd, &data());
+    }
+}
+
+// ---- reading -------------------------------------------------------------------
+
+type ReadFn = unsafe extern "C" fn(c_int, *mut c_void, size_t) -> ssize_t;
+type ReadChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t) -> ssize_t;
+type RecvFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, c_int) -> ssize_t;
+type RecvChkFn = unsafe extern "C" fn(c_int, *mut c_void, size_t, size_t, c_int) -> ssize_t;
+type RecvFromFn = unsafe extern "C" fn(
+    c_int,
+    *mut c_void,
+    size_t,
+    c_int,
+    *mut sockaddr,
+    *mut socklen_t,
+) -> ssize_t;
+type RecvFromChkFn = unsafe extern "C" fn(
+    c_int,
+    *mut c_void,
+    size_t,
+    size_t,
+    c_int,
+    *mut sockaddr,
+    *mut socklen_t,
+) -> ssize_t;
+type ReadvFn = unsafe extern "C" fn(c_int, *const iovec, c_int) -> ssize_t;
+type RecvMsgFn = unsafe extern "C" fn(c_int, *mut msghdr, c_int) -> ssize_t;
+
+hook! { fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t => koala_read = read_detour; }
+hook! { fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, buflen: size_t) -> ssize_t => koala_read_chk = read_chk_detour; }
+hook! { fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t => koala_recv = recv_detour; }
+hook! { fn __recv_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int) -> ssize_t => koala_recv_chk = recv_chk_detour; }
+hook! { fn recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, addr_len: *mut socklen_t) -> ssize_t => koala_recvfrom = recvfrom_detour; }
+hook! { fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, addr_len: *mut socklen_t) -> ssize_t => koala_recvfrom_chk = recvfrom_chk_detour; }
+hook! { fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t => koala_readv = readv_detour; }
+hook! { fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t => koala_recvmsg = recvmsg_detour; }
+
+unsafe fn read_detour(real: ReadFn, fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, count) };
+    // SAFETY: the kernel wrote n bytes to buf.
+    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn read_chk_detour(
+    real: ReadChkFn,
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, count, buflen) };
+    // SAFETY: the kernel wrote n bytes to buf.
+    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn recv_detour(
+    real: RecvFn,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    let observed = layer::observe(fd).filter(|_| consumes_data(flags));
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, len, flags) };
+    // SAFETY: the kernel wrote n bytes to buf.
+    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn recv_chk_detour(
+    real: RecvChkFn,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    let observed = layer::observe(fd).filter(|_| consumes_data(flags));
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, len, buflen, flags) };
+    // SAFETY: the kernel wrote n bytes to buf.
+    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn recvfrom_detour(
+    real: RecvFromFn,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addr_len: *mut socklen_t,
+) -> ssize_t {
+    let observed = layer::observe(fd).filter(|_| consumes_data(flags));
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
+    // SAFETY: the kernel wrote n bytes to buf.
+    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn recvfrom_chk_detour(
+    real: RecvFromChkFn,
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addr_len: *mut socklen_t,
+) -> ssize_t {
+    let observed = layer::observe(fd).filter(|_| consumes_data(flags));
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, len, buflen, flags, addr, addr_len) };
+    // SAFETY: the kernel wrote n bytes to buf.
+    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn readv_detour(real: ReadvFn, fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, iov, iovcnt) };
+    // SAFETY: the kernel filled n bytes across iov.
+    received(observed, fd, n, || {
+        Cow::Owned(unsafe { gather(iov, iovcnt, n) })
+    });
+    n
+}
+
+unsafe fn recvmsg_detour(real: RecvMsgFn, fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    let observed = layer::observe(fd).filter(|_| consumes_data(flags));
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, msg, flags) };
+    let observed = observed.filter(|_| !msg.is_null());
+    // SAFETY: the kernel filled n bytes across msg's iovecs.
+    received(observed, fd, n, || {
+        Cow::Owned(unsafe { gather((*msg).msg_iov, (*msg).msg_iovlen as c_int, n) })
+    });
+    n
+}
+
+// ---- writing -------------------------------------------------------------------
+
+type WriteFn = unsafe extern "C" fn(c_int, *const c_void, size_t) -> ssize_t;
+type SendFn = unsafe extern "C" fn(c_int, *const c_void, size_t, c_int) -> ssize_t;
+type SendToFn = unsafe extern "C" fn(
+    c_int,
+    *const c_void,
+    size_t,
+    c_int,
+    *const sockaddr,
+    socklen_t,
+) -> ssize_t;
+type WritevFn = unsafe extern "C" fn(c_int, *const iovec, c_int) -> ssize_t;
+type SendMsgFn = unsafe extern "C" fn(c_int, *const msghdr, c_int) -> ssize_t;
+type SendFileFn = unsafe extern "C" fn(c_int, c_int, *mut off_t, size_t) -> ssize_t;
+
+hook! { fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t => koala_write = write_detour; }
+hook! { fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t => koala_send = send_detour; }
+hook! { fn sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, addr_len: socklen_t) -> ssize_t => koala_sendto = sendto_detour; }
+hook! { fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t => koala_writev = writev_detour; }
+hook! { fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t => koala_sendmsg = sendmsg_detour; }
+hook! { fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t => koala_sendfile = sendfile_detour; }
+hook! { fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t => koala_sendfile64 = sendfile_detour; }
+
+fn sent<'a>(
+    observed: Option<Observed>,
+    fd: c_int,
+    n: ssize_t,
+    data: impl FnOnce() -> Cow<'a, [u8]>,
+) {
+    if let Some(observed) = observed.filter(|_| n > 0) {
+        observed.sent(fd, &data());
+    }
+}
+
+unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, count) };
+    // SAFETY: the kernel took the first n bytes of buf.
+    sent(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn send_detour(
+    real: SendFn,
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, len, flags) };
+    // SAFETY: the kernel took the first n bytes of buf.
+    sent(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn sendto_detour(
+    real: SendToFn,
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    addr_len: socklen_t,
+) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
+    // SAFETY: the kernel took the first n bytes of buf.
+    sent(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    n
+}
+
+unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, iov, iovcnt) };
+    // SAFETY: the kernel took the first n bytes across iov.
+    sent(observed, fd, n, || {
+        Cow::Owned(unsafe { gather(iov, iovcnt, n) })
+    });
+    n
+}
+
+unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    let observed = layer::observe(fd);
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(fd, msg, flags) };
+    let observed = observed.filter(|_| !msg.is_null());
+    // SAFETY: the kernel took the first n bytes across msg's iovecs.
+    sent(observed, fd, n, || {
+        Cow::Owned(unsafe { gather((*msg).msg_iov, (*msg).msg_iovlen as c_int, n) })
+    });
+    n
+}
+
+unsafe fn sendfile_detour(
+    real: SendFileFn,
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut off_t,
+    count: size_t,
+) -> ssize_t {
+    let observed = layer::observe(out_fd);
+    // SAFETY: offset is null or the caller's valid pointer.
+    let start = (observed.is_some() && !offset.is_null()).then(|| unsafe { *offset });
+    // SAFETY: the caller's arguments, unchanged.
+    let n = unsafe { real(out_fd, in_fd, offset, count) };
+    if let Some(observed) = observed.filter(|_| n > 0) {
+        observed.sent_file(out_fd, in_fd, start, n as usize, layer::max_payload_bytes());
+    }
+    n
+}

@@ -1,0 +1,462 @@
+//! What the hooks hand their events to: process-wide state, the guard that
+//! decides whether a call is observed, and the translation of hook-level
+//! facts (an fd was accepted, bytes were read) into recorder calls.
+//!
+//! Every function here that does bookkeeping runs it through [`contain`]:
+//! errno is preserved and a panic disables recording instead of crossing
+//! into the host.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use koala_config::Config;
+use koala_recorder::{Direction, Identity, Recorder};
+use koala_runtime::errno::SavedErrno;
+use koala_runtime::guard::{Busy, is_internal_thread};
+use koala_runtime::{FdKind, clock, fdkind, fds, sockaddr, thread};
+
+/// Set once initialisation finished with an active mode. Hooks check it
+/// first: a passive library costs one relaxed load per call.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The process the state belongs to; differs from getpid() in a vfork
+/// child, which shares our memory and must not touch it.
+static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
+static PROGRAM: OnceLock<String> = OnceLock::new();
+static MAX_PAYLOAD_BYTES: AtomicUsize = AtomicUsize::new(16 << 20);
+
+/// How long exit may wait for the last sessions to reach the disk.
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ---- initialisation --------------------------------------------------------
+
+/// Runs from `.init_array` when the library is loaded.
+pub fn init() {
+    let Some(_busy) = Busy::enter() else { return };
+    let (config, errors) = Config::from_env();
+    if !config.mode_requested {
+        return;
+    }
+    let program = program_name();
+    let pid = thread::current_pid();
+    // The default panic hook prints to the host's stderr; ours logs.
+    std::panic::set_hook(Box::new(|info| tracing::error!("internal panic: {info}")));
+    let _ = koala_log::init(&config.log_target, config.log_level, &program, pid);
+    for error in &errors {
+        tracing::error!("{error}");
+    }
+    OWNER_PID.store(pid, Ordering::Relaxed);
+    MAX_PAYLOAD_BYTES.store(config.max_payload_bytes, Ordering::Relaxed);
+    let _ = PROGRAM.set(program.clone());
+    if config.mode.record {
+        let identity = Identity {
+            pid,
+            program,
+            start_secs: clock::now_ns() / 1_000_000_000,
+        };
+        match Recorder::start(&config, identity) {
+            Ok(recorder) => {
+                let _ = RECORDER.set(recorder);
+            }
+            Err(error) => tracing::error!(%error, "cannot start recording"),
+        }
+    }
+    if !config.mode.is_active() {
+        tracing::error!("KOALA_MODE is set but names no mode: the library stays passive");
+        return;
+    }
+    tracing::debug!(mode = %config.mode, dir = %config.record_to.display(), "koala active");
+    // SAFETY: registering a plain extern "C" function.
+    unsafe { libc::atexit(at_exit) };
+    ACTIVE.store(true, Ordering::Release);
+}
+
+/// The short program name (`program_invocation_short_name`), safe for a file name.
+fn program_name() -> String {
+    unsafe extern "C" {
+        static program_invocation_short_name: *const libc::c_char;
+    }
+    // SAFETY: glibc sets this before any constructor runs; it may be null
+    // in exotic loaders, which we handle.
+    let raw = unsafe { program_invocation_short_name };
+    let name = if raw.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a NUL-terminated string owned by glibc.
+        unsafe { std::ffi::CStr::from_ptr(raw) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "unknown".into()
+    } else {
+        clean
+    }
+}
+
+extern "C" fn at_exit() {
+    flush_before_exit();
+}
+
+/// exit() and _exit(): write what is recorded, within a bounded time.
+pub fn flush_before_exit() {
+    if !is_active() || !is_owner_process() {
+        return;
+    }
+    let Some(_busy) = Busy::enter() else { return };
+    contain("exit", || {
+        if let Some(recorder) = recorder() {
+            recorder.flush_at_exit(EXIT_FLUSH_TIMEOUT);
+        }
+        koala_log::flush(Duration::from_millis(500));
+    });
+}
+
+/// KOALA_MAX_PAYLOAD_BYTES: bounds what sendfile reads back.
+pub fn max_payload_bytes() -> usize {
+    MAX_PAYLOAD_BYTES.load(Ordering::Relaxed)
+}
+
+#[inline]
+pub fn is_active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+fn recorder() -> Option<&'static Recorder> {
+    RECORDER.get().copied().filter(|r| !r.is_disabled())
+}
+
+/// False in a vfork child (or a raw clone) sharing our memory. A syscall:
+/// only for close/dup of sockets, never on the data path.
+fn is_owner_process() -> bool {
+    OWNER_PID.load(Ordering::Relaxed) == thread::current_pid()
+}
+
+/// Runs bookkeeping after a real call: errno is kept, and a panic disables
+/// recording for good (logged) instead of unwinding into the host.
+pub fn contain(what: &'static str, bookkeeping: impl FnOnce()) {
+    let errno = SavedErrno::save();
+    if std::panic::catch_unwind(AssertUnwindSafe(bookkeeping)).is_err() {
+        if let Some(recorder) = RECORDER.get() {
+            recorder.disable();
+        }
+        tracing::error!(
+            hook = what,
+            "internal error: recording disabled, the host goes on"
+        );
+    }
+    errno.restore();
+}
+
+// ---- the guard -------------------------------------------------------------
+
+/// A call on an observed connection by a host thread. Holding it marks the
+/// thread busy, so libc calls made by the bookkeeping pass straight through.
+pub struct Observed {
+    _busy: Busy,
+}
+
+/// `Some` when the bytes of this call on `fd` must be recorded: the library
+/// is active, `fd` is an inbound or outbound TCP connection, and the thread
+/// is a host thread not already inside the library. Files, pipes and other
+/// sockets return after one relaxed load of the fd table.
+#[inline]
+pub fn observe(fd: i32) -> Option<Observed> {
+    if !is_active() {
+        return None;
+    }
+    match fdkind::get(fd) {
+        FdKind::Inbound | FdKind::Outbound => Busy::enter().map(|busy| Observed { _busy: busy }),
+        FdKind::Unknown => {
+            // First sight of this fd number: classify it once, outside any lock.
+            let _busy = Busy::enter()?;
+            fdkind::get_or_classify(fd);
+            None
+        }
+        _ => None,
+    }
+}
+
+impl Observed {
+    pub fn received(&self, fd: i32, data: &[u8]) {
+        contain("receive", || {
+            if let Some(recorder) = recorder() {
+                recorder.received(fd, thread::current_tid(), data, clock::now_ns());
+            }
+        });
+    }
+
+    pub fn sent(&self, fd: i32, data: &[u8]) {
+        contain("send", || {
+            if let Some(recorder) = recorder() {
+                recorder.sent(fd, thread::current_tid(), data, clock::now_ns());
+            }
+        });
+    }
+
+    /// `sendfile` sent `count` bytes of `in_fd` starting at `offset` (or,
+    /// if `None`, ending at its file position): read them back ourselves.
+    pub fn sent_file(&self, fd: i32, in_fd: i32, offset: Option<i64>, count: usize, limit: usize) {
+        contain("sendfile", || {
+            let start = match offset {
+                Some(start) => start,
+                // SAFETY: lseek on the host's fd only reads its position.
+                None => (unsafe { libc::lseek(in_fd, 0, libc::SEEK_CUR) }) - count as i64,
+            };
+            let mut bytes = vec![0u8; count.min(limit)];
+            let mut filled = 0;
+            while filled < bytes.len() {
+                // SAFETY: reading into our own buffer; pread leaves the file position alone.
+                let n = unsafe {
+                    libc::pread(
+                        in_fd,
+                        bytes[filled..].as_mut_ptr().cast(),
+                        bytes.len() - filled,
+                        start + filled as i64,
+                    )
+                };
+                if n <= 0 {
+                    break;
+                }
+                filled += n as usize;
+            }
+            if filled < count {
+                tracing::warn!(
+                    fd,
+                    in_fd,
+                    count,
+                    filled,
+                    "sendfile: could not read back the bytes sent"
+                );
+            }
+            bytes.truncate(filled);
+            self.sent(fd, &bytes);
+        });
+    }
+}
+
+/// For calls that create, duplicate or close fds: `Some` on host threads
+/// when the library is active.
+#[inline]
+pub fn enter() -> Option<Busy> {
+    if is_active() { Busy::enter() } else { None }
+}
+
+// ---- fd lifecycle ------------------------------------------------------------
+
+/// A new fd number from socket(), open() and friends. The library's own
+/// threads get theirs moved high and close-on-exec; for the host, whatever
+/// the number carried before is forgotten (its close may have been missed).
+/// Returns the fd the caller must see.
+pub fn fd_created(fd: i32, kind: FdKind) -> i32 {
+    if fd < 0 || !is_active() {
+        return fd;
+    }
+    if is_internal_thread() {
+        let errno = SavedErrno::save();
+        let high = fds::relocate_high(fd);
+        fdkind::set(high, FdKind::Library);
+        errno.restore();
+        return high;
+    }
+    let Some(_busy) = Busy::enter() else {
+        return fd;
+    };
+    forget_stale(fd);
+    fdkind::set(fd, kind);
+    fd
+}
+
+/// If `fd` still looks like a connection, its close was missed: end it.
+fn forget_stale(fd: i32) {
+    if fdkind::get(fd).is_connection() {
+        contain("stale fd", || {
+            if let Some(recorder) = recorder() {
+                recorder.fd_closed(fd, clock::now_ns());
+            }
+        });
+    }
+}
+
+/// accept()/accept4() returned `fd`. `addr` is what the caller asked the
+/// kernel to fill in (may be null).
+pub fn accepted(fd: i32, addr: *const libc::sockaddr, addr_len: *const libc::socklen_t) -> i32 {
+    if fd < 0 || !is_active() {
+        return fd;
+    }
+    if is_internal_thread() {
+        return fd_created(fd, FdKind::Library);
+    }
+    let Some(_busy) = Busy::enter() else {
+        return fd;
+    };
+    contain("accept", || {
+        forget_stale(fd);
+        let Some(local) = sockaddr::local_addr(fd) else {
+            fdkind::set(fd, FdKind::OtherSocket); // unix sockets and the like
+            return;
+        };
+        // SAFETY: the kernel just filled addr/addr_len for this connection.
+        let peer = unsafe {
+            if addr.is_null() || addr_len.is_null() {
+                None
+            } else {
+                sockaddr::from_raw(addr, *addr_len)
+            }
+        };
+        let Some(peer) = peer.or_else(|| sockaddr::peer_addr(fd)) else {
+            fdkind::set(fd, FdKind::OtherSocket);
+            return;
+        };
+        fdkind::set(fd, FdKind::Inbound);
+        connection_opened(fd, Direction::Inbound, local, peer);
+    });
+    fd
+}
+
+/// Whether connect() on `fd` started a TCP connection worth recording.
+pub fn connect_started(result: i32) -> bool {
+    result == 0 || koala_runtime::errno::get() == libc::EINPROGRESS
+}
+
+/// connect() on a TCP socket succeeded or is in progress.
+pub fn connected(fd: i32, peer: SocketAddr) {
+    contain("connect", || {
+        let Some(local) = sockaddr::local_addr(fd) else {
+            return;
+        };
+        fdkind::set(fd, FdKind::Outbound);
+        connection_opened(fd, Direction::Outbound, local, peer);
+    });
+}
+
+fn connection_opened(fd: i32, direction: Direction, local: SocketAddr, peer: SocketAddr) {
+    if let Some(recorder) = recorder() {
+        recorder.connection_opened(
+            fd,
+            direction,
+            local,
+            peer,
+            thread::current_tid(),
+            clock::now_ns(),
+        );
+    }
+}
+
+/// Before close(fd) (or syscall(SYS_close)): once the kernel frees the
+/// number another thread may get it, so the state goes first.
+pub fn closing(fd: i32) {
+    if !is_active() {
+        return;
+    }
+    let kind = fdkind::get(fd);
+    if matches!(kind, FdKind::Unknown | FdKind::NotSocket | FdKind::Library) {
+        fdkind::set(fd, FdKind::Unknown);
+        return;
+    }
+    let Some(_busy) = Busy::enter() else { return };
+    if !is_owner_process() {
+        return;
+    }
+    fdkind::set(fd, FdKind::Unknown);
+    if kind.is_connection() {
+        contain("close", || {
+            if let Some(recorder) = recorder() {
+                recorder.fd_closed(fd, clock::now_ns());
+            }
+        });
+    }
+}
+
+/// dup()/dup2()/dup3()/fcntl(F_DUPFD*) made `new_fd` a copy of `old_fd`.
+pub fn duplicated(old_fd: i32, new_fd: i32) {
+    if new_fd < 0 || old_fd == new_fd || !is_active() {
+        return;
+    }
+    let kind = fdkind::get(old_fd);
+    let replaced = fdkind::get(new_fd);
+    let sockets_involved = |k: FdKind| !matches!(k, FdKind::Unknown | FdKind::NotSocket);
+    if !sockets_involved(kind) && !sockets_involved(replaced) {
+        fdkind::set(new_fd, kind);
+        return;
+    }
+    let Some(_busy) = Busy::enter() else { return };
+    if !is_owner_process() {
+        return;
+    }
+    contain("dup", || {
+        fdkind::set(new_fd, kind);
+        if let Some(recorder) = recorder() {
+            if kind.is_connection() {
+                recorder.fd_duplicated(old_fd, new_fd, clock::now_ns());
+            } else if replaced.is_connection() {
+                recorder.fd_closed(new_fd, clock::now_ns());
+            }
+        }
+    });
+}
+
+/// shutdown(fd, how) on an inbound connection ends its session when the
+/// write side is shut.
+pub fn shut_down(fd: i32, how: i32) {
+    if how == libc::SHUT_RD || fdkind::get(fd) != FdKind::Inbound {
+        return;
+    }
+    let Some(_busy) = enter() else { return };
+    contain("shutdown", || {
+        if let Some(recorder) = recorder() {
+            recorder.write_side_shut(fd);
+        }
+    });
+}
+
+// ---- fork --------------------------------------------------------------------
+
+/// State carried across the real fork().
+pub struct ForkState {
+    recorder: Option<koala_recorder::recorder::ForkGuard>,
+    parent_tid: u32,
+}
+
+pub fn before_fork() -> ForkState {
+    ForkState {
+        recorder: RECORDER.get().map(|r| r.prepare_fork()),
+        parent_tid: thread::current_tid(),
+    }
+}
+
+pub fn after_fork(state: ForkState, pid: libc::pid_t) {
+    let ForkState {
+        recorder: guard,
+        parent_tid,
+    } = state;
+    if pid != 0 {
+        if let (Some(recorder), Some(guard)) = (RECORDER.get(), guard) {
+            recorder.after_fork_in_parent(guard);
+        }
+        return;
+    }
+    contain("fork", || {
+        thread::forget_cached_tid();
+        let child_pid = thread::current_pid();
+        OWNER_PID.store(child_pid, Ordering::Relaxed);
+        let program = PROGRAM.get().map(String::as_str).unwrap_or("unknown");
+        koala_log::after_fork_in_child(program, child_pid);
+        if let (Some(recorder), Some(guard)) = (RECORDER.get(), guard) {
+            recorder.after_fork_in_child(guard, parent_tid, thread::current_tid(), child_pid);
+        }
+    });
+}

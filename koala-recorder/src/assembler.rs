@@ -1,0 +1,798 @@
+//! Turns socket events into sessions.
+//!
+//! The assembler sees every byte that crosses an observed TCP connection and
+//! decides which session it belongs to (`docs/session-format.md` states the
+//! rules for users):
+//!
+//! - An *inbound* connection (accepted) carries one session at a time. Bytes
+//!   read from it are the request, bytes written the response; a read after
+//!   a response has been written starts the next session (request → response
+//!   → request). Whatever thread reads or writes, the bytes belong to that
+//!   connection's session.
+//! - A thread's *current session* is the session of the inbound connection it
+//!   last read from or wrote to, or, when the thread has been delegated to a
+//!   virtual thread by a helper hint, that virtual thread's session.
+//! - An *outbound* connection (connected) carries calls. A call is the bytes
+//!   sent until a response arrives, plus the bytes received until the next
+//!   send. A call belongs to the current session of the thread that sent its
+//!   first byte; its response belongs to that call whatever thread reads it.
+//! - Bytes received on an outbound connection before anything was sent are a
+//!   greeting (server speaks first): a call with an empty request, in the
+//!   session that opened the connection, or, if that session is over or the
+//!   connection was opened outside any session, in the first session that
+//!   sends on the connection.
+//!
+//! The assembler does no I/O and reads no clock: callers pass the time, so
+//! every rule is testable with synthetic events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use koala_session::{EndReason, Exchange, FORMAT_VERSION, Payload, Session};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Accepted: a client of the service.
+    Inbound,
+    /// Connected: a dependency of the service.
+    Outbound,
+}
+
+/// Bounds that keep memory finite whatever the host does.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_calls_per_session: usize,
+    pub idle_ns: u64,
+}
+
+/// Who is recording: stamped on every session.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub pid: u32,
+    pub program: String,
+    /// Process start, Unix seconds: makes session ids unique across pid reuse.
+    pub start_secs: u64,
+}
+
+/// Counters of everything that was not written as part of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sessions_finished: u64,
+    /// Sessions that never received or sent an inbound byte (a virtual
+    /// thread that made calls but never touched a client connection).
+    pub sessions_without_inbound: u64,
+    /// Sessions inherited across fork and left untouched by the child: the
+    /// parent writes them.
+    pub sessions_left_to_parent: u64,
+    /// Calls made by a thread with no current session (start-up and
+    /// background traffic).
+    pub calls_outside_sessions: u64,
+    pub bytes_outside_sessions: u64,
+    /// Response bytes that arrived after their call's session was written.
+    pub late_bytes: u64,
+    pub calls_over_limit: u64,
+    pub truncated_payloads: u64,
+}
+
+type ConnId = u64;
+type SessionKey = u64;
+/// Calls are numbered in the order they start, so sorting ids sorts calls.
+type CallId = u64;
+
+/// Bytes in one direction, with the time of the first byte.
+#[derive(Default)]
+struct Buf {
+    bytes: Vec<u8>,
+    first_ns: u64,
+    truncated: bool,
+}
+
+impl Buf {
+    /// Appends up to the payload limit; returns true if bytes were cut.
+    fn append(&mut self, data: &[u8], now_ns: u64, max: usize) -> bool {
+        if self.bytes.is_empty() && self.first_ns == 0 {
+            self.first_ns = now_ns;
+        }
+        let room = max.saturating_sub(self.bytes.len());
+        let take = room.min(data.len());
+        self.bytes.extend_from_slice(&data[..take]);
+        if take < data.len() && !self.truncated {
+            self.truncated = true;
+            return true;
+        }
+        false
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && !self.truncated
+    }
+}
+
+struct Conn {
+    direction: Direction,
+    local: String,
+    peer: String,
+    /// How many fds refer to this connection (dup).
+    fds: u32,
+    /// Inbound: the session this connection carries now.
+    session: Option<SessionKey>,
+    /// Outbound: the call bytes go to now.
+    call: CallRef,
+    /// Outbound: the session of the thread that connected.
+    opened_in: Option<SessionKey>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallRef {
+    /// Nothing sent or received yet.
+    Fresh,
+    /// A call stored in `calls` (it may have been written since).
+    Stored(CallId),
+    /// A greeting received before any session used the connection.
+    PendingGreeting(CallId),
+    /// Bytes not kept: the call was made outside any session, or over the limit.
+    Dropped,
+}
+
+struct CallRecord {
+    /// `None` only for a pending greeting.
+    session: Option<SessionKey>,
+    local: String,
+    peer: String,
+    request: Buf,
+    response: Buf,
+}
+
+struct OpenSession {
+    tid: u32,
+    inbound: Option<InboundSide>,
+    request: Buf,
+    response: Buf,
+    calls: Vec<CallId>,
+    last_activity_ns: u64,
+    /// Copied into a forked child: only written by the child if it adds bytes.
+    inherited: bool,
+    touched_since_fork: bool,
+}
+
+struct InboundSide {
+    conn: ConnId,
+    local: String,
+    peer: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Read,
+    Write,
+}
+
+#[derive(Default)]
+struct ThreadState {
+    current: Option<SessionKey>,
+    delegated_to: Option<u64>,
+}
+
+pub struct Assembler {
+    identity: Identity,
+    limits: Limits,
+    /// fd → connection; 0 = none (connection ids start at 1).
+    fd_conns: Vec<ConnId>,
+    conns: HashMap<ConnId, Conn>,
+    sessions: HashMap<SessionKey, OpenSession>,
+    calls: HashMap<CallId, CallRecord>,
+    threads: HashMap<u32, ThreadState>,
+    /// Virtual thread id (helper hints) → its session.
+    virtual_threads: HashMap<u64, SessionKey>,
+    next_id: u64,
+    sessions_written: u64,
+    stats: Stats,
+    finished: Vec<Session>,
+}
+
+impl Assembler {
+    pub fn new(identity: Identity, limits: Limits) -> Self {
+        Assembler {
+            identity,
+            limits,
+            fd_conns: Vec::new(),
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            calls: HashMap::new(),
+            threads: HashMap::new(),
+            virtual_threads: HashMap::new(),
+            next_id: 1,
+            sessions_written: 0,
+            stats: Stats::default(),
+            finished: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Sessions finished by the events so far; the caller writes them.
+    pub fn take_finished(&mut self) -> Vec<Session> {
+        std::mem::take(&mut self.finished)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ---- connections -------------------------------------------------
+
+    /// `fd` was accepted (inbound) or connected (outbound). Whatever the fd
+    /// number carried before is gone: its close may have been missed.
+    pub fn open_connection(
+        &mut self,
+        fd: i32,
+        direction: Direction,
+        local: SocketAddr,
+        peer: SocketAddr,
+        tid: u32,
+        now_ns: u64,
+    ) {
+        self.forget_fd(fd, now_ns);
+        let Ok(index) = usize::try_from(fd) else {
+            return;
+        };
+        let opened_in = match direction {
+            Direction::Outbound => self.session_of_sender(tid, now_ns, false),
+            Direction::Inbound => None,
+        };
+        let id = self.next_id();
+        self.conns.insert(
+            id,
+            Conn {
+                direction,
+                local: local.to_string(),
+                peer: peer.to_string(),
+                fds: 1,
+                session: None,
+                call: CallRef::Fresh,
+                opened_in,
+            },
+        );
+        if self.fd_conns.len() <= index {
+            self.fd_conns.resize(index + 1, 0);
+        }
+        self.fd_conns[index] = id;
+    }
+
+    /// `new_fd` now refers to the same connection as `old_fd` (dup family).
+    pub fn duplicate_fd(&mut self, old_fd: i32, new_fd: i32, now_ns: u64) {
+        self.forget_fd(new_fd, now_ns);
+        let Some(conn_id) = self.conn_id(old_fd) else {
+            return;
+        };
+        let Ok(index) = usize::try_from(new_fd) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.fds += 1;
+        }
+        if self.fd_conns.len() <= index {
+            self.fd_conns.resize(index + 1, 0);
+        }
+        self.fd_conns[index] = conn_id;
+    }
+
+    /// `fd` was closed (or its number is being handed out again). When the
+    /// last fd of an inbound connection goes, its session ends.
+    pub fn forget_fd(&mut self, fd: i32, _now_ns: u64) {
+        let Some(conn_id) = self.conn_id(fd) else {
+            return;
+        };
+        self.fd_conns[fd as usize] = 0;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        conn.fds -= 1;
+        if conn.fds > 0 {
+            return;
+        }
+        let conn = self.conns.remove(&conn_id).expect("present above");
+        if let Some(session) = conn.session {
+            self.finish(session, EndReason::Close);
+        }
+        if let CallRef::PendingGreeting(call) = conn.call
+            && let Some(greeting) = self.calls.remove(&call)
+        {
+            self.stats.calls_outside_sessions += 1;
+            self.stats.bytes_outside_sessions += greeting.response.bytes.len() as u64;
+        }
+    }
+
+    /// `shutdown(fd, how)`: a service that shuts down the write side of an
+    /// inbound connection has sent its whole response.
+    pub fn shutdown_write(&mut self, fd: i32) {
+        let Some(conn_id) = self.conn_id(fd) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if conn.direction == Direction::Inbound
+            && let Some(session) = conn.session.take()
+        {
+            self.finish(session, EndReason::Close);
+        }
+    }
+
+    fn conn_id(&self, fd: i32) -> Option<ConnId> {
+        let index = usize::try_from(fd).ok()?;
+        self.fd_conns.get(index).copied().filter(|&id| id != 0)
+    }
+
+    // ---- bytes -------------------------------------------------------
+
+    /// The service read `data` from `fd`.
+    pub fn received(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
+        if data.is_empty() {
+            return;
+        }
+        let Some(conn_id) = self.conn_id(fd) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        match conn.direction {
+            Direction::Inbound => self.inbound_received(conn_id, tid, data, now_ns),
+            Direction::Outbound => self.outbound_received(conn_id, data, now_ns),
+        }
+    }
+
+    /// The service wrote `data` to `fd`.
+    pub fn sent(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
+        if data.is_empty() {
+            return;
+        }
+        let Some(conn_id) = self.conn_id(fd) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        match conn.direction {
+            Direction::Inbound => self.inbound_sent(conn_id, tid, data, now_ns),
+            Direction::Outbound => self.outbound_sent(conn_id, tid, data, now_ns),
+        }
+    }
+
+    fn inbound_received(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+        let current = self.conns[&conn_id]
+            .session
+            .filter(|s| self.sessions.contains_key(s));
+        let session = match current {
+            Some(s) if !self.sessions[&s].response.is_empty() => {
+                self.finish(s, EndReason::NextRequest);
+                self.start_inbound_session(conn_id, tid, now_ns)
+            }
+            Some(s) => s,
+            None => self.start_inbound_session(conn_id, tid, now_ns),
+        };
+        let max = self.limits.max_payload_bytes;
+        let open = self.sessions.get_mut(&session).expect("just looked up");
+        if open.request.append(data, now_ns, max) {
+            self.stats.truncated_payloads += 1;
+        }
+        open.last_activity_ns = now_ns;
+        open.touched_since_fork = true;
+        self.follow(tid, session, Side::Read);
+    }
+
+    fn inbound_sent(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+        let current = self.conns[&conn_id]
+            .session
+            .filter(|s| self.sessions.contains_key(s));
+        // Bytes written before any request: the service speaks first.
+        let session = match current {
+            Some(s) => s,
+            None => self.start_inbound_session(conn_id, tid, now_ns),
+        };
+        let max = self.limits.max_payload_bytes;
+        let open = self.sessions.get_mut(&session).expect("just looked up");
+        if open.response.append(data, now_ns, max) {
+            self.stats.truncated_payloads += 1;
+        }
+        open.last_activity_ns = now_ns;
+        open.touched_since_fork = true;
+        self.follow(tid, session, Side::Write);
+    }
+
+    fn outbound_sent(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+        let session = self.session_of_sender(tid, now_ns, true);
+        let call_ref = self.conns[&conn_id].call;
+        // Keep appending while the same session's call has no answer yet.
+        if let CallRef::Stored(call_id) = call_ref
+            && let Some(call) = self.calls.get_mut(&call_id)
+            && call.response.is_empty()
+            && call.session == session
+            && session.is_some()
+        {
+            if call
+                .request
+                .append(data, now_ns, self.limits.max_payload_bytes)
+            {
+                self.stats.truncated_payloads += 1;
+            }
+            self.touch(session, now_ns);
+            return;
+        }
+        if call_ref == CallRef::Dropped && session.is_none() {
+            self.stats.bytes_outside_sessions += data.len() as u64;
+            return;
+        }
+        let Some(session) = session else {
+            if let CallRef::PendingGreeting(greeting) = call_ref {
+                // Start-up handshake: the greeting is outside sessions too.
+                if let Some(greeting) = self.calls.remove(&greeting) {
+                    self.stats.calls_outside_sessions += 1;
+                    self.stats.bytes_outside_sessions += greeting.response.bytes.len() as u64;
+                }
+            }
+            self.stats.calls_outside_sessions += 1;
+            self.stats.bytes_outside_sessions += data.len() as u64;
+            self.conns.get_mut(&conn_id).expect("caller checked").call = CallRef::Dropped;
+            return;
+        };
+        if let CallRef::PendingGreeting(greeting) = call_ref {
+            self.attach_call(session, greeting);
+        }
+        let new_ref = match self.new_call(conn_id, session) {
+            Some(call_id) => {
+                let call = self.calls.get_mut(&call_id).expect("just stored");
+                if call
+                    .request
+                    .append(data, now_ns, self.limits.max_payload_bytes)
+                {
+                    self.stats.truncated_payloads += 1;
+                }
+                CallRef::Stored(call_id)
+            }
+            None => CallRef::Dropped,
+        };
+        self.conns.get_mut(&conn_id).expect("caller checked").call = new_ref;
+        self.touch(Some(session), now_ns);
+    }
+
+    fn outbound_received(&mut self, conn_id: ConnId, data: &[u8], now_ns: u64) {
+        let max = self.limits.max_payload_bytes;
+        match self.conns[&conn_id].call {
+            CallRef::Stored(call_id) => {
+                let Some(call) = self.calls.get_mut(&call_id) else {
+                    self.stats.late_bytes += data.len() as u64;
+                    return;
+                };
+                if call.response.append(data, now_ns, max) {
+                    self.stats.truncated_payloads += 1;
+                }
+                let session = call.session;
+                self.touch(session, now_ns);
+            }
+            CallRef::PendingGreeting(call_id) => {
+                if let Some(greeting) = self.calls.get_mut(&call_id)
+                    && greeting.response.append(data, now_ns, max)
+                {
+                    self.stats.truncated_payloads += 1;
+                }
+            }
+            CallRef::Dropped => self.stats.bytes_outside_sessions += data.len() as u64,
+            CallRef::Fresh => self.greeting_received(conn_id, data, now_ns),
+        }
+    }
+
+    /// The first bytes on an outbound connection came before any request.
+    fn greeting_received(&mut self, conn_id: ConnId, data: &[u8], now_ns: u64) {
+        let opened_in = self.conns[&conn_id]
+            .opened_in
+            .filter(|s| self.sessions.contains_key(s));
+        let call_ref = match opened_in {
+            Some(session) => match self.new_call(conn_id, session) {
+                Some(call_id) => CallRef::Stored(call_id),
+                None => CallRef::Dropped,
+            },
+            None => {
+                let call_id = self.next_id();
+                let conn = &self.conns[&conn_id];
+                let greeting = CallRecord {
+                    session: None,
+                    local: conn.local.clone(),
+                    peer: conn.peer.clone(),
+                    request: Buf::default(),
+                    response: Buf::default(),
+                };
+                self.calls.insert(call_id, greeting);
+                CallRef::PendingGreeting(call_id)
+            }
+        };
+        self.conns.get_mut(&conn_id).expect("caller checked").call = call_ref;
+        match call_ref {
+            CallRef::Dropped => self.stats.bytes_outside_sessions += data.len() as u64,
+            _ => self.outbound_received(conn_id, data, now_ns),
+        }
+    }
+
+    /// A new, empty call of `session` on `conn_id`; `None` over the limit.
+    fn new_call(&mut self, conn_id: ConnId, session: SessionKey) -> Option<CallId> {
+        if self.sessions[&session].calls.len() >= self.limits.max_calls_per_session {
+            self.stats.calls_over_limit += 1;
+            return None;
+        }
+        let call_id = self.next_id();
+        let conn = &self.conns[&conn_id];
+        let call = CallRecord {
+            session: Some(session),
+            local: conn.local.clone(),
+            peer: conn.peer.clone(),
+            request: Buf::default(),
+            response: Buf::default(),
+        };
+        self.calls.insert(call_id, call);
+        self.sessions
+            .get_mut(&session)
+            .expect("checked above")
+            .calls
+            .push(call_id);
+        Some(call_id)
+    }
+
+    /// Moves an existing call (a pending greeting) into `session`, keeping
+    /// the session's calls in the order they started.
+    fn attach_call(&mut self, session: SessionKey, call_id: CallId) {
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        call.session = Some(session);
+        let calls = &mut self.sessions.get_mut(&session).expect("open session").calls;
+        let at = calls.partition_point(|&c| c < call_id);
+        calls.insert(at, call_id);
+    }
+
+    fn touch(&mut self, session: Option<SessionKey>, now_ns: u64) {
+        if let Some(open) = session.and_then(|s| self.sessions.get_mut(&s)) {
+            open.last_activity_ns = now_ns;
+            open.touched_since_fork = true;
+        }
+    }
+
+    // ---- threads and sessions ---------------------------------------
+
+    fn start_inbound_session(&mut self, conn_id: ConnId, tid: u32, now_ns: u64) -> SessionKey {
+        let key = self.next_id();
+        let conn = self.conns.get_mut(&conn_id).expect("caller checked");
+        conn.session = Some(key);
+        let inbound = InboundSide {
+            conn: conn_id,
+            local: conn.local.clone(),
+            peer: conn.peer.clone(),
+        };
+        self.sessions
+            .insert(key, OpenSession::new(tid, Some(inbound), now_ns));
+        key
+    }
+
+    /// After `tid` read or wrote the inbound side of `session`, its calls go
+    /// there. A delegated thread works for its virtual thread instead:
+    /// writing the response binds the virtual thread to this session
+    /// (merging the calls it made so far); a read binds it only if it has
+    /// no session yet, because event loops read other connections' requests
+    /// while still delegated to the last coroutine that ran.
+    fn follow(&mut self, tid: u32, session: SessionKey, side: Side) {
+        let state = self.threads.entry(tid).or_default();
+        let Some(virtual_id) = state.delegated_to else {
+            state.current = Some(session);
+            return;
+        };
+        let bound = self.virtual_threads.get(&virtual_id).copied();
+        let bound = bound.and_then(|s| {
+            self.sessions
+                .get(&s)
+                .map(|open| (s, open.inbound.is_some()))
+        });
+        match (bound, side) {
+            (None, _) => {
+                self.virtual_threads.insert(virtual_id, session);
+            }
+            (Some((detached, false)), Side::Write) => {
+                let detached = self.sessions.remove(&detached).expect("looked up");
+                for call_id in detached.calls {
+                    self.attach_call(session, call_id);
+                }
+                self.virtual_threads.insert(virtual_id, session);
+            }
+            // Bound already (keep it), or detached calls meeting a read.
+            _ => {}
+        }
+    }
+
+    /// The session a call started now by `tid` belongs to. A delegated
+    /// thread whose virtual thread has no session yet gets a detached one
+    /// when `create` is set.
+    fn session_of_sender(&mut self, tid: u32, now_ns: u64, create: bool) -> Option<SessionKey> {
+        let state = self.threads.get(&tid)?;
+        match state.delegated_to {
+            None => state.current.filter(|s| self.sessions.contains_key(s)),
+            Some(virtual_id) => {
+                let bound = self.virtual_threads.get(&virtual_id).copied();
+                if let Some(s) = bound.filter(|s| self.sessions.contains_key(s)) {
+                    return Some(s);
+                }
+                if !create {
+                    return None;
+                }
+                let key = self.next_id();
+                self.sessions
+                    .insert(key, OpenSession::new(tid, None, now_ns));
+                self.virtual_threads.insert(virtual_id, key);
+                Some(key)
+            }
+        }
+    }
+
+    /// Helper hint `set-delegated-from-thread-id`: from now on `tid` works
+    /// for virtual thread `virtual_id` (0: for itself again).
+    pub fn delegate(&mut self, tid: u32, virtual_id: u64) {
+        let state = self.threads.entry(tid).or_default();
+        state.delegated_to = (virtual_id != 0).then_some(virtual_id);
+    }
+
+    /// Helper hint `thread-shutdown`: ends the session of virtual thread
+    /// `virtual_id`, or, if `None`, the calling thread's current session.
+    pub fn end_session_by_hint(&mut self, tid: u32, virtual_id: Option<u64>) {
+        let virtual_id = virtual_id.or_else(|| self.threads.get(&tid)?.delegated_to);
+        let session = match virtual_id {
+            Some(v) => self.virtual_threads.remove(&v),
+            None => self.threads.get_mut(&tid).and_then(|t| t.current.take()),
+        };
+        if let Some(session) = session {
+            self.finish(session, EndReason::Hint);
+        }
+    }
+
+    // ---- ending sessions ---------------------------------------------
+
+    /// Ends every session idle for the configured time.
+    pub fn close_idle(&mut self, now_ns: u64) {
+        let idle: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now_ns.saturating_sub(s.last_activity_ns) >= self.limits.idle_ns)
+            .map(|(&key, _)| key)
+            .collect();
+        for key in idle {
+            self.finish(key, EndReason::Idle);
+        }
+        // Forget threads that point at nothing, so the map tracks live work only.
+        let sessions = &self.sessions;
+        self.threads.retain(|_, t| {
+            t.delegated_to.is_some() || t.current.is_some_and(|s| sessions.contains_key(&s))
+        });
+        self.virtual_threads.retain(|_, s| sessions.contains_key(s));
+    }
+
+    /// Ends every open session (process exit).
+    pub fn close_all(&mut self, reason: EndReason) {
+        let mut keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.finish(key, reason);
+        }
+    }
+
+    fn finish(&mut self, key: SessionKey, reason: EndReason) {
+        let Some(open) = self.sessions.remove(&key) else {
+            return;
+        };
+        let calls: Vec<CallRecord> = open
+            .calls
+            .iter()
+            .filter_map(|id| self.calls.remove(id))
+            .collect();
+        if let Some(inbound) = &open.inbound
+            && let Some(conn) = self.conns.get_mut(&inbound.conn)
+            && conn.session == Some(key)
+        {
+            conn.session = None;
+        }
+        if open.inherited && !open.touched_since_fork {
+            self.stats.sessions_left_to_parent += 1;
+            return;
+        }
+        let Some(inbound) = open
+            .inbound
+            .filter(|_| !(open.request.is_empty() && open.response.is_empty()))
+        else {
+            self.stats.sessions_without_inbound += 1;
+            self.stats.calls_outside_sessions += calls.len() as u64;
+            return;
+        };
+        self.sessions_written += 1;
+        self.stats.sessions_finished += 1;
+        let identity = &self.identity;
+        self.finished.push(Session {
+            koala: FORMAT_VERSION,
+            id: format!(
+                "{}-{}-{}",
+                identity.start_secs, identity.pid, self.sessions_written
+            ),
+            pid: identity.pid,
+            tid: open.tid,
+            program: identity.program.clone(),
+            end: Some(reason),
+            inbound: exchange(inbound.local, inbound.peer, open.request, open.response),
+            calls: calls
+                .into_iter()
+                .map(|c| exchange(c.local, c.peer, c.request, c.response))
+                .collect(),
+        });
+    }
+
+    // ---- fork --------------------------------------------------------
+
+    /// In a forked child: sessions copied from the parent are written by
+    /// the child only if the child adds bytes to them; the forking thread
+    /// keeps its state under its new id.
+    pub fn after_fork_in_child(&mut self, parent_tid: u32, child_tid: u32, child_pid: u32) {
+        self.identity.pid = child_pid;
+        self.sessions_written = 0;
+        for open in self.sessions.values_mut() {
+            open.inherited = true;
+            open.touched_since_fork = false;
+        }
+        let forking_thread = self.threads.remove(&parent_tid);
+        self.threads.clear();
+        if let Some(state) = forking_thread {
+            self.threads.insert(child_tid, state);
+        }
+        self.stats = Stats::default();
+    }
+}
+
+impl OpenSession {
+    fn new(tid: u32, inbound: Option<InboundSide>, now_ns: u64) -> Self {
+        OpenSession {
+            tid,
+            inbound,
+            request: Buf::default(),
+            response: Buf::default(),
+            calls: Vec::new(),
+            last_activity_ns: now_ns,
+            inherited: false,
+            touched_since_fork: true,
+        }
+    }
+}
+
+fn exchange(local: String, peer: String, request: Buf, response: Buf) -> Exchange {
+    Exchange {
+        local,
+        peer,
+        truncated: request.truncated || response.truncated,
+        request_ns: if request.bytes.is_empty() {
+            0
+        } else {
+            request.first_ns
+        },
+        response_ns: if response.bytes.is_empty() {
+            0
+        } else {
+            response.first_ns
+        },
+        request: Payload::new(request.bytes),
+        response: Payload::new(response.bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! The recorder with its real writer thread, without LD_PRELOAD.
+
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn config(dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = vec![
+        ("KOALA_MODE".into(), "record".into()),
+        ("KOALA_RECORD_TO".into(), dir.display().to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let (config, errors) =
+        Config::from_lookup(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()));
+    assert!(errors.is_empty(), "{errors:?}");
+    config
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("koala-recorder-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn identity() -> Identity {
+    Identity {
+        pid: 4242,
+        program: "unit".into(),
+        start_secs: 1,
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One request/response on inbound fd `fd`, closed.
+fn one_session(recorder: &'static Recorder, fd: i32, body: &str) {
+    recorder.connection_opened(fd, Direction::Inbound, addr(80), addr(5000), 1, 1);
+    recorder.received(fd, 1, format!("req {body}").as_bytes(), 2);
+    recorder.sent(fd, 1, format!("resp {body}").as_bytes(), 3);
+    recorder.fd_closed(fd, 4);
+}
+
+#[test]
+fn sessions_reach_a_private_jsonl_file() {
+    let dir = temp_dir("file");
+    let recorder = Recorder::start(&config(&dir, &[]), identity()).unwrap();
+    one_session(recorder, 5, "one");
+    one_session(recorder, 5, "two");
+    // Still open at exit: written with end = exit.
+    recorder.connection_opened(6, Direction::Inbound, addr(80), addr(5001), 1, 5);
+    recorder.received(6, 1, b"req three", 6);
+    recorder.flush_at_exit(Duration::from_secs(5));
+
+    let path = dir.join("unit-4242.jsonl");
+    assert_eq!(recorder.session_file_path(), path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let sessions: Vec<Session> = text
+        .lines()
+        .map(|l| koala_session::read_session_line(l).unwrap())
+        .collect();
+    let requests: Vec<&[u8]> = sessions
+        .iter()
+        .map(|s| s.inbound.request.as_bytes())
+        .collect();
+    assert_eq!(requests, [&b"req one"[..], b"req two", b"req three"]);
+    assert_eq!(sessions[2].end, Some(EndReason::Exit));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(recorder.counters.written.load(Ordering::Relaxed), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_sessions_instead_of_blocking() {
+    let dir = temp_dir("drop");
+    // A byte budget smaller than any session: every session is dropped.
+    let recorder =
+        Recorder::start(&config(&dir, &[("KOALA_QUEUE_MAX_BYTES", "1")]), identity()).unwrap();
+    for i in 0..10 {
+        one_session(recorder, 5, &i.to_string());
+    }
+    recorder.flush_at_exit(Duration::from_secs(5));
+    assert_eq!(
+        recorder.counters.dropped_queue_full.load(Ordering::Relaxed),
+        10
+    );
+    assert_eq!(recorder.counters.enqueued.load(Ordering::Relaxed), 0);
+    assert!(
+        !dir.join("unit-4242.jsonl").exists(),
+        "nothing to write, no file"
+    );
+}
+
+#[test]
+fn a_small_queue_never_loses_track_of_a_session() {
+    let dir = temp_dir("count");
+    let recorder =
+        Recorder::start(&config(&dir, &[("KOALA_QUEUE_CAPACITY", "2")]), identity()).unwrap();
+    for i in 0..200 {
+        one_session(recorder, 5, &i.to_string());
+    }
+    recorder.flush_at_exit(Duration::from_secs(5));
+    let written = recorder.counters.written.load(Ordering::Relaxed);
+    let dropped = recorder.counters.dropped_queue_full.load(Ordering::Relaxed);
+    assert_eq!(
+        written + dropped,
+        200,
+        "every session is either written or counted"
+    );
+    let lines = std::fs::read_to_string(dir.join("unit-4242.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines as u64, written);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn idle_sessions_are_written_by_the_writer_thread() {
+    let dir = temp_dir("idle");
+    let recorder = Recorder::start(
+        &config(&dir, &[("KOALA_SESSION_IDLE_MS", "50")]),
+        identity(),
+    )
+    .unwrap();
+    let now = koala_runtime::clock::now_ns();
+    recorder.connection_opened(5, Direction::Inbound, addr(80), addr(5000), 1, now);
+    recorder.received(5, 1, b"req", now);
+    recorder.sent(5, 1, b"resp", now);
+    let path = dir.join("unit-4242.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1) {
+        assert!(Instant::now() < deadline, "idle session never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let session = koala_session::read_session_line(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(session.end, Some(EndReason::Idle));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,157 @@
+//! The internal thread that writes finished sessions to this process's
+//! session file, and closes idle sessions.
+//!
+//! Host threads hand sessions over with a non-blocking `try_send`; this
+//! thread never blocks on the channel (it polls, so senders never have a
+//! sleeper to wake), writes in batches, and flushes at least every second.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use koala_session::Session;
+
+use crate::recorder::Recorder;
+
+/// How often the writer wakes to drain the queue when nobody pokes it.
+const POLL: Duration = Duration::from_millis(10);
+const IDLE_SWEEP: Duration = Duration::from_millis(100);
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// A batch this large is written without waiting for the next flush.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Requests from host threads to the writer.
+pub(crate) enum Control {
+    /// Write everything queued so far, then acknowledge.
+    Flush(Sender<()>),
+}
+
+/// The writer thread's body.
+pub(crate) fn run(
+    recorder: &'static Recorder,
+    sessions: Receiver<Session>,
+    control: Receiver<Control>,
+) {
+    let mut file = SessionFile::new(recorder.session_file_path());
+    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    let mut last_sweep = Instant::now();
+    let mut last_flush = Instant::now();
+    loop {
+        std::thread::park_timeout(POLL);
+        let mut flush_acks = Vec::new();
+        while let Ok(Control::Flush(ack)) = control.try_recv() {
+            flush_acks.push(ack);
+        }
+        while let Ok(session) = sessions.try_recv() {
+            recorder.dequeued(&session);
+            append_line(&mut batch, &session);
+            if batch.len() >= BATCH_BYTES {
+                file.write_batch(recorder, &mut batch);
+            }
+        }
+        if last_sweep.elapsed() >= IDLE_SWEEP || !flush_acks.is_empty() {
+            last_sweep = Instant::now();
+            for session in recorder.close_idle_sessions() {
+                append_line(&mut batch, &session);
+            }
+            recorder.report_drops_if_any();
+        }
+        if last_flush.elapsed() >= FLUSH_EVERY
+            || !flush_acks.is_empty()
+            || batch.len() >= BATCH_BYTES
+        {
+            last_flush = Instant::now();
+            file.write_batch(recorder, &mut batch);
+        }
+        for ack in flush_acks {
+            let _ = ack.try_send(());
+        }
+    }
+}
+
+fn append_line(batch: &mut Vec<u8>, session: &Session) {
+    // Serializing strings, integers and payloads into a Vec cannot fail.
+    if serde_json::to_writer(&mut *batch, session).is_ok() {
+        batch.push(b'\n');
+    }
+}
+
+/// The session file, opened on first use, re-opened if the host closed or
+/// replaced its fd behind the library's back.
+struct SessionFile {
+    path: PathBuf,
+    open: Option<(File, u64, u64)>,
+}
+
+impl SessionFile {
+    fn new(path: PathBuf) -> Self {
+        SessionFile { path, open: None }
+    }
+
+    fn write_batch(&mut self, recorder: &Recorder, batch: &mut Vec<u8>) {
+        if batch.is_empty() {
+            return;
+        }
+        let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+        let result = self.file().and_then(|f| f.write_all(batch));
+        match result {
+            Ok(()) => recorder
+                .counters
+                .written
+                .fetch_add(lines, Ordering::Relaxed),
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, lines, "cannot write sessions; they are lost");
+                recorder
+                    .counters
+                    .write_errors
+                    .fetch_add(lines, Ordering::Relaxed)
+            }
+        };
+        batch.clear();
+    }
+
+    fn file(&mut self) -> io::Result<&mut File> {
+        if let Some((file, dev, ino)) = &self.open {
+            let still_ours = fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map(|m| m.dev() == *dev && m.ino() == *ino)
+                .unwrap_or(false);
+            if !still_ours {
+                // The host closed our fd, and the number may now be one of
+                // its own: forget it without closing.
+                let (file, _, _) = self.open.take().expect("checked above");
+                let _ = file.into_raw_fd();
+                tracing::warn!(path = %self.path.display(), "session file fd was closed by the host; reopening");
+            }
+        }
+        if self.open.is_none() {
+            let file = open_session_file(&self.path)?;
+            let metadata = file.metadata()?;
+            self.open = Some((file, metadata.dev(), metadata.ino()));
+        }
+        Ok(&mut self.open.as_mut().expect("opened above").0)
+    }
+}
+
+/// Creates the directory (0700) if needed and opens the file for appending
+/// (0600), close-on-exec at a high fd number.
+pub(crate) fn open_session_file(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let fd = koala_runtime::fds::relocate_high(file.into_raw_fd());
+    // SAFETY: relocate_high returns an fd we own (the original or its dup).
+    Ok(unsafe { File::from_raw_fd(fd) })
+}

@@ -131,8 +131,10 @@ enum CallRef {
     Stored(CallId),
     /// A greeting received before any session used the connection.
     PendingGreeting(CallId),
-    /// Bytes not kept: the call was made outside any session, or over the limit.
-    Dropped,
+    /// Bytes not kept: the call was made outside any session, or over the
+    /// limit. `answered` once a response byte came back, so the next send
+    /// is counted as a new call.
+    Dropped { answered: bool },
 }
 
 struct CallRecord {
@@ -429,7 +431,7 @@ impl Assembler {
             self.touch(session, now_ns);
             return;
         }
-        if call_ref == CallRef::Dropped && session.is_none() {
+        if call_ref == (CallRef::Dropped { answered: false }) && session.is_none() {
             self.stats.bytes_outside_sessions += data.len() as u64;
             return;
         }
@@ -443,7 +445,8 @@ impl Assembler {
             }
             self.stats.calls_outside_sessions += 1;
             self.stats.bytes_outside_sessions += data.len() as u64;
-            self.conns.get_mut(&conn_id).expect("caller checked").call = CallRef::Dropped;
+            self.conns.get_mut(&conn_id).expect("caller checked").call =
+                CallRef::Dropped { answered: false };
             return;
         };
         if let CallRef::PendingGreeting(greeting) = call_ref {
@@ -460,7 +463,7 @@ impl Assembler {
                 }
                 CallRef::Stored(call_id)
             }
-            None => CallRef::Dropped,
+            None => CallRef::Dropped { answered: false },
         };
         self.conns.get_mut(&conn_id).expect("caller checked").call = new_ref;
         self.touch(Some(session), now_ns);
@@ -487,7 +490,11 @@ impl Assembler {
                     self.stats.truncated_payloads += 1;
                 }
             }
-            CallRef::Dropped => self.stats.bytes_outside_sessions += data.len() as u64,
+            CallRef::Dropped { .. } => {
+                self.stats.bytes_outside_sessions += data.len() as u64;
+                self.conns.get_mut(&conn_id).expect("caller checked").call =
+                    CallRef::Dropped { answered: true };
+            }
             CallRef::Fresh => self.greeting_received(conn_id, data, now_ns),
         }
     }
@@ -500,7 +507,7 @@ impl Assembler {
         let call_ref = match opened_in {
             Some(session) => match self.new_call(conn_id, session) {
                 Some(call_id) => CallRef::Stored(call_id),
-                None => CallRef::Dropped,
+                None => CallRef::Dropped { answered: true },
             },
             None => {
                 let call_id = self.next_id();
@@ -518,7 +525,7 @@ impl Assembler {
         };
         self.conns.get_mut(&conn_id).expect("caller checked").call = call_ref;
         match call_ref {
-            CallRef::Dropped => self.stats.bytes_outside_sessions += data.len() as u64,
+            CallRef::Dropped { .. } => self.stats.bytes_outside_sessions += data.len() as u64,
             _ => self.outbound_received(conn_id, data, now_ns),
         }
     }

@@ -33,6 +33,19 @@ pub enum EndReason {
     Exit,
 }
 
+impl EndReason {
+    /// The name used in session files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::NextRequest => "next_request",
+            EndReason::Close => "close",
+            EndReason::Idle => "idle",
+            EndReason::Hint => "hint",
+            EndReason::Exit => "exit",
+        }
+    }
+}
+
 /// One recorded inbound request with the outbound calls made for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {

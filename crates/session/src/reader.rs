@@ -101,7 +101,7 @@ pub fn session_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SessionFileError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Exchange, Payload};
+    use crate::{EndReason, Exchange, Payload};
 
     fn sample() -> Session {
         Session {
@@ -140,6 +140,15 @@ mod tests {
             assert!(value.get(field).is_some(), "missing {field}");
         }
         assert_eq!(value["end"], "close");
+        for reason in [
+            EndReason::NextRequest,
+            EndReason::Close,
+            EndReason::Idle,
+            EndReason::Hint,
+            EndReason::Exit,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
         assert_eq!(
             value["inbound"]["response"],
             serde_json::json!({"base64": "/wE="})

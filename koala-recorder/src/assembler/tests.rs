@@ -96,8 +96,10 @@ fn keep_alive_yields_one_session_per_request() {
 #[test]
 fn a_pooled_connection_gives_each_call_to_the_sending_threads_session() {
     let mut a = assembler();
-    // Opened at start-up, outside any session, and used once there.
+    // Opened at start-up, outside any session, and used twice there.
     connect(&mut a, 9, 1, 40000, 6379, 1);
+    a.sent(9, 1, b"CLIENT SETNAME x\r\n", 2);
+    a.received(9, 1, b"+OK\r\n", 2);
     a.sent(9, 1, b"PING\r\n", 2);
     a.received(9, 1, b"+PONG\r\n", 3);
     accept(&mut a, 5, 5001, 4);
@@ -123,8 +125,12 @@ fn a_pooled_connection_gives_each_call_to_the_sending_threads_session() {
     assert_eq!((sa.calls[0].request_ns, sa.calls[0].response_ns), (7, 8));
     assert_eq!(text(&sb.inbound.request), "req-b");
     assert_eq!(calls(sb), [("GET b\r\n", "vb\r\n")]);
-    assert_eq!(a.stats().calls_outside_sessions, 1, "the start-up PING");
-    assert_eq!(a.stats().bytes_outside_sessions, 13);
+    assert_eq!(
+        a.stats().calls_outside_sessions,
+        2,
+        "the start-up SETNAME and PING"
+    );
+    assert_eq!(a.stats().bytes_outside_sessions, 36);
 }
 
 #[test]

@@ -1,0 +1,746 @@
+//! Harness for koala's integration tests: real programs run with (or
+//! without) `libkoala.so` preloaded, and the sessions they record.
+//!
+//! Every wait here is bounded and polls for a fact (a listening port, a
+//! number of sessions, an exit), never a fixed sleep. Every test gets its own
+//! temporary directory and its own ports, so tests run in parallel safely.
+//! A [`Program`] is stopped when dropped: SIGTERM to its process group, then
+//! SIGKILL after a bound.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use koala_session::{EndReason, Exchange, Payload, Session};
+
+/// How long a program may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long recorded sessions may take to reach their file.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a program may take to exit after SIGTERM before SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read/write timeout of the test clients' sockets.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// The workspace root (the parent of this package).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    assert!(path.exists(), "missing fixture {}", path.display());
+    path
+}
+
+/// The library under test: `$KOALA_LIB`, else
+/// `<workspace>/target/release/libkoala.so` (`$CARGO_TARGET_DIR` honoured).
+pub fn koala_lib() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let path = match std::env::var_os("KOALA_LIB") {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => std::env::var_os("CARGO_TARGET_DIR")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"))
+                .join("release/libkoala.so"),
+        };
+        if !path.is_file() {
+            panic!(
+                "libkoala.so not found at {}: run `make build` (or `cargo build --release -p \
+                 koala-preload`) first, or point KOALA_LIB at the library",
+                path.display()
+            );
+        }
+        path.canonicalize().expect("canonical library path")
+    })
+    .clone()
+}
+
+/// The real Python interpreter, not a pyenv shim (a shim is a shell script
+/// that would run under the preload too). `$KOALA_TEST_PYTHON` overrides.
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("KOALA_TEST_PYTHON").filter(|p| !p.is_empty()) {
+                return PathBuf::from(path);
+            }
+            let out = Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .env_remove("LD_PRELOAD")
+                .output()
+                .expect("python3 must be installed to run these tests");
+            assert!(out.status.success(), "python3 -c failed: {out:?}");
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            assert!(path.is_file(), "python3 reported {}", path.display());
+            path
+        })
+        .clone()
+}
+
+/// Absolute path of an installed program (`which`), with a clear panic
+/// telling what to install when it is missing.
+pub fn require_program(name: &str, package: &str) -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&paths).chain([PathBuf::from("/usr/sbin")]) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed: install it (e.g. `apt-get install {package}`)");
+}
+
+/// A directory of its own for one test, removed on drop unless the test
+/// failed (then it is kept and its path printed, to look at the evidence)
+/// or `KOALA_TEST_KEEP` is set.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(test: &str) -> TestDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "koala-test-{test}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path).expect("create test dir");
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("test failed: its files are kept in {}", self.path.display());
+        } else if std::env::var_os("KOALA_TEST_KEEP").is_some() {
+            eprintln!("KOALA_TEST_KEEP: files kept in {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A loopback port nothing listens on. Ports are taken below the kernel's
+/// ephemeral range (so client sockets do not take them) and never twice
+/// in one test process.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n * 13) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
+}
+
+/// How to start a program.
+pub struct Spec {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    preload: bool,
+}
+
+impl Spec {
+    /// `name` names the captured output files (`<name>.stdout`, `.stderr`).
+    pub fn new(name: &str, program: impl AsRef<Path>) -> Spec {
+        Spec {
+            name: name.to_string(),
+            program: program.as_ref().to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            preload: false,
+        }
+    }
+
+    /// A Python script of `tests/fixtures`, run by the real interpreter.
+    pub fn python_fixture(name: &str, script: &str) -> Spec {
+        Spec::new(name, python())
+            .arg("-u")
+            .arg(fixture(script).to_str().unwrap())
+    }
+
+    pub fn arg(mut self, arg: impl ToString) -> Spec {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: ToString>(mut self, args: I) -> Spec {
+        self.args.extend(args.into_iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Spec {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl AsRef<Path>) -> Spec {
+        self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Runs the program with `LD_PRELOAD=libkoala.so` (and no KOALA_*
+    /// variable but those given with [`Spec::env`]).
+    pub fn preload(mut self) -> Spec {
+        self.preload = true;
+        self
+    }
+
+    /// Preloads the library in record mode, writing to `record_to`.
+    pub fn record_to(self, record_to: &Path) -> Spec {
+        self.preload()
+            .env("KOALA_MODE", "record")
+            .env("KOALA_RECORD_TO", record_to.display())
+    }
+
+    /// Starts the program in its own process group, its output captured to
+    /// files in `dir`.
+    pub fn spawn(self, dir: &TestDir) -> Program {
+        let stdout_path = dir.join(format!("{}.stdout", self.name));
+        let stderr_path = dir.join(format!("{}.stderr", self.name));
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).expect("create stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("create stderr file"))
+            .current_dir(self.cwd.as_deref().unwrap_or(dir.path()))
+            .process_group(0);
+        // The test runner's own koala settings must not leak into programs.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("KOALA_") || key == "LD_PRELOAD" {
+                command.env_remove(&*key);
+            }
+        }
+        if self.preload {
+            command.env("LD_PRELOAD", koala_lib());
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        // If the test process dies (^C, a harness timeout) before its guards
+        // run, the program dies with it instead of lingering.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({}): {e}",
+                self.name,
+                self.program.display()
+            )
+        });
+        Program {
+            name: self.name,
+            child,
+            stdout_path,
+            stderr_path,
+            status: None,
+        }
+    }
+}
+
+/// A running program. Dropping it stops it (and its process group).
+pub struct Program {
+    name: String,
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Program {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Has it exited (without waiting)?
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Stdout and stderr, for failure messages.
+    pub fn output_report(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
+            self.name,
+            self.stdout(),
+            self.name,
+            self.stderr()
+        )
+    }
+
+    /// Waits until something listens on `127.0.0.1:port`. Panics with the
+    /// program's output if it exits first or the wait times out. Looks at
+    /// the kernel's socket table instead of connecting, so a recording
+    /// program sees no extra connection.
+    pub fn wait_for_port(&mut self, port: u16) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if is_listening(port) {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "{} exited ({status}) before listening on port {port}\n{}",
+                    self.name,
+                    self.output_report()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not listen on port {port} within {START_TIMEOUT:?}\n{}",
+                    self.name,
+                    self.output_report()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Stops the program: SIGTERM to its process group, SIGKILL after
+    /// [`STOP_TIMEOUT`]. Returns its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(status) = self.exited() {
+            kill_group(self.pid(), libc::SIGKILL);
+            return status;
+        }
+        kill_group(self.pid(), libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                // Leftovers of the group (children that outlived it).
+                kill_group(self.pid(), libc::SIGKILL);
+                return status;
+            }
+            thread::sleep(POLL);
+        }
+        kill_group(self.pid(), libc::SIGKILL);
+        let status = self.child.wait().expect("wait");
+        self.status = Some(status);
+        status
+    }
+
+    /// Stops the program and asserts it exited by itself on SIGTERM
+    /// (exit code 0, not killed), so its exit-time flush ran.
+    pub fn stop_cleanly(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "{} did not exit cleanly on SIGTERM: {status}\n{}",
+            self.name,
+            self.output_report()
+        );
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn kill_group(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory effects; a negative pid names the group.
+    unsafe {
+        libc::kill(-(pid as i32), signal);
+    }
+}
+
+/// Is a TCP socket listening on port `port` (any address, IPv4 or IPv6)?
+pub fn is_listening(port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local_address is field 1 ("IP:PORT"), st is field 3; 0A = LISTEN.
+                fields.len() > 3 && fields[1].ends_with(&wanted) && fields[3] == "0A"
+            })
+        })
+    })
+}
+
+/// The pids whose parent is `parent` (from /proc).
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces; split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// Waits until `pid` has `count` children; returns their pids.
+pub fn wait_for_children(program: &mut Program, count: usize) -> Vec<u32> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let children = child_pids(program.pid());
+        if children.len() >= count {
+            return children;
+        }
+        if program.exited().is_some() || Instant::now() > deadline {
+            panic!(
+                "{} has children {children:?}, expected {count}\n{}",
+                program.name,
+                program.output_report()
+            );
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Session files of a directory: `(file name, complete sessions)`, sorted by
+/// name. Only newline-terminated lines count (a line being written is not
+/// complete yet); a complete line that is not a valid session panics.
+pub fn session_files(dir: &Path) -> Vec<(String, Vec<Session>)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".jsonl") {
+            continue;
+        }
+        let bytes = fs::read(entry.path()).unwrap_or_default();
+        let mut sessions = Vec::new();
+        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        lines.pop(); // after the last newline: empty, or a line still being written
+        for (index, line) in lines.into_iter().enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let text = std::str::from_utf8(line).unwrap_or_else(|e| {
+                panic!("{name} line {}: not UTF-8 ({e})", index + 1);
+            });
+            match koala_session::read_session_line(text) {
+                Ok(session) => sessions.push(session),
+                Err(e) => panic!("{name} line {}: not a session: {e}\n{text}", index + 1),
+            }
+        }
+        files.insert(name, sessions);
+    }
+    files.into_iter().collect()
+}
+
+/// Every complete session of every `.jsonl` file of `dir`.
+pub fn read_sessions(dir: &Path) -> Vec<Session> {
+    session_files(dir)
+        .into_iter()
+        .flat_map(|(_, sessions)| sessions)
+        .collect()
+}
+
+/// Waits until the session files of `dir` hold at least `count` sessions
+/// and returns them. On timeout panics, showing what is there.
+pub fn wait_for_sessions(dir: &Path, count: usize) -> Vec<Session> {
+    let deadline = Instant::now() + SESSION_TIMEOUT;
+    loop {
+        let sessions = read_sessions(dir);
+        if sessions.len() >= count {
+            return sessions;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "expected {count} sessions in {} within {SESSION_TIMEOUT:?}, found {}:\n{}",
+                dir.display(),
+                sessions.len(),
+                describe_dir(dir)
+            );
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Files of a record directory with their sessions and the koala log, for
+/// failure messages.
+pub fn describe_dir(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return format!("({} does not exist)", dir.display());
+    };
+    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| format!("({e})"));
+        out.push_str(&format!("=== {}\n{text}\n", path.display()));
+    }
+    out
+}
+
+/// A session as a readable string (long payloads cut), for failure messages.
+pub fn show(session: &Session) -> String {
+    let line = session.to_json_line();
+    cut(&line, 4000)
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} more bytes)", &text[..end], text.len() - end)
+}
+
+/// Bytes as text for failure messages: lossy UTF-8, escaped, cut.
+fn show_bytes(bytes: &[u8]) -> String {
+    cut(&format!("{:?}", String::from_utf8_lossy(bytes)), 1500)
+}
+
+/// Asserts that two byte strings are equal; on failure shows their lengths,
+/// the first differing offset and both around it.
+#[track_caller]
+pub fn assert_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let first = actual
+        .iter()
+        .zip(expected)
+        .position(|(a, e)| a != e)
+        .unwrap_or(actual.len().min(expected.len()));
+    let from = first.saturating_sub(200);
+    panic!(
+        "{what} differs at byte {first}\n  expected ({} bytes): {}\n  actual   ({} bytes): {}\n           from byte {from}:\n  expected: {}\n  actual:   {}",
+        expected.len(),
+        show_bytes(expected),
+        actual.len(),
+        show_bytes(actual),
+        show_bytes(&expected[from.min(expected.len())..]),
+        show_bytes(&actual[from.min(actual.len())..]),
+    );
+}
+
+/// Asserts one exchange: exact request and response bytes and the peer.
+#[track_caller]
+pub fn assert_exchange(
+    exchange: &Exchange,
+    peer: &str,
+    request: &[u8],
+    response: &[u8],
+    what: &str,
+) {
+    assert_eq!(exchange.peer, peer, "{what}: peer");
+    assert_bytes(
+        exchange.request.as_bytes(),
+        request,
+        &format!("{what}: request"),
+    );
+    assert_bytes(
+        exchange.response.as_bytes(),
+        response,
+        &format!("{what}: response"),
+    );
+    assert!(!exchange.truncated, "{what}: truncated");
+}
+
+/// A client TCP connection to `127.0.0.1:port` with bounded I/O.
+pub fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Sends `request` and reads one full HTTP response (by Content-Length, or
+/// to end of stream when there is none). Returns the response's exact bytes.
+pub fn http_exchange(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
+    stream.write_all(request).expect("send request");
+    read_http_response(stream).expect("read response")
+}
+
+/// Reads one HTTP/1.x response: its head, then Content-Length bytes of
+/// body, or everything until the peer closes when there is no length.
+pub fn read_http_response(stream: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(pos) = find(&data, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "closed before the end of the response head: {:?}",
+                    String::from_utf8_lossy(&data)
+                ),
+            ));
+        }
+        data.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let length = head.lines().find_map(|line| {
+        line.strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().expect("numeric content-length"))
+    });
+    match length {
+        Some(length) => {
+            while data.len() < head_end + length {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed before the end of the body",
+                    ));
+                }
+                data.extend_from_slice(&chunk[..n]);
+            }
+            assert_eq!(data.len(), head_end + length, "bytes after the response");
+        }
+        None => {
+            stream.read_to_end(&mut data)?;
+        }
+    }
+    Ok(data)
+}
+
+/// Reads until the peer closes.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut data = Vec::new();
+    stream.read_to_end(&mut data).expect("read to close");
+    data
+}
+
+/// Position of `needle` in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Starts a `redis-server` on a free port, with no persistence, files in
+/// `dir`. Returns the program and its port.
+pub fn start_redis(dir: &TestDir) -> (Program, u16) {
+    let port = free_port();
+    let data = dir.join("redis");
+    fs::create_dir_all(&data).unwrap();
+    let mut redis = Spec::new("redis", require_program("redis-server", "redis-server"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            data.to_str().unwrap(),
+        ])
+        .spawn(dir);
+    redis.wait_for_port(port);
+    (redis, port)
+}
+
+/// A command in RESP, as a client sends it.
+pub fn resp_command(parts: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n{part}\r\n", part.len()).as_bytes());
+    }
+    out
+}
+
+/// A RESP bulk string reply.
+pub fn resp_bulk(value: &str) -> Vec<u8> {
+    format!("${}\r\n{value}\r\n", value.len()).into_bytes()
+}
+
+/// Sets keys in redis through a plain connection of the test process
+/// (not recorded), checking each `+OK`.
+pub fn redis_set(port: u16, pairs: &[(String, String)]) {
+    let mut stream = connect(port);
+    for (key, value) in pairs {
+        stream
+            .write_all(&resp_command(&["SET", key, value]))
+            .unwrap();
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).expect("redis reply");
+        assert_bytes(&reply, b"+OK\r\n", &format!("redis reply to SET {key}"));
+    }
+}

@@ -1,0 +1,164 @@
+//! A dependency that speaks first: its greeting is a call with an empty
+//! request, in the session that opened the connection, or, when the
+//! connection was opened at start-up, in the first session that sends on it.
+
+use koala_tests::*;
+
+const GREETING: &[u8] = b"220 koala-greeting\r\n";
+
+struct Run {
+    sessions: Vec<Session>,
+    greeting_peer: String,
+    /// (id, client address, request, response) in the order sent.
+    sent: Vec<(String, String, Vec<u8>, Vec<u8>)>,
+}
+
+/// Starts the greeting server and the recorded service in `mode`, sends
+/// `ids` as requests on one keep-alive connection, and returns the sessions.
+fn run(test: &str, mode: &str, ids: &[&str]) -> Run {
+    let dir = TestDir::new(test);
+    let record = dir.join("record");
+
+    let greeting_port = free_port();
+    let mut greeter = Spec::python_fixture("greeting_server", "greeting_server.py")
+        .arg(greeting_port)
+        .spawn(&dir);
+    greeter.wait_for_port(greeting_port);
+
+    let port = free_port();
+    let mut service = Spec::python_fixture("service", "greeting_service.py")
+        .args([
+            port.to_string(),
+            greeting_port.to_string(),
+            mode.to_string(),
+        ])
+        .record_to(&record)
+        .spawn(&dir);
+    service.wait_for_port(port);
+
+    let mut stream = connect(port);
+    let client = stream.local_addr().unwrap().to_string();
+    let mut sent = Vec::new();
+    for id in ids {
+        let request = format!("GET /hello/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        let response = http_exchange(&mut stream, request.as_bytes());
+        let body = format!("greeting=220 koala-greeting reply=250 ok HELLO {id}\n");
+        let expected = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_bytes(&response, expected.as_bytes(), &format!("response to {id}"));
+        sent.push((
+            id.to_string(),
+            client.clone(),
+            request.into_bytes(),
+            response,
+        ));
+    }
+    drop(stream);
+
+    wait_for_sessions(&record, ids.len());
+    service.stop_cleanly();
+    let mut sessions = read_sessions(&record);
+    assert_eq!(
+        sessions.len(),
+        ids.len(),
+        "one session per request:\n{}",
+        describe_dir(&record)
+    );
+    sessions.sort_by_key(|s| s.inbound.request_ns);
+    for (session, (_, client, request, response)) in sessions.iter().zip(&sent) {
+        assert_eq!(session.pid, service.pid(), "{}", show(session));
+        assert_exchange(&session.inbound, client, request, response, &show(session));
+    }
+    Run {
+        sessions,
+        greeting_peer: format!("127.0.0.1:{greeting_port}"),
+        sent,
+    }
+}
+
+fn hello(id: &str) -> Vec<u8> {
+    format!("HELLO {id}\r\n").into_bytes()
+}
+
+fn reply(id: &str) -> Vec<u8> {
+    format!("250 ok HELLO {id}\r\n").into_bytes()
+}
+
+/// Each request connects, reads the greeting, sends a line: its session has
+/// the greeting call, then the line call, on that one connection.
+#[test]
+fn greeting_per_request() {
+    let run = run("greeting_per_request", "per-request", &["g1", "g2", "g3"]);
+    let mut locals = Vec::new();
+    for (session, (id, ..)) in run.sessions.iter().zip(&run.sent) {
+        let what = show(session);
+        assert_eq!(session.calls.len(), 2, "{what}");
+        let greeting = &session.calls[0];
+        assert_exchange(
+            greeting,
+            &run.greeting_peer,
+            b"",
+            GREETING,
+            &format!("{what}\ngreeting"),
+        );
+        assert!(greeting.is_greeting(), "{what}");
+        assert_eq!(
+            greeting.request_ns, 0,
+            "{what}: a greeting has no request time"
+        );
+        let line = &session.calls[1];
+        assert_exchange(
+            line,
+            &run.greeting_peer,
+            &hello(id),
+            &reply(id),
+            &format!("{what}\nline"),
+        );
+        assert_eq!(greeting.local, line.local, "{what}: one connection");
+        locals.push(line.local.clone());
+    }
+    locals.dedup();
+    assert_eq!(locals.len(), run.sent.len(), "a new connection per request");
+}
+
+/// The connection is opened and its greeting read at start-up, outside any
+/// session: the greeting goes into the first session that sends on the
+/// connection, and only there.
+#[test]
+fn greeting_at_startup() {
+    let run = run("greeting_at_startup", "startup", &["s1", "s2", "s3"]);
+    let local = &run.sessions[0].calls.last().expect("a call").local;
+    for (index, (session, (id, ..))) in run.sessions.iter().zip(&run.sent).enumerate() {
+        let what = show(session);
+        let line_call = if index == 0 {
+            assert_eq!(
+                session.calls.len(),
+                2,
+                "{what}: the greeting, then the line"
+            );
+            let greeting = &session.calls[0];
+            assert_exchange(
+                greeting,
+                &run.greeting_peer,
+                b"",
+                GREETING,
+                &format!("{what}\ngreeting"),
+            );
+            assert_eq!(&greeting.local, local, "{what}");
+            &session.calls[1]
+        } else {
+            assert_eq!(session.calls.len(), 1, "{what}: only the line");
+            &session.calls[0]
+        };
+        assert_exchange(
+            line_call,
+            &run.greeting_peer,
+            &hello(id),
+            &reply(id),
+            &format!("{what}\nline"),
+        );
+        assert_eq!(&line_call.local, local, "{what}: the start-up connection");
+    }
+}

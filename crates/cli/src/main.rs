@@ -1,0 +1,77 @@
+//! `koala`: the command-line side of koala.
+
+mod env;
+mod library;
+mod record;
+mod show;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Record a service's real TCP traffic from inside its process, and replay
+/// it later with every dependency mocked.
+///
+/// koala works through libkoala.so, loaded into the service with
+/// LD_PRELOAD. `koala record` does that for you; `koala show` prints what
+/// was recorded; `koala env` checks the KOALA_* variables.
+#[derive(Parser)]
+#[command(name = "koala", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command with libkoala.so loaded in record mode.
+    ///
+    /// Sets LD_PRELOAD, KOALA_MODE=record and KOALA_RECORD_TO, then
+    /// replaces itself with the command. Each process of the command
+    /// writes its sessions to DIR/<program>-<pid>.jsonl.
+    #[command(
+        after_help = "Example:\n  koala record --to ./sessions -- python3 service.py --port 8080"
+    )]
+    Record {
+        /// Directory for session files (KOALA_RECORD_TO).
+        #[arg(long, value_name = "DIR", default_value = "./koala-sessions")]
+        to: PathBuf,
+        /// libkoala.so to load (default: next to this koala binary, or $KOALA_LIB).
+        #[arg(long, value_name = "PATH")]
+        lib: Option<PathBuf>,
+        /// The command to run, after `--`.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print recorded sessions in a readable form.
+    #[command(
+        after_help = "Example:\n  koala show ./koala-sessions\n  koala show --full ./koala-sessions/python3-1234.jsonl"
+    )]
+    Show {
+        /// Session files (.jsonl) or directories of them.
+        #[arg(required = true, value_name = "SESSIONS")]
+        paths: Vec<PathBuf>,
+        /// Print whole payloads instead of their first line.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Show every KOALA_* variable: its value here, its default, and any problem.
+    Env,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Record { to, lib, command } => record::run(&to, lib.as_deref(), &command),
+        Command::Show { paths, full } => show::run(&paths, full),
+        Command::Env => env::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("koala: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

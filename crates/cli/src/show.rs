@@ -1,0 +1,133 @@
+//! `koala show`: recorded sessions in a readable form.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use koala_session::{Exchange, Payload, Session, read_sessions_file, session_files};
+
+pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
+    let files = session_files(paths).map_err(|e| e.to_string())?;
+    if files.is_empty() {
+        return Err("no .jsonl session files found".into());
+    }
+    let mut bad_lines = 0;
+    let mut total = 0;
+    for file in files {
+        println!("{}", file.display());
+        for entry in read_sessions_file(&file).map_err(|e| e.to_string())? {
+            match entry {
+                Ok(session) => {
+                    total += 1;
+                    print_session(&session, full);
+                }
+                Err(error) => {
+                    bad_lines += 1;
+                    println!("  ! {error}");
+                }
+            }
+        }
+    }
+    println!(
+        "{total} session(s){}",
+        if bad_lines > 0 {
+            format!(", {bad_lines} bad line(s)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if bad_lines == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_session(session: &Session, full: bool) {
+    let end = session.end.map_or("-", |e| e.as_str());
+    println!(
+        "  session {}  {} pid {} tid {}  end {end}",
+        session.id, session.program, session.pid, session.tid
+    );
+    print_exchange(
+        "inbound",
+        &session.inbound,
+        &format!("{} -> {}", session.inbound.peer, session.inbound.local),
+        full,
+    );
+    for (index, call) in session.calls.iter().enumerate() {
+        let label = if call.is_greeting() {
+            format!("call {} (greeting)", index + 1)
+        } else {
+            format!("call {}", index + 1)
+        };
+        print_exchange(&label, call, &format!("-> {}", call.peer), full);
+    }
+}
+
+fn print_exchange(label: &str, exchange: &Exchange, route: &str, full: bool) {
+    let took = match (exchange.request_ns, exchange.response_ns) {
+        (start, end) if start > 0 && end >= start => {
+            format!("  {:.1} ms", (end - start) as f64 / 1e6)
+        }
+        _ => String::new(),
+    };
+    let cut = if exchange.truncated {
+        "  (truncated)"
+    } else {
+        ""
+    };
+    println!("    {label:<18} {route}{took}{cut}");
+    if full {
+        println!("      request  {}", escape(exchange.request.as_bytes()));
+        println!("      response {}", escape(exchange.response.as_bytes()));
+    } else {
+        println!("      request  {}", preview(&exchange.request));
+        println!("      response {}", preview(&exchange.response));
+    }
+}
+
+/// The first line (at most 72 characters) and the size.
+fn preview(payload: &Payload) -> String {
+    let bytes = payload.as_bytes();
+    if bytes.is_empty() {
+        return "(empty)".into();
+    }
+    let line_end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
+    let line = &bytes[..line_end.min(72)];
+    let more = if line.len() < bytes.len() { " …" } else { "" };
+    format!(
+        "{}{more}  ({} B)",
+        escape(line.strip_suffix(b"\r").unwrap_or(line)),
+        bytes.len()
+    )
+}
+
+/// Printable ASCII as is, everything else escaped, so binary stays on one line.
+fn escape(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .flat_map(|&b| std::ascii::escape_default(b))
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_show_the_first_line_and_size() {
+        assert_eq!(
+            preview(&Payload::from("GET / HTTP/1.1\r\nHost: x\r\n\r\n")),
+            "GET / HTTP/1.1 …  (27 B)"
+        );
+        assert_eq!(
+            preview(&Payload::from(&[0u8, 0xff][..])),
+            "\\x00\\xff  (2 B)"
+        );
+        assert_eq!(preview(&Payload::default()), "(empty)");
+    }
+}

@@ -7,7 +7,6 @@
 //! into the host.
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -148,17 +147,17 @@ fn is_owner_process() -> bool {
 /// Runs bookkeeping after a real call: errno is kept, and a panic disables
 /// recording for good (logged) instead of unwinding into the host.
 pub fn contain(what: &'static str, bookkeeping: impl FnOnce()) {
-    let errno = SavedErrno::save();
-    if std::panic::catch_unwind(AssertUnwindSafe(bookkeeping)).is_err() {
+    if !koala_runtime::contain::contain(bookkeeping) {
         if let Some(recorder) = RECORDER.get() {
             recorder.disable();
         }
-        tracing::error!(
-            hook = what,
-            "internal error: recording disabled, the host goes on"
-        );
+        koala_runtime::contain::contain(|| {
+            tracing::error!(
+                hook = what,
+                "internal error: recording disabled, the host goes on"
+            )
+        });
     }
-    errno.restore();
 }
 
 // ---- the guard -------------------------------------------------------------

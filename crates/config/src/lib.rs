@@ -492,3 +492,25 @@ mod tests {
         assert_eq!(errors.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::VARIABLES;
+    use std::collections::BTreeSet;
+
+    /// docs/environment.md documents exactly the variables the code reads.
+    #[test]
+    fn the_environment_doc_lists_every_variable() {
+        let doc = include_str!("../../../docs/environment.md");
+        let documented: BTreeSet<&str> = doc
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `KOALA_"))
+            .filter_map(|rest| rest.split('`').next())
+            .collect();
+        let read: BTreeSet<&str> = VARIABLES
+            .iter()
+            .map(|(name, _, _)| name.trim_start_matches("KOALA_"))
+            .collect();
+        assert_eq!(documented, read);
+    }
+}

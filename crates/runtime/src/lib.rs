@@ -5,6 +5,7 @@
 //! no panics on the paths the hooks use.
 
 pub mod clock;
+pub mod contain;
 pub mod errno;
 pub mod fdkind;
 pub mod fds;

@@ -18,9 +18,14 @@
 //!   first byte; its response belongs to that call whatever thread reads it.
 //! - Bytes received on an outbound connection before anything was sent are a
 //!   greeting (server speaks first): a call with an empty request, in the
-//!   session that opened the connection, or, if that session is over or the
-//!   connection was opened outside any session, in the first session that
-//!   sends on the connection.
+//!   session that opened the connection.
+//! - Calls made outside any session — by a thread with no current session
+//!   (start-up handshakes, pools being filled, background work), greetings on
+//!   connections opened outside one, and calls of virtual threads that never
+//!   wrote to a client — go to the process's *background record*, written
+//!   like a session (`kind: background`) when it has been idle for the idle
+//!   time, holds the maximum number of calls, or the process exits. Replay
+//!   answers start-up traffic from these.
 //!
 //! The assembler does no I/O and reads no clock: callers pass the time, so
 //! every rule is testable with synthetic events.
@@ -28,7 +33,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use koala_session::{EndReason, Exchange, FORMAT_VERSION, Payload, Session};
+use koala_session::{EndReason, Exchange, FORMAT_VERSION, Kind, Payload, Session};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -55,20 +60,18 @@ pub struct Identity {
     pub start_secs: u64,
 }
 
-/// Counters of everything that was not written as part of a session.
+/// Counters of what the recorder did besides writing sessions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub sessions_finished: u64,
-    /// Sessions that never received or sent an inbound byte (a virtual
-    /// thread that made calls but never touched a client connection).
+    /// Background records written (calls made outside any session).
+    pub background_records: u64,
+    /// Virtual threads (helper hints) whose calls never met a client
+    /// connection: their calls went to the background record.
     pub sessions_without_inbound: u64,
     /// Sessions inherited across fork and left untouched by the child: the
     /// parent writes them.
     pub sessions_left_to_parent: u64,
-    /// Calls made by a thread with no current session (start-up and
-    /// background traffic).
-    pub calls_outside_sessions: u64,
-    pub bytes_outside_sessions: u64,
     /// Response bytes that arrived after their call's session was written.
     pub late_bytes: u64,
     pub calls_over_limit: u64,
@@ -129,17 +132,13 @@ enum CallRef {
     Fresh,
     /// A call stored in `calls` (it may have been written since).
     Stored(CallId),
-    /// A greeting received before any session used the connection.
-    PendingGreeting(CallId),
-    /// Bytes not kept: the call was made outside any session, or over the
-    /// limit. `answered` once a response byte came back, so the next send
-    /// is counted as a new call.
-    Dropped { answered: bool },
+    /// Beyond KOALA_MAX_CALLS_PER_SESSION: bytes not kept. `answered` once
+    /// a response byte came back, so the next send is a new call.
+    OverLimit { answered: bool },
 }
 
 struct CallRecord {
-    /// `None` only for a pending greeting.
-    session: Option<SessionKey>,
+    session: SessionKey,
     local: String,
     peer: String,
     request: Buf,
@@ -148,7 +147,10 @@ struct CallRecord {
 
 struct OpenSession {
     tid: u32,
+    /// `None` for a background record, and for a virtual thread's calls
+    /// before its thread writes a response.
     inbound: Option<InboundSide>,
+    background: bool,
     request: Buf,
     response: Buf,
     calls: Vec<CallId>,
@@ -187,6 +189,8 @@ pub struct Assembler {
     threads: HashMap<u32, ThreadState>,
     /// Virtual thread id (helper hints) → its session.
     virtual_threads: HashMap<u64, SessionKey>,
+    /// The open background record, if any.
+    background: Option<SessionKey>,
     next_id: u64,
     sessions_written: u64,
     stats: Stats,
@@ -204,6 +208,7 @@ impl Assembler {
             calls: HashMap::new(),
             threads: HashMap::new(),
             virtual_threads: HashMap::new(),
+            background: None,
             next_id: 1,
             sessions_written: 0,
             stats: Stats::default(),
@@ -306,12 +311,6 @@ impl Assembler {
         if let Some(session) = conn.session {
             self.finish(session, EndReason::Close);
         }
-        if let CallRef::PendingGreeting(call) = conn.call
-            && let Some(greeting) = self.calls.remove(&call)
-        {
-            self.stats.calls_outside_sessions += 1;
-            self.stats.bytes_outside_sessions += greeting.response.bytes.len() as u64;
-        }
     }
 
     /// `shutdown(fd, how)`: a service that shuts down the write side of an
@@ -350,7 +349,7 @@ impl Assembler {
         };
         match conn.direction {
             Direction::Inbound => self.inbound_received(conn_id, tid, data, now_ns),
-            Direction::Outbound => self.outbound_received(conn_id, data, now_ns),
+            Direction::Outbound => self.outbound_received(conn_id, tid, data, now_ns),
         }
     }
 
@@ -413,63 +412,43 @@ impl Assembler {
     }
 
     fn outbound_sent(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
-        let session = self.session_of_sender(tid, now_ns, true);
-        let call_ref = self.conns[&conn_id].call;
-        // Keep appending while the same session's call has no answer yet.
-        if let CallRef::Stored(call_id) = call_ref
-            && let Some(call) = self.calls.get_mut(&call_id)
-            && call.response.is_empty()
-            && call.session == session
-            && session.is_some()
-        {
-            if call
-                .request
-                .append(data, now_ns, self.limits.max_payload_bytes)
-            {
-                self.stats.truncated_payloads += 1;
-            }
-            self.touch(session, now_ns);
-            return;
-        }
-        if call_ref == (CallRef::Dropped { answered: false }) && session.is_none() {
-            self.stats.bytes_outside_sessions += data.len() as u64;
-            return;
-        }
-        let Some(session) = session else {
-            if let CallRef::PendingGreeting(greeting) = call_ref {
-                // Start-up handshake: the greeting is outside sessions too.
-                if let Some(greeting) = self.calls.remove(&greeting) {
-                    self.stats.calls_outside_sessions += 1;
-                    self.stats.bytes_outside_sessions += greeting.response.bytes.len() as u64;
-                }
-            }
-            self.stats.calls_outside_sessions += 1;
-            self.stats.bytes_outside_sessions += data.len() as u64;
-            self.conns.get_mut(&conn_id).expect("caller checked").call =
-                CallRef::Dropped { answered: false };
-            return;
+        let session = match self.session_of_sender(tid, now_ns, true) {
+            Some(session) => session,
+            None => self.background_record(tid, now_ns),
         };
-        if let CallRef::PendingGreeting(greeting) = call_ref {
-            self.attach_call(session, greeting);
-        }
-        let new_ref = match self.new_call(conn_id, session) {
-            Some(call_id) => {
-                let call = self.calls.get_mut(&call_id).expect("just stored");
-                if call
-                    .request
-                    .append(data, now_ns, self.limits.max_payload_bytes)
-                {
+        let max = self.limits.max_payload_bytes;
+        match self.conns[&conn_id].call {
+            // Keep appending while the same session's call has no answer yet.
+            CallRef::Stored(call_id)
+                if self
+                    .calls
+                    .get(&call_id)
+                    .is_some_and(|c| c.session == session && c.response.is_empty()) =>
+            {
+                let call = self.calls.get_mut(&call_id).expect("checked above");
+                if call.request.append(data, now_ns, max) {
                     self.stats.truncated_payloads += 1;
                 }
-                CallRef::Stored(call_id)
             }
-            None => CallRef::Dropped { answered: false },
-        };
-        self.conns.get_mut(&conn_id).expect("caller checked").call = new_ref;
+            CallRef::OverLimit { answered: false } => {}
+            _ => {
+                let call_ref = match self.new_call(conn_id, session, tid, now_ns) {
+                    Some(call_id) => {
+                        let call = self.calls.get_mut(&call_id).expect("just stored");
+                        if call.request.append(data, now_ns, max) {
+                            self.stats.truncated_payloads += 1;
+                        }
+                        CallRef::Stored(call_id)
+                    }
+                    None => CallRef::OverLimit { answered: false },
+                };
+                self.conns.get_mut(&conn_id).expect("caller checked").call = call_ref;
+            }
+        }
         self.touch(Some(session), now_ns);
     }
 
-    fn outbound_received(&mut self, conn_id: ConnId, data: &[u8], now_ns: u64) {
+    fn outbound_received(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
         let max = self.limits.max_payload_bytes;
         match self.conns[&conn_id].call {
             CallRef::Stored(call_id) => {
@@ -481,65 +460,58 @@ impl Assembler {
                     self.stats.truncated_payloads += 1;
                 }
                 let session = call.session;
-                self.touch(session, now_ns);
+                self.touch(Some(session), now_ns);
             }
-            CallRef::PendingGreeting(call_id) => {
-                if let Some(greeting) = self.calls.get_mut(&call_id)
-                    && greeting.response.append(data, now_ns, max)
-                {
-                    self.stats.truncated_payloads += 1;
-                }
-            }
-            CallRef::Dropped { .. } => {
-                self.stats.bytes_outside_sessions += data.len() as u64;
+            CallRef::OverLimit { .. } => {
                 self.conns.get_mut(&conn_id).expect("caller checked").call =
-                    CallRef::Dropped { answered: true };
+                    CallRef::OverLimit { answered: true };
             }
-            CallRef::Fresh => self.greeting_received(conn_id, data, now_ns),
+            CallRef::Fresh => self.greeting_received(conn_id, tid, data, now_ns),
         }
     }
 
-    /// The first bytes on an outbound connection came before any request.
-    fn greeting_received(&mut self, conn_id: ConnId, data: &[u8], now_ns: u64) {
+    /// The first bytes on an outbound connection came before any request:
+    /// a call with an empty request, in the session that opened the
+    /// connection, or in the background record if it was opened outside
+    /// any session (or that session is over).
+    fn greeting_received(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
         let opened_in = self.conns[&conn_id]
             .opened_in
             .filter(|s| self.sessions.contains_key(s));
-        let call_ref = match opened_in {
-            Some(session) => match self.new_call(conn_id, session) {
-                Some(call_id) => CallRef::Stored(call_id),
-                None => CallRef::Dropped { answered: true },
-            },
-            None => {
-                let call_id = self.next_id();
-                let conn = &self.conns[&conn_id];
-                let greeting = CallRecord {
-                    session: None,
-                    local: conn.local.clone(),
-                    peer: conn.peer.clone(),
-                    request: Buf::default(),
-                    response: Buf::default(),
-                };
-                self.calls.insert(call_id, greeting);
-                CallRef::PendingGreeting(call_id)
-            }
+        let session = match opened_in {
+            Some(session) => session,
+            None => self.background_record(tid, now_ns),
+        };
+        let call_ref = match self.new_call(conn_id, session, tid, now_ns) {
+            Some(call_id) => CallRef::Stored(call_id),
+            None => CallRef::OverLimit { answered: false },
         };
         self.conns.get_mut(&conn_id).expect("caller checked").call = call_ref;
-        match call_ref {
-            CallRef::Dropped { .. } => self.stats.bytes_outside_sessions += data.len() as u64,
-            _ => self.outbound_received(conn_id, data, now_ns),
-        }
+        self.outbound_received(conn_id, tid, data, now_ns);
     }
 
     /// A new, empty call of `session` on `conn_id`; `None` over the limit.
-    fn new_call(&mut self, conn_id: ConnId, session: SessionKey) -> Option<CallId> {
+    /// A full background record is written and a new one started instead.
+    fn new_call(
+        &mut self,
+        conn_id: ConnId,
+        session: SessionKey,
+        tid: u32,
+        now_ns: u64,
+    ) -> Option<CallId> {
+        let mut session = session;
         if self.sessions[&session].calls.len() >= self.limits.max_calls_per_session {
-            self.stats.calls_over_limit += 1;
-            return None;
+            if !self.sessions[&session].background {
+                self.stats.calls_over_limit += 1;
+                return None;
+            }
+            self.finish(session, EndReason::Full);
+            session = self.background_record(tid, now_ns);
         }
         let call_id = self.next_id();
         let conn = &self.conns[&conn_id];
         let call = CallRecord {
-            session: Some(session),
+            session,
             local: conn.local.clone(),
             peer: conn.peer.clone(),
             request: Buf::default(),
@@ -554,13 +526,26 @@ impl Assembler {
         Some(call_id)
     }
 
-    /// Moves an existing call (a pending greeting) into `session`, keeping
-    /// the session's calls in the order they started.
+    /// The open background record, started on demand.
+    fn background_record(&mut self, tid: u32, now_ns: u64) -> SessionKey {
+        if let Some(key) = self.background.filter(|k| self.sessions.contains_key(k)) {
+            return key;
+        }
+        let key = self.next_id();
+        let mut record = OpenSession::new(tid, None, now_ns);
+        record.background = true;
+        self.sessions.insert(key, record);
+        self.background = Some(key);
+        key
+    }
+
+    /// Moves an existing call into `session`, keeping the session's calls
+    /// in the order they started.
     fn attach_call(&mut self, session: SessionKey, call_id: CallId) {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
-        call.session = Some(session);
+        call.session = session;
         let calls = &mut self.sessions.get_mut(&session).expect("open session").calls;
         let at = calls.partition_point(|&c| c < call_id);
         calls.insert(at, call_id);
@@ -701,6 +686,21 @@ impl Assembler {
         let Some(open) = self.sessions.remove(&key) else {
             return;
         };
+        if self.background == Some(key) {
+            self.background = None;
+        }
+        // A virtual thread that never wrote to a client: its calls were
+        // made for no session we can name, so they are background traffic.
+        if open.inbound.is_none() && !open.background {
+            self.stats.sessions_without_inbound += 1;
+            if !open.calls.is_empty() {
+                let record = self.background_record(open.tid, open.last_activity_ns);
+                for call_id in open.calls {
+                    self.attach_call(record, call_id);
+                }
+            }
+            return;
+        }
         let calls: Vec<CallRecord> = open
             .calls
             .iter()
@@ -716,19 +716,25 @@ impl Assembler {
             self.stats.sessions_left_to_parent += 1;
             return;
         }
-        let Some(inbound) = open
-            .inbound
-            .filter(|_| !(open.request.is_empty() && open.response.is_empty()))
-        else {
-            self.stats.sessions_without_inbound += 1;
-            self.stats.calls_outside_sessions += calls.len() as u64;
-            return;
+        let (kind, inbound) = match open.inbound {
+            Some(side) => {
+                self.stats.sessions_finished += 1;
+                (
+                    Kind::Session,
+                    exchange(side.local, side.peer, open.request, open.response),
+                )
+            }
+            None if calls.is_empty() => return,
+            None => {
+                self.stats.background_records += 1;
+                (Kind::Background, Exchange::default())
+            }
         };
         self.sessions_written += 1;
-        self.stats.sessions_finished += 1;
         let identity = &self.identity;
         self.finished.push(Session {
             koala: FORMAT_VERSION,
+            kind,
             id: format!(
                 "{}-{}-{}",
                 identity.start_secs, identity.pid, self.sessions_written
@@ -737,7 +743,7 @@ impl Assembler {
             tid: open.tid,
             program: identity.program.clone(),
             end: Some(reason),
-            inbound: exchange(inbound.local, inbound.peer, open.request, open.response),
+            inbound,
             calls: calls
                 .into_iter()
                 .map(|c| exchange(c.local, c.peer, c.request, c.response))
@@ -775,6 +781,7 @@ impl OpenSession {
             response: Buf::default(),
             calls: Vec::new(),
             last_activity_ns: now_ns,
+            background: false,
             inherited: false,
             touched_since_fork: true,
         }

@@ -304,7 +304,7 @@ impl Recorder {
             sessions_dropped_queue_full = c.dropped_queue_full.load(Ordering::Relaxed),
             sessions_lost_write_error = c.write_errors.load(Ordering::Relaxed),
             sessions_without_inbound = stats.sessions_without_inbound,
-            calls_outside_sessions = stats.calls_outside_sessions,
+            background_records = stats.background_records,
             late_bytes = stats.late_bytes,
             calls_over_limit = stats.calls_over_limit,
             truncated_payloads = stats.truncated_payloads,

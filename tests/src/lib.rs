@@ -466,9 +466,33 @@ pub fn wait_for_children(program: &mut Program, count: usize) -> Vec<u32> {
 }
 
 /// Session files of a directory: `(file name, complete sessions)`, sorted by
-/// name. Only newline-terminated lines count (a line being written is not
-/// complete yet); a complete line that is not a valid session panics.
+/// name, without background records (see [`background_records`]).
 pub fn session_files(dir: &Path) -> Vec<(String, Vec<Session>)> {
+    record_files(dir)
+        .into_iter()
+        .map(|(name, records)| {
+            (
+                name,
+                records.into_iter().filter(|r| !r.is_background()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The background records (`kind: background`: calls made outside any
+/// session) of every `.jsonl` file of `dir`.
+pub fn background_records(dir: &Path) -> Vec<Session> {
+    record_files(dir)
+        .into_iter()
+        .flat_map(|(_, records)| records)
+        .filter(Session::is_background)
+        .collect()
+}
+
+/// Every line of the `.jsonl` files of a directory: `(file name, records)`,
+/// sorted by name. Only newline-terminated lines count (a line being written
+/// is not complete yet); a complete line that is not a valid record panics.
+pub fn record_files(dir: &Path) -> Vec<(String, Vec<Session>)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };

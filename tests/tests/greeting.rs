@@ -1,6 +1,6 @@
 //! A dependency that speaks first: its greeting is a call with an empty
 //! request, in the session that opened the connection, or, when the
-//! connection was opened at start-up, in the first session that sends on it.
+//! connection was opened at start-up, in the process's background record.
 
 use koala_tests::*;
 
@@ -8,6 +8,7 @@ const GREETING: &[u8] = b"220 koala-greeting\r\n";
 
 struct Run {
     sessions: Vec<Session>,
+    background: Vec<Session>,
     greeting_peer: String,
     /// (id, client address, request, response) in the order sent.
     sent: Vec<(String, String, Vec<u8>, Vec<u8>)>,
@@ -73,6 +74,7 @@ fn run(test: &str, mode: &str, ids: &[&str]) -> Run {
     }
     Run {
         sessions,
+        background: background_records(&record),
         greeting_peer: format!("127.0.0.1:{greeting_port}"),
         sent,
     }
@@ -124,34 +126,32 @@ fn greeting_per_request() {
 }
 
 /// The connection is opened and its greeting read at start-up, outside any
-/// session: the greeting goes into the first session that sends on the
-/// connection, and only there.
+/// session: the greeting is start-up traffic, in the background record, and
+/// each session holds only its own line on that connection.
 #[test]
 fn greeting_at_startup() {
     let run = run("greeting_at_startup", "startup", &["s1", "s2", "s3"]);
-    let local = &run.sessions[0].calls.last().expect("a call").local;
-    for (index, (session, (id, ..))) in run.sessions.iter().zip(&run.sent).enumerate() {
+    assert_eq!(run.background.len(), 1, "one background record");
+    let background = &run.background[0];
+    let what = show(background);
+    assert_eq!(background.calls.len(), 1, "{what}: only the greeting");
+    let greeting = &background.calls[0];
+    assert_exchange(
+        greeting,
+        &run.greeting_peer,
+        b"",
+        GREETING,
+        &format!("{what}\ngreeting"),
+    );
+    // Written when idle for a second, or at exit if the test was quicker.
+    assert!(
+        matches!(background.end, Some(EndReason::Idle | EndReason::Exit)),
+        "{what}"
+    );
+    for (session, (id, ..)) in run.sessions.iter().zip(&run.sent) {
         let what = show(session);
-        let line_call = if index == 0 {
-            assert_eq!(
-                session.calls.len(),
-                2,
-                "{what}: the greeting, then the line"
-            );
-            let greeting = &session.calls[0];
-            assert_exchange(
-                greeting,
-                &run.greeting_peer,
-                b"",
-                GREETING,
-                &format!("{what}\ngreeting"),
-            );
-            assert_eq!(&greeting.local, local, "{what}");
-            &session.calls[1]
-        } else {
-            assert_eq!(session.calls.len(), 1, "{what}: only the line");
-            &session.calls[0]
-        };
+        assert_eq!(session.calls.len(), 1, "{what}: only the line");
+        let line_call = &session.calls[0];
         assert_exchange(
             line_call,
             &run.greeting_peer,
@@ -159,6 +159,9 @@ fn greeting_at_startup() {
             &reply(id),
             &format!("{what}\nline"),
         );
-        assert_eq!(&line_call.local, local, "{what}: the start-up connection");
+        assert_eq!(
+            line_call.local, greeting.local,
+            "{what}: the start-up connection"
+        );
     }
 }

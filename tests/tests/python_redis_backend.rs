@@ -231,8 +231,8 @@ fn python_redis_backend() {
         );
     }
 
-    // The start-up PING (and anything else said before the first request)
-    // is in no session.
+    // The start-up traffic (redis-py's CLIENT SETINFO and the PING) is in
+    // no session, but in the background record, on the shared connection.
     for session in &sessions {
         for call in &session.calls {
             let request = call.request.as_bytes();
@@ -243,4 +243,23 @@ fn python_redis_backend() {
             );
         }
     }
+    let background = background_records(&record);
+    assert_eq!(background.len(), 1, "{}", describe_dir(&record));
+    let startup = &background[0];
+    let ping = startup.calls.last().expect("the start-up PING");
+    assert_exchange(
+        ping,
+        &redis_peer,
+        &resp_command(&["PING"]),
+        b"+PONG\r\n",
+        &show(startup),
+    );
+    assert!(
+        startup
+            .calls
+            .iter()
+            .all(|c| Some(&c.local) == redis_locals.iter().next()),
+        "start-up calls are on the shared redis connection: {}",
+        show(startup)
+    );
 }

@@ -6,6 +6,7 @@
 
 mod payload;
 mod reader;
+pub mod replay;
 
 pub use payload::Payload;
 pub use reader::{
@@ -31,6 +32,8 @@ pub enum EndReason {
     Hint,
     /// The process exited.
     Exit,
+    /// A background record reached KOALA_MAX_CALLS_PER_SESSION calls.
+    Full,
 }
 
 impl EndReason {
@@ -42,7 +45,27 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::Hint => "hint",
             EndReason::Exit => "exit",
+            EndReason::Full => "full",
         }
+    }
+}
+
+/// What a line of a session file holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// One inbound request, its calls and its response.
+    #[default]
+    Session,
+    /// Calls made outside any session (start-up handshakes, pools being
+    /// filled, background work): no inbound exchange. Replay answers the
+    /// service's start-up traffic from these.
+    Background,
+}
+
+impl Kind {
+    fn is_session(&self) -> bool {
+        *self == Kind::Session
     }
 }
 
@@ -51,6 +74,9 @@ impl EndReason {
 pub struct Session {
     /// Format version, [`FORMAT_VERSION`].
     pub koala: u32,
+    /// `session` (the default, omitted) or `background`.
+    #[serde(default, skip_serializing_if = "Kind::is_session")]
+    pub kind: Kind,
     /// Unique id: `<process start secs>-<pid>-<sequence>`.
     pub id: String,
     pub pid: u32,
@@ -96,6 +122,10 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl Session {
+    pub fn is_background(&self) -> bool {
+        self.kind == Kind::Background
+    }
+
     /// The session as one JSON line, without the trailing newline.
     pub fn to_json_line(&self) -> String {
         // Serializing plain structs, strings and integers cannot fail.

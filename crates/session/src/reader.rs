@@ -106,6 +106,7 @@ mod tests {
     fn sample() -> Session {
         Session {
             koala: FORMAT_VERSION,
+            kind: crate::Kind::Session,
             id: "1-2-3".into(),
             pid: 2,
             tid: 2,
@@ -154,6 +155,15 @@ mod tests {
             serde_json::json!({"base64": "/wE="})
         );
         assert!(value["inbound"].get("truncated").is_none());
+        assert!(
+            value.get("kind").is_none(),
+            "the default kind is not written"
+        );
+        let mut background = sample();
+        background.kind = crate::Kind::Background;
+        let line = background.to_json_line();
+        assert!(line.contains(r#""kind":"background""#), "{line}");
+        assert!(read_session_line(&line).unwrap().is_background());
     }
 
     #[test]

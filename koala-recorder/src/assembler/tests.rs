@@ -118,6 +118,7 @@ fn a_pooled_connection_gives_each_call_to_the_sending_threads_session() {
     let finished = a.take_finished();
     assert_eq!(finished.len(), 2);
     let (sa, sb) = (&finished[0], &finished[1]);
+    assert!(!sa.is_background() && !sb.is_background());
     assert_eq!(text(&sa.inbound.request), "req-a");
     assert_eq!(calls(sa), [("GET a\r\n", "va\r\n")]);
     assert_eq!(sa.calls[0].peer, "127.0.0.1:6379");
@@ -125,12 +126,21 @@ fn a_pooled_connection_gives_each_call_to_the_sending_threads_session() {
     assert_eq!((sa.calls[0].request_ns, sa.calls[0].response_ns), (7, 8));
     assert_eq!(text(&sb.inbound.request), "req-b");
     assert_eq!(calls(sb), [("GET b\r\n", "vb\r\n")]);
+    // The start-up calls are the background record, written at exit.
+    a.close_all(EndReason::Exit);
+    let background = a.take_finished();
+    assert_eq!(background.len(), 1);
+    assert!(background[0].is_background());
+    assert_eq!(background[0].end, Some(EndReason::Exit));
     assert_eq!(
-        a.stats().calls_outside_sessions,
-        2,
-        "the start-up SETNAME and PING"
+        calls(&background[0]),
+        [
+            ("CLIENT SETNAME x\r\n", "+OK\r\n"),
+            ("PING\r\n", "+PONG\r\n")
+        ]
     );
-    assert_eq!(a.stats().bytes_outside_sessions, 36);
+    assert_eq!(background[0].inbound, Exchange::default());
+    assert_eq!(a.stats().background_records, 1);
 }
 
 #[test]
@@ -183,46 +193,70 @@ fn a_greeting_on_a_connection_opened_in_the_session_is_an_empty_request_call() {
 }
 
 #[test]
-fn a_greeting_before_any_session_goes_to_the_first_session_using_the_connection() {
+fn a_start_up_handshake_is_background_traffic() {
     let mut a = assembler();
+    // A pool connection opened at start-up: greeting and login happen there.
     connect(&mut a, 9, 1, 40000, 3306, 1);
     a.received(9, 1, b"hello", 2);
     a.received(9, 1, b"-more", 3);
-    accept(&mut a, 5, 5000, 4);
-    a.received(5, 10, b"req", 5);
-    connect(&mut a, 8, 10, 40001, 6379, 6);
-    a.sent(8, 10, b"GET x", 7);
-    a.received(8, 10, b"x", 8);
-    a.sent(9, 10, b"query", 9);
-    a.received(9, 10, b"rows", 10);
-    a.sent(5, 10, b"resp", 11);
-    a.forget_fd(5, 12);
+    a.sent(9, 1, b"login", 4);
+    a.received(9, 1, b"ok", 5);
+    accept(&mut a, 5, 5000, 6);
+    a.received(5, 10, b"req", 7);
+    a.sent(9, 10, b"query", 8);
+    a.received(9, 10, b"rows", 9);
+    a.sent(5, 10, b"resp", 10);
+    a.forget_fd(5, 11);
     let finished = a.take_finished();
-    // The greeting arrived first, so it is the first call.
-    assert_eq!(
-        calls(&finished[0]),
-        [("", "hello-more"), ("GET x", "x"), ("query", "rows")]
-    );
-    assert_eq!(a.stats().calls_outside_sessions, 0);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(calls(&finished[0]), [("query", "rows")]);
+    a.close_idle(5 + IDLE_NS);
+    let background = a.take_finished();
+    assert_eq!(background.len(), 1);
+    assert!(background[0].is_background());
+    assert_eq!(background[0].end, Some(EndReason::Idle));
+    assert_eq!(calls(&background[0]), [("", "hello-more"), ("login", "ok")]);
+    assert!(background[0].calls[0].is_greeting());
 }
 
 #[test]
-fn a_start_up_handshake_stays_outside_sessions() {
+fn a_greeting_after_its_session_ended_is_background_traffic() {
     let mut a = assembler();
-    connect(&mut a, 9, 1, 40000, 3306, 1);
-    a.received(9, 1, b"hello", 2);
-    a.sent(9, 1, b"login", 3);
-    a.received(9, 1, b"ok", 4);
-    accept(&mut a, 5, 5000, 5);
-    a.received(5, 10, b"req", 6);
-    a.sent(9, 10, b"query", 7);
-    a.received(9, 10, b"rows", 8);
-    a.sent(5, 10, b"resp", 9);
-    a.forget_fd(5, 10);
-    let finished = a.take_finished();
-    assert_eq!(calls(&finished[0]), [("query", "rows")]);
-    assert_eq!(a.stats().calls_outside_sessions, 2, "greeting and login");
-    assert_eq!(a.stats().bytes_outside_sessions, 12);
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"req", 2);
+    connect(&mut a, 9, 10, 40000, 3306, 3);
+    a.sent(5, 10, b"resp", 4);
+    a.forget_fd(5, 5);
+    assert!(a.take_finished()[0].calls.is_empty());
+    a.received(9, 10, b"hello", 6);
+    a.close_all(EndReason::Exit);
+    let background = a.take_finished();
+    assert_eq!(calls(&background[0]), [("", "hello")]);
+}
+
+#[test]
+fn a_full_background_record_is_written_and_a_new_one_started() {
+    let mut a = assembler_with(Limits {
+        max_payload_bytes: 1 << 20,
+        max_calls_per_session: 2,
+        idle_ns: IDLE_NS,
+    });
+    connect(&mut a, 9, 1, 40000, 6379, 1);
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        a.sent(9, 1, format!("GET {key}").as_bytes(), 2 + i as u64);
+        a.received(9, 1, key.as_bytes(), 2 + i as u64);
+    }
+    let full = a.take_finished();
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].end, Some(EndReason::Full));
+    assert_eq!(calls(&full[0]), [("GET a", "a"), ("GET b", "b")]);
+    a.close_all(EndReason::Exit);
+    assert_eq!(calls(&a.take_finished()[0]), [("GET c", "c")]);
+    assert_eq!(
+        a.stats().calls_over_limit,
+        0,
+        "background records never drop calls"
+    );
 }
 
 #[test]
@@ -484,7 +518,7 @@ fn a_shutdown_hint_cuts_one_way_requests() {
 }
 
 #[test]
-fn calls_of_a_virtual_thread_that_never_meets_a_client_are_counted_not_written() {
+fn calls_of_a_virtual_thread_that_never_meets_a_client_are_background_traffic() {
     let mut a = assembler();
     connect(&mut a, 9, 10, 40000, 6379, 1);
     a.delegate(10, 3);
@@ -493,5 +527,8 @@ fn calls_of_a_virtual_thread_that_never_meets_a_client_are_counted_not_written()
     a.end_session_by_hint(10, Some(3));
     assert!(a.take_finished().is_empty());
     assert_eq!(a.stats().sessions_without_inbound, 1);
-    assert_eq!(a.stats().calls_outside_sessions, 1);
+    a.close_all(EndReason::Exit);
+    let background = a.take_finished();
+    assert!(background[0].is_background());
+    assert_eq!(calls(&background[0]), [("GET k", "v")]);
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use koala_config::Config;
 use koala_recorder::{Direction, Identity, Recorder};
+use koala_replayer::Replayer;
 use koala_runtime::errno::SavedErrno;
 use koala_runtime::guard::{Busy, is_internal_thread};
 use koala_runtime::{FdKind, clock, fdkind, fds, sockaddr, thread};
@@ -24,6 +25,7 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// child, which shares our memory and must not touch it.
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
+static REPLAYER: OnceLock<&'static Replayer> = OnceLock::new();
 static PROGRAM: OnceLock<String> = OnceLock::new();
 static MAX_PAYLOAD_BYTES: AtomicUsize = AtomicUsize::new(16 << 20);
 
@@ -61,6 +63,16 @@ pub fn init() {
                 let _ = RECORDER.set(recorder);
             }
             Err(error) => tracing::error!(%error, "cannot start recording"),
+        }
+    }
+    if config.mode.replay {
+        match Replayer::start(&config) {
+            Ok(replayer) => {
+                let _ = REPLAYER.set(replayer);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start replay: outbound connections are not redirected")
+            }
         }
     }
     if !config.mode.is_active() {
@@ -120,6 +132,9 @@ pub fn flush_before_exit() {
         if let Some(recorder) = recorder() {
             recorder.flush_at_exit(EXIT_FLUSH_TIMEOUT);
         }
+        if let Some(replayer) = REPLAYER.get() {
+            replayer.at_exit();
+        }
         koala_log::flush(Duration::from_millis(500));
     });
 }
@@ -136,6 +151,10 @@ pub fn is_active() -> bool {
 
 fn recorder() -> Option<&'static Recorder> {
     RECORDER.get().copied().filter(|r| !r.is_disabled())
+}
+
+fn replayer() -> Option<&'static Replayer> {
+    REPLAYER.get().copied()
 }
 
 /// False in a vfork child (or a raw clone) sharing our memory. A syscall:
@@ -166,6 +185,7 @@ pub fn contain(what: &'static str, bookkeeping: impl FnOnce()) {
 /// thread busy, so libc calls made by the bookkeeping pass straight through.
 pub struct Observed {
     _busy: Busy,
+    kind: FdKind,
 }
 
 /// `Some` when the bytes of this call on `fd` must be recorded: the library
@@ -178,7 +198,9 @@ pub fn observe(fd: i32) -> Option<Observed> {
         return None;
     }
     match fdkind::get(fd) {
-        FdKind::Inbound | FdKind::Outbound => Busy::enter().map(|busy| Observed { _busy: busy }),
+        kind @ (FdKind::Inbound | FdKind::Outbound) => {
+            Busy::enter().map(|busy| Observed { _busy: busy, kind })
+        }
         FdKind::Unknown => {
             // First sight of this fd number: classify it once, outside any lock.
             let _busy = Busy::enter()?;
@@ -189,19 +211,41 @@ pub fn observe(fd: i32) -> Option<Observed> {
     }
 }
 
+/// [`observe`] for a call about to send on `fd`: in replay mode the
+/// redirected connection's shared slot is updated *before* the real call,
+/// so the outbound server knows which replay the bytes belong to.
+#[inline]
+pub fn observe_send(fd: i32) -> Option<Observed> {
+    let observed = observe(fd)?;
+    if observed.kind == FdKind::Outbound
+        && let Some(replayer) = replayer()
+    {
+        contain("send", || replayer.before_send(fd, thread::current_tid()));
+    }
+    Some(observed)
+}
+
 impl Observed {
     pub fn received(&self, fd: i32, data: &[u8]) {
         contain("receive", || {
+            let tid = thread::current_tid();
             if let Some(recorder) = recorder() {
-                recorder.received(fd, thread::current_tid(), data, clock::now_ns());
+                recorder.received(fd, tid, data, clock::now_ns());
+            }
+            if let (FdKind::Inbound, Some(replayer)) = (self.kind, replayer()) {
+                replayer.inbound_io(fd, false, tid);
             }
         });
     }
 
     pub fn sent(&self, fd: i32, data: &[u8]) {
         contain("send", || {
+            let tid = thread::current_tid();
             if let Some(recorder) = recorder() {
-                recorder.sent(fd, thread::current_tid(), data, clock::now_ns());
+                recorder.sent(fd, tid, data, clock::now_ns());
+            }
+            if let (FdKind::Inbound, Some(replayer)) = (self.kind, replayer()) {
+                replayer.inbound_io(fd, true, tid);
             }
         });
     }
@@ -279,8 +323,16 @@ pub fn fd_created(fd: i32, kind: FdKind) -> i32 {
     fd
 }
 
+/// Replay state of an fd number that is being handed out again.
+fn forget_replay_state(fd: i32) {
+    if let Some(replayer) = replayer() {
+        replayer.forget(fd);
+    }
+}
+
 /// If `fd` still looks like a connection, its close was missed: end it.
 fn forget_stale(fd: i32) {
+    forget_replay_state(fd);
     if fdkind::get(fd).is_connection() {
         contain("stale fd", || {
             if let Some(recorder) = recorder() {
@@ -322,8 +374,25 @@ pub fn accepted(fd: i32, addr: *const libc::sockaddr, addr_len: *const libc::soc
         };
         fdkind::set(fd, FdKind::Inbound);
         connection_opened(fd, Direction::Inbound, local, peer);
+        if let Some(replayer) = replayer() {
+            replayer.accepted(fd, peer);
+        }
     });
     fd
+}
+
+/// In replay mode, where connect() on `fd` to `destination` must go
+/// instead (the outbound server), as a raw address for the real call.
+pub fn redirect(
+    fd: i32,
+    destination: SocketAddr,
+) -> Option<(libc::sockaddr_storage, libc::socklen_t)> {
+    let replayer = replayer()?;
+    let mut target = None;
+    contain("redirect", || {
+        target = replayer.redirect(fd, destination, thread::current_tid());
+    });
+    target.map(|addr| sockaddr::to_raw(&addr))
 }
 
 /// Whether connect() on `fd` started a TCP connection worth recording.
@@ -371,6 +440,7 @@ pub fn closing(fd: i32) {
         return;
     }
     fdkind::set(fd, FdKind::Unknown);
+    forget_replay_state(fd);
     if kind.is_connection() {
         contain("close", || {
             if let Some(recorder) = recorder() {

@@ -93,6 +93,8 @@ pub struct Config {
     pub sut_addr: SocketAddr,
     pub outbound_bypass: Vec<Bypass>,
     pub replay_idle: Duration,
+    pub replay_timeout: Duration,
+    pub replay_background: Option<PathBuf>,
     pub unmatched: UnmatchedPolicy,
 }
 
@@ -187,6 +189,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "replay: silence that ends a non-HTTP response",
     ),
     (
+        "KOALA_REPLAY_TIMEOUT_MS",
+        "10000",
+        "replay: longest wait for the service's response",
+    ),
+    (
+        "KOALA_REPLAY_BACKGROUND",
+        "(unset)",
+        "replay: session files or a directory whose background records answer start-up traffic",
+    ),
+    (
         "KOALA_REPLAY_UNMATCHED",
         "close",
         "replay: close or error, for a request no recorded call matches",
@@ -244,6 +256,14 @@ impl Config {
                 Duration::from_millis(100),
                 parse_millis,
             ),
+            replay_timeout: parser.parse(
+                "KOALA_REPLAY_TIMEOUT_MS",
+                Duration::from_millis(10_000),
+                parse_millis,
+            ),
+            replay_background: lookup("KOALA_REPLAY_BACKGROUND")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             unmatched: parser.parse(
                 "KOALA_REPLAY_UNMATCHED",
                 UnmatchedPolicy::Close,

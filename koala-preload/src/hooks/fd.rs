@@ -49,8 +49,16 @@ unsafe fn connect_detour(
         FdKind::TcpSocket => unsafe { addr::from_raw(address, len) },
         _ => None,
     };
-    // SAFETY: the caller's arguments, unchanged.
-    let result = unsafe { real(fd, address, len) };
+    // Replay mode sends the connection to the outbound server instead.
+    let redirect = peer.and_then(|peer| layer::redirect(fd, peer));
+    let result = match &redirect {
+        // SAFETY: a valid sockaddr_storage of length `to`.
+        Some((target, to)) => unsafe {
+            real(fd, (target as *const libc::sockaddr_storage).cast(), *to)
+        },
+        // SAFETY: the caller's arguments, unchanged.
+        None => unsafe { real(fd, address, len) },
+    };
     if let Some(peer) = peer.filter(|_| layer::connect_started(result)) {
         layer::connected(fd, peer);
     }

@@ -249,7 +249,7 @@ fn sent<'a>(
 }
 
 unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    let observed = layer::observe(fd);
+    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
     // SAFETY: the kernel took the first n bytes of buf.
@@ -264,7 +264,7 @@ unsafe fn send_detour(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    let observed = layer::observe(fd);
+    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
     // SAFETY: the kernel took the first n bytes of buf.
@@ -281,7 +281,7 @@ unsafe fn sendto_detour(
     addr: *const sockaddr,
     addr_len: socklen_t,
 ) -> ssize_t {
-    let observed = layer::observe(fd);
+    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
     // SAFETY: the kernel took the first n bytes of buf.
@@ -290,7 +290,7 @@ unsafe fn sendto_detour(
 }
 
 unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
-    let observed = layer::observe(fd);
+    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel took the first n bytes across iov.
@@ -301,7 +301,7 @@ unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_
 }
 
 unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    let observed = layer::observe(fd);
+    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, msg, flags) };
     let observed = observed.filter(|_| !msg.is_null());
@@ -319,7 +319,7 @@ unsafe fn sendfile_detour(
     offset: *mut off_t,
     count: size_t,
 ) -> ssize_t {
-    let observed = layer::observe(out_fd);
+    let observed = layer::observe_send(out_fd);
     // SAFETY: offset is null or the caller's valid pointer.
     let start = (observed.is_some() && !offset.is_null()).then(|| unsafe { *offset });
     // SAFETY: the caller's arguments, unchanged.

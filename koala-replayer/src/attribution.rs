@@ -1,0 +1,240 @@
+//! Which replay a host thread is working for, in this process.
+//!
+//! The same rules as recording (`docs/session-format.md`), reduced to ids:
+//!
+//! - an inbound connection carries the id the inbound server wrote into the
+//!   shared table for its source port (read once, at accept);
+//! - a thread works for the replay of the inbound connection it last read
+//!   from or wrote to — or, once delegated by a helper hint, for its virtual
+//!   thread's replay;
+//! - before each send on a redirected connection, the sender's replay id is
+//!   written into the connection's shared slot, so the outbound server reads
+//!   it after the bytes arrive.
+//!
+//! A virtual thread is bound to a replay when a thread delegated to it reads
+//! or writes a replayed connection. An event loop reads requests before
+//! their coroutines run, so a virtual thread first used for a send, still
+//! unbound, claims the oldest replayed request this thread read that no
+//! virtual thread has claimed yet (coroutines run in arrival order).
+//!
+//! The data path costs atomics and thread-locals; the lock is only taken by
+//! services that use helper hints.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use koala_runtime::fdkind::MAX_TRACKED_FD;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_REPLAY: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_SLOT: AtomicU16 = AtomicU16::new(0);
+/// Inbound fd → replay id (0: not a replayed connection).
+static FD_REPLAY: [AtomicU64; MAX_TRACKED_FD] = [NO_REPLAY; MAX_TRACKED_FD];
+/// Redirected outbound fd → its local port, the key of its shared slot.
+static FD_SLOT: [AtomicU16; MAX_TRACKED_FD] = [NO_SLOT; MAX_TRACKED_FD];
+/// Set once any thread used a helper hint: only then is the lock taken.
+static HINTS_USED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The replay of the inbound connection this thread last touched.
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+    /// The virtual thread this thread works for (0: none).
+    static DELEGATED: Cell<u64> = const { Cell::new(0) };
+}
+
+#[derive(Default)]
+struct VirtualThreads {
+    bound: HashMap<u64, u64>,
+    /// Per thread: replayed requests read, not yet claimed by a virtual thread.
+    unclaimed: HashMap<u32, VecDeque<u64>>,
+}
+
+/// Most unclaimed requests remembered per thread.
+const MAX_UNCLAIMED: usize = 64;
+
+static VIRTUAL: Mutex<Option<VirtualThreads>> = Mutex::new(None);
+
+fn virtual_threads() -> MutexGuard<'static, Option<VirtualThreads>> {
+    VIRTUAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn slot<T>(table: &'static [T], fd: i32) -> Option<&'static T> {
+    usize::try_from(fd).ok().and_then(|index| table.get(index))
+}
+
+/// `fd` was accepted; `replay` is what the shared table holds for its peer
+/// port (0: not a replayed connection).
+pub fn accepted(fd: i32, replay: u64) {
+    if let Some(entry) = slot(&FD_REPLAY, fd) {
+        entry.store(replay, Ordering::Relaxed);
+    }
+}
+
+/// The calling thread read (or wrote, `wrote`) inbound connection `fd`.
+pub fn inbound_io(fd: i32, wrote: bool, tid: u32) {
+    let replay = slot(&FD_REPLAY, fd).map_or(0, |e| e.load(Ordering::Relaxed));
+    let delegated = DELEGATED.with(Cell::get);
+    if delegated == 0 {
+        CURRENT.with(|c| c.set(replay));
+    }
+    if replay == 0 || !HINTS_USED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut guard = virtual_threads();
+    let state = guard.get_or_insert_with(VirtualThreads::default);
+    if delegated != 0 && !state.bound.contains_key(&delegated) {
+        state.bound.insert(delegated, replay);
+        for queue in state.unclaimed.values_mut() {
+            queue.retain(|&r| r != replay);
+        }
+        return;
+    }
+    let claimed = state.bound.values().any(|&r| r == replay);
+    if !wrote && !claimed {
+        let queue = state.unclaimed.entry(tid).or_default();
+        if !queue.contains(&replay) {
+            if queue.len() == MAX_UNCLAIMED {
+                queue.pop_front();
+            }
+            queue.push_back(replay);
+        }
+    }
+}
+
+/// The replay the calling thread's next send belongs to (0: none known).
+pub fn current(tid: u32) -> u64 {
+    let delegated = DELEGATED.with(Cell::get);
+    if delegated == 0 {
+        return CURRENT.with(Cell::get);
+    }
+    let mut guard = virtual_threads();
+    let state = guard.get_or_insert_with(VirtualThreads::default);
+    if let Some(&replay) = state.bound.get(&delegated) {
+        return replay;
+    }
+    let claimed = state.unclaimed.get_mut(&tid).and_then(VecDeque::pop_front);
+    match claimed {
+        Some(replay) => {
+            state.bound.insert(delegated, replay);
+            replay
+        }
+        None => 0,
+    }
+}
+
+/// Helper hint `set-delegated-from-thread-id`: the calling thread works for
+/// virtual thread `virtual_id` (0: for itself again).
+pub fn delegate(virtual_id: u64) {
+    HINTS_USED.store(true, Ordering::Relaxed);
+    DELEGATED.with(|d| d.set(virtual_id));
+}
+
+/// Helper hint `thread-shutdown`: virtual thread `virtual_id` (or the
+/// calling thread's) is done.
+pub fn end(virtual_id: Option<u64>) {
+    let virtual_id = virtual_id.unwrap_or_else(|| DELEGATED.with(Cell::get));
+    if virtual_id == 0 {
+        CURRENT.with(|c| c.set(0));
+        return;
+    }
+    if let Some(state) = virtual_threads().as_mut() {
+        state.bound.remove(&virtual_id);
+    }
+}
+
+/// `fd` was redirected; its shared slot is at local port `port`.
+pub fn redirected(fd: i32, port: u16) {
+    if let Some(entry) = slot(&FD_SLOT, fd) {
+        entry.store(port, Ordering::Relaxed);
+    }
+}
+
+/// The shared slot of a redirected fd.
+pub fn slot_of(fd: i32) -> Option<u16> {
+    slot(&FD_SLOT, fd)
+        .map(|e| e.load(Ordering::Relaxed))
+        .filter(|&port| port != 0)
+}
+
+/// `fd` was closed, or its number handed out again.
+pub fn forget(fd: i32) {
+    if let Some(entry) = slot(&FD_REPLAY, fd) {
+        entry.store(0, Ordering::Relaxed);
+    }
+    if let Some(entry) = slot(&FD_SLOT, fd) {
+        entry.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Held across fork so the child never inherits the lock held elsewhere.
+pub fn lock_for_fork() -> impl Drop {
+    virtual_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Each test runs on its own thread (thread-locals are per test) and uses
+    // its own fd numbers, tids and replay ids.
+
+    #[test]
+    fn a_thread_follows_the_connection_it_reads() {
+        accepted(900, 11);
+        accepted(901, 12);
+        inbound_io(900, false, 1);
+        assert_eq!(current(1), 11);
+        inbound_io(901, false, 1);
+        assert_eq!(current(1), 12);
+        inbound_io(900, true, 1);
+        assert_eq!(current(1), 11, "writing the response also sets it");
+        forget(900);
+        inbound_io(900, false, 1);
+        assert_eq!(current(1), 0, "a connection that is not replayed clears it");
+    }
+
+    #[test]
+    fn an_event_loop_s_virtual_threads_claim_requests_in_arrival_order() {
+        const LOOP: u32 = 2;
+        accepted(910, 21);
+        accepted(911, 22);
+        delegate(0);
+        HINTS_USED.store(true, Ordering::Relaxed);
+        inbound_io(910, false, LOOP); // the loop reads both requests...
+        inbound_io(911, false, LOOP);
+        delegate(101); // ...then coroutine A runs and sends
+        assert_eq!(current(LOOP), 21);
+        delegate(102); // coroutine B
+        assert_eq!(current(LOOP), 22);
+        delegate(101); // A again, after its await
+        assert_eq!(current(LOOP), 21);
+        end(Some(101));
+        end(Some(102));
+        delegate(0);
+    }
+
+    #[test]
+    fn a_worker_delegated_before_it_reads_binds_on_the_read() {
+        const WORKER: u32 = 3;
+        accepted(920, 31);
+        delegate(201);
+        inbound_io(920, false, WORKER);
+        assert_eq!(current(WORKER), 31);
+        end(None);
+        delegate(0);
+    }
+
+    #[test]
+    fn redirected_slots_are_remembered_per_fd() {
+        redirected(930, 40123);
+        assert_eq!(slot_of(930), Some(40123));
+        forget(930);
+        assert_eq!(slot_of(930), None);
+        assert_eq!(slot_of(-1), None);
+    }
+}

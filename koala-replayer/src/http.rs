@@ -1,0 +1,246 @@
+//! Just enough HTTP/1.1 for the replay API: one request at a time on a
+//! keep-alive connection, bodies framed by Content-Length, bounded sizes.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+/// Longest request head accepted.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+pub struct Request {
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    pub body: Vec<u8>,
+    /// The client asked to close after this request.
+    pub close: bool,
+}
+
+/// Why no request could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client closed (or timed out) between requests: nothing to answer.
+    Closed,
+    /// A request that gets this status and message, then the connection closes.
+    Reject(u16, String),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(_: io::Error) -> Self {
+        ReadError::Closed
+    }
+}
+
+/// Reads the next request. `max_body` bounds the body.
+pub fn read_request<R: Read>(
+    reader: &mut BufReader<R>,
+    max_body: usize,
+) -> Result<Request, ReadError> {
+    let mut head = Vec::new();
+    loop {
+        let before = head.len();
+        let n = reader
+            .by_ref()
+            .take((MAX_HEAD_BYTES + 1 - head.len()) as u64)
+            .read_until(b'\n', &mut head)?;
+        if n == 0 {
+            if head.is_empty() {
+                return Err(ReadError::Closed);
+            }
+            return Err(ReadError::Reject(400, "request head cut short".into()));
+        }
+        if head.len() > MAX_HEAD_BYTES {
+            return Err(ReadError::Reject(
+                431,
+                format!("request head larger than {MAX_HEAD_BYTES} bytes"),
+            ));
+        }
+        let line = &head[before..];
+        if line == b"\r\n" || line == b"\n" {
+            if before == 0 {
+                head.clear(); // tolerate blank lines between requests
+                continue;
+            }
+            break;
+        }
+    }
+    let text = std::str::from_utf8(&head)
+        .map_err(|_| ReadError::Reject(400, "request head is not UTF-8".into()))?;
+    let mut lines = text.lines();
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Reject(
+            400,
+            format!("malformed request line {request_line:?}"),
+        ));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(ReadError::Reject(
+            505,
+            format!("unsupported protocol {version:?}; use HTTP/1.1"),
+        ));
+    }
+    let mut content_length = None;
+    let mut close = version == "HTTP/1.0";
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(ReadError::Reject(
+                400,
+                format!("malformed header line {line:?}"),
+            ));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let length = value
+                    .parse::<usize>()
+                    .map_err(|_| ReadError::Reject(400, format!("bad Content-Length {value:?}")))?;
+                content_length = Some(length);
+            }
+            "transfer-encoding" if !value.eq_ignore_ascii_case("identity") => {
+                return Err(ReadError::Reject(
+                    411,
+                    "send the body with a Content-Length".into(),
+                ));
+            }
+            "connection" if value.eq_ignore_ascii_case("close") => close = true,
+            "connection" if value.eq_ignore_ascii_case("keep-alive") => close = false,
+            _ => {}
+        }
+    }
+    let method = method.to_string();
+    let path = target.split('?').next().unwrap_or_default().to_string();
+    let body = match content_length {
+        None if method == "POST" || method == "PUT" => {
+            return Err(ReadError::Reject(
+                411,
+                "a POST needs a Content-Length".into(),
+            ));
+        }
+        None | Some(0) => Vec::new(),
+        Some(length) if length > max_body => {
+            return Err(ReadError::Reject(
+                413,
+                format!("body of {length} bytes is larger than the {max_body}-byte limit"),
+            ));
+        }
+        Some(length) => {
+            let mut body = vec![0; length];
+            reader
+                .read_exact(&mut body)
+                .map_err(|_| ReadError::Reject(400, "body cut short".into()))?;
+            body
+        }
+    };
+    Ok(Request {
+        method,
+        path,
+        body,
+        close,
+    })
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Writes a JSON response.
+pub fn write_json(
+    stream: &mut impl Write,
+    status: u16,
+    body: &[u8],
+    close: bool,
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        reason(status),
+        body.len(),
+        if close { "close" } else { "keep-alive" }
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(raw: &[u8], max_body: usize) -> Result<Request, ReadError> {
+        read_request(&mut BufReader::new(raw), max_body)
+    }
+
+    fn rejected(raw: &[u8]) -> (u16, String) {
+        match read(raw, 16) {
+            Err(ReadError::Reject(status, message)) => (status, message),
+            other => panic!("expected a rejection, got {:?}", other.map(|r| r.path)),
+        }
+    }
+
+    #[test]
+    fn reads_requests_one_after_another() {
+        let raw = b"POST /v1/replay?x=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /v1/status HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let mut reader = BufReader::new(&raw[..]);
+        let first = read_request(&mut reader, 1024).unwrap();
+        assert_eq!(
+            (first.method.as_str(), first.path.as_str(), &first.body[..]),
+            ("POST", "/v1/replay", &b"hello"[..])
+        );
+        assert!(!first.close);
+        let second = read_request(&mut reader, 1024).unwrap();
+        assert_eq!(
+            (second.method.as_str(), second.path.as_str()),
+            ("GET", "/v1/status")
+        );
+        assert!(second.close);
+        assert!(matches!(
+            read_request(&mut reader, 1024),
+            Err(ReadError::Closed)
+        ));
+    }
+
+    #[test]
+    fn bad_requests_get_a_status_and_a_reason() {
+        assert_eq!(rejected(b"POST /v1/replay HTTP/1.1\r\n\r\n").0, 411);
+        assert_eq!(
+            rejected(b"POST /v1/replay HTTP/1.1\r\nContent-Length: 99\r\n\r\n").0,
+            413
+        );
+        assert_eq!(
+            rejected(b"POST /v1/replay HTTP/1.1\r\nContent-Length: x\r\n\r\n").0,
+            400
+        );
+        assert_eq!(rejected(b"GARBAGE\r\n\r\n").0, 400);
+        assert_eq!(rejected(b"GET / SPDY/3\r\n\r\n").0, 505);
+        assert_eq!(
+            rejected(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").0,
+            411
+        );
+        assert_eq!(
+            rejected(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab").0,
+            400
+        );
+        let huge = [
+            b"GET / HTTP/1.1\r\nX: ".as_slice(),
+            &vec![b'a'; MAX_HEAD_BYTES],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(rejected(&huge).0, 431);
+    }
+}

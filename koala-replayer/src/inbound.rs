@@ -1,0 +1,363 @@
+//! The inbound server: the replay API (`docs/replay-api.md`).
+//!
+//! `POST /v1/replay` sends a recorded request to the service under test,
+//! from a source port tagged with the replay's id in the shared table, reads
+//! the response, and answers what happened: the response, every outbound
+//! call and the recorded call it was served from, the calls never made.
+//! One internal thread per API connection: concurrency is the client's.
+
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::FromRawFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use koala_session::replay::{ApiError, Durations, ReplayResult, Status};
+use koala_session::{Payload, Session, read_session_line};
+
+use crate::framing::{self, Completeness};
+use crate::http::{self, ReadError, Request};
+use crate::registry::Replay;
+use crate::replayer::Replayer;
+
+/// Largest session accepted by `POST /v1/replay` and `/v1/background`.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+/// How long connecting to the service may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An API connection idle this long between requests is closed.
+const API_IDLE: Duration = Duration::from_secs(300);
+
+/// An answer that is not 200: status and message.
+type Failure = (u16, String);
+
+pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let spawned = koala_runtime::thread::spawn_internal("koala-inbound", move || {
+            serve(stream, replayer);
+        });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "inbound server: cannot start a connection thread");
+        }
+    }
+}
+
+fn serve(stream: TcpStream, replayer: &'static Replayer) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(API_IDLE));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let (status, body, close) = match http::read_request(&mut reader, MAX_BODY_BYTES) {
+            Ok(request) => {
+                let close = request.close;
+                let (status, body) = route(&request, replayer);
+                (status, body, close)
+            }
+            Err(ReadError::Closed) => return,
+            Err(ReadError::Reject(status, message)) => (status, error_body(&message), true),
+        };
+        if http::write_json(&mut writer, status, &body, close).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&ApiError {
+        error: message.to_string(),
+    })
+    .unwrap_or_default()
+}
+
+fn route(request: &Request, replayer: &'static Replayer) -> (u16, Vec<u8>) {
+    let result = match (request.method.as_str(), request.path.as_str()) {
+        ("POST", "/v1/replay") => replay(&request.body, replayer).and_then(|r| json(&r)),
+        ("GET", "/v1/status") => json(&status(replayer)),
+        ("POST", "/v1/background") => background(&request.body, replayer),
+        (_, "/v1/replay" | "/v1/background") => Err((405, format!("use POST on {}", request.path))),
+        (_, "/v1/status") => Err((405, "use GET on /v1/status".into())),
+        (_, path) => Err((
+            404,
+            format!("no such endpoint {path}; see /v1/replay, /v1/status, /v1/background"),
+        )),
+    };
+    match result {
+        Ok(body) => (200, body),
+        Err((status, message)) => {
+            tracing::debug!(status, %message, "replay API error");
+            (status, error_body(&message))
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(value).map_err(|e| (500, format!("cannot encode the answer: {e}")))
+}
+
+fn status(replayer: &Replayer) -> Status {
+    let registry = replayer.registry();
+    let c = &registry.counters;
+    Status {
+        status: "ok".into(),
+        pid: std::process::id(),
+        inbound: replayer.inbound_addr.to_string(),
+        outbound: replayer.outbound_addr.to_string(),
+        sut: replayer.sut_addr.to_string(),
+        uptime_ms: replayer.started.elapsed().as_millis() as u64,
+        sessions_replayed: c.sessions_replayed.load(Ordering::Relaxed),
+        sessions_in_flight: registry.in_flight() as u64,
+        calls_matched: c.calls_matched.load(Ordering::Relaxed),
+        calls_unmatched: c.calls_unmatched.load(Ordering::Relaxed),
+        background_calls_served: c.background_calls_served.load(Ordering::Relaxed),
+        background_records: c.background_records.load(Ordering::Relaxed),
+    }
+}
+
+/// `POST /v1/background`: JSON lines whose calls answer start-up traffic.
+fn background(body: &[u8], replayer: &Replayer) -> Result<Vec<u8>, Failure> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| (400, "the body is not UTF-8 JSON lines".to_string()))?;
+    let mut records = Vec::new();
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record = read_session_line(line)
+            .map_err(|e| (400, format!("line {}: invalid record: {e}", index + 1)))?;
+        records.push(record);
+    }
+    let loaded = replayer.registry().add_background(&records);
+    json(&serde_json::json!({ "loaded": loaded }))
+}
+
+/// `POST /v1/replay`.
+fn replay(body: &[u8], replayer: &Replayer) -> Result<ReplayResult, Failure> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| (400, "the body is not UTF-8 JSON".to_string()))?;
+    let session =
+        read_session_line(text.trim()).map_err(|e| (400, format!("invalid session: {e}")))?;
+    if session.is_background() {
+        return Err((
+            400,
+            "a background record is not replayed: POST it to /v1/background".into(),
+        ));
+    }
+    let registry = replayer.registry();
+    let replay = registry.begin(session);
+    let outcome = drive(&replay, replayer);
+    registry.end(&replay);
+    let (response, response_end, durations) = outcome?;
+    let (calls, unmatched) = replay.calls();
+    Ok(ReplayResult {
+        id: replay.session.id.clone(),
+        replay: replay.id,
+        sut: replayer.sut_addr.to_string(),
+        response: Payload::new(response),
+        recorded_response: replay.session.inbound.response.clone(),
+        response_end: response_end.to_string(),
+        calls,
+        missing: replay.missing(),
+        unmatched,
+        durations,
+    })
+}
+
+/// Sends the recorded request to the service and reads its response.
+fn drive(
+    replay: &Replay,
+    replayer: &Replayer,
+) -> Result<(Vec<u8>, &'static str, Durations), Failure> {
+    let sut = replayer.sut_addr;
+    let (mut stream, port) = connect_tagged(sut, replay.id, replayer).map_err(|e| {
+        (
+            502,
+            format!("cannot connect to the service at {sut} (KOALA_SUT_ADDR): {e}"),
+        )
+    })?;
+    let connected = replay.started.elapsed();
+    let request = replay.session.inbound.request.as_bytes();
+    let sent_at = Instant::now();
+    let result = stream
+        .write_all(request)
+        .map_err(|e| {
+            (
+                502,
+                format!(
+                    "the service at {sut} closed the connection before taking the request: {e}"
+                ),
+            )
+        })
+        .and_then(|()| read_response(&mut stream, replay, replayer, sent_at));
+    replayer.tables.set_inbound(port, 0);
+    let (response, end, first_byte) = result?;
+    let durations = Durations {
+        total_ms: 0.0,
+        connect_ms: ms(connected),
+        first_byte_ms: first_byte.map_or(0.0, ms),
+        response_ms: ms(sent_at.elapsed()),
+    };
+    Ok((
+        response,
+        end,
+        Durations {
+            total_ms: ms(replay.started.elapsed()),
+            ..durations
+        },
+    ))
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Reads the service's response: until HTTP framing says complete (or the
+/// bytes equal the recorded response), the service closes, or — for a
+/// protocol koala cannot frame — it is silent for KOALA_REPLAY_IDLE_MS.
+fn read_response(
+    stream: &mut TcpStream,
+    replay: &Replay,
+    replayer: &Replayer,
+    sent_at: Instant,
+) -> Result<(Vec<u8>, &'static str, Option<Duration>), Failure> {
+    let request = replay.session.inbound.request.as_bytes();
+    let recorded = replay.session.inbound.response.as_bytes();
+    let http =
+        recorded.starts_with(b"HTTP/1.") || framing::http_request(request) != Completeness::Unknown;
+    let head_request = request.starts_with(b"HEAD ");
+    let deadline = sent_at + replayer.timeout;
+    let mut response = Vec::new();
+    let mut first_byte = None;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err((
+                504,
+                format!(
+                    "the service did not finish its response within {} ms (KOALA_REPLAY_TIMEOUT_MS); {} bytes received",
+                    replayer.timeout.as_millis(),
+                    response.len()
+                ),
+            ));
+        }
+        let wait = if response.is_empty() || http {
+            left
+        } else {
+            left.min(replayer.idle)
+        };
+        let _ = stream.set_read_timeout(Some(wait));
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok((response, "closed", first_byte)),
+            Ok(n) => {
+                first_byte.get_or_insert_with(|| sent_at.elapsed());
+                response.extend_from_slice(&chunk[..n]);
+                if response == recorded {
+                    return Ok((response, "framed", first_byte));
+                }
+                if http
+                    && let Completeness::Complete(length) =
+                        framing::http_response(&response, head_request)
+                {
+                    response.truncate(length);
+                    return Ok((response, "framed", first_byte));
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if !response.is_empty() && !http {
+                    return Ok((response, "idle", first_byte));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) if !response.is_empty() => return Ok((response, "closed", first_byte)),
+            Err(e) => {
+                return Err((
+                    502,
+                    format!("the service reset the connection without answering: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Connects to the service from a source port whose shared-table entry
+/// names replay `id`, written before connecting so that whichever process
+/// accepts (a forked worker) finds it.
+fn connect_tagged(
+    sut: SocketAddr,
+    id: u64,
+    replayer: &Replayer,
+) -> std::io::Result<(TcpStream, u16)> {
+    let family = if sut.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls on a socket we own; the fd is wrapped in a
+    // TcpStream (closed on drop) as soon as it exists.
+    unsafe {
+        let fd = libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let any: SocketAddr = if sut.is_ipv4() {
+            "0.0.0.0:0".parse()
+        } else {
+            "[::]:0".parse()
+        }
+        .expect("literal address");
+        let (storage, len) = koala_runtime::sockaddr::to_raw(&any);
+        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let port = stream.local_addr()?.port();
+        replayer.tables.set_inbound(port, id);
+        let (storage, len) = koala_runtime::sockaddr::to_raw(&sut);
+        let rc = libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len);
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+            replayer.tables.set_inbound(port, 0);
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ready = libc::poll(&mut poll, 1, CONNECT_TIMEOUT.as_millis() as i32);
+        let error = stream.take_error()?;
+        if ready <= 0 || error.is_some() {
+            replayer.tables.set_inbound(port, 0);
+            return Err(error
+                .unwrap_or_else(|| std::io::Error::new(ErrorKind::TimedOut, "connect timed out")));
+        }
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        Ok((stream, port))
+    }
+}
+
+/// Sessions given in `KOALA_REPLAY_BACKGROUND` (a file or a directory).
+pub(crate) fn load_background_files(path: &std::path::Path) -> Result<Vec<Session>, String> {
+    let files = koala_session::session_files(&[path.to_path_buf()]).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    for file in files {
+        for line in koala_session::read_sessions_file(&file).map_err(|e| e.to_string())? {
+            match line {
+                Ok(record) if record.is_background() => records.push(record),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(file = %file.display(), %error, "KOALA_REPLAY_BACKGROUND: bad line skipped")
+                }
+            }
+        }
+    }
+    Ok(records)
+}

@@ -1,0 +1,223 @@
+//! The process-wide replayer the preload hooks talk to.
+//!
+//! The first process that loads the library in replay mode creates the
+//! shared tables and starts the inbound and outbound servers on internal
+//! threads. Forked children share the tables through the mapping and reach
+//! the servers over loopback; `exec`'d descendants find the tables through
+//! `KOALA_REPLAY_TABLE` and do not start servers of their own.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use koala_config::{Bypass, Config, UnmatchedPolicy};
+use koala_runtime::{FdKind, fdkind, fds};
+
+use crate::attribution;
+use crate::matching::MatchConfig;
+use crate::registry::Registry;
+use crate::table::SharedTables;
+use crate::{inbound, outbound};
+
+/// The variable through which `exec`'d descendants find the shared tables.
+pub const TABLE_VARIABLE: &str = "KOALA_REPLAY_TABLE";
+
+pub struct Replayer {
+    pub tables: SharedTables,
+    /// The servers' state: only in the process that runs them.
+    registry: Option<Registry>,
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub sut_addr: SocketAddr,
+    bypass: Vec<Bypass>,
+    pub idle: Duration,
+    pub timeout: Duration,
+    pub unmatched: UnmatchedPolicy,
+    pub started: Instant,
+}
+
+impl Replayer {
+    /// Joins an ancestor's tables, or creates them and starts the servers.
+    /// Must run before the host starts threads (the library's constructor):
+    /// it may set `KOALA_REPLAY_TABLE` in the environment.
+    pub fn start(config: &Config) -> Result<&'static Replayer, String> {
+        let make = |tables, registry| Replayer {
+            tables,
+            registry,
+            inbound_addr: config.inbound_addr,
+            outbound_addr: config.outbound_addr,
+            sut_addr: config.sut_addr,
+            bypass: config.outbound_bypass.clone(),
+            idle: config.replay_idle,
+            timeout: config.replay_timeout,
+            unmatched: config.unmatched,
+            started: Instant::now(),
+        };
+        if let Some(path) = std::env::var_os(TABLE_VARIABLE) {
+            match SharedTables::open(Path::new(&path)) {
+                Ok(tables) => {
+                    tracing::debug!(table = ?path, "replay: joined the servers of an ancestor process");
+                    return Ok(Box::leak(Box::new(make(tables, None))));
+                }
+                Err(error) => {
+                    tracing::warn!(table = ?path, %error, "replay: stale {TABLE_VARIABLE}, starting servers")
+                }
+            }
+        }
+        let tables =
+            SharedTables::create().map_err(|e| format!("cannot create the replay tables: {e}"))?;
+        let listen = |addr: SocketAddr, what: &str| {
+            TcpListener::bind(addr)
+                .map(library_fd)
+                .map_err(|e| format!("cannot listen on {addr} for the {what} server: {e}"))
+        };
+        let inbound_listener = listen(config.inbound_addr, "inbound")?;
+        let outbound_listener = listen(config.outbound_addr, "outbound")?;
+        let registry = Registry::new(MatchConfig::default());
+        if let Some(path) = &config.replay_background {
+            match inbound::load_background_files(path) {
+                Ok(records) => {
+                    registry.add_background(&records);
+                    tracing::info!(records = records.len(), path = %path.display(), "replay: background records loaded");
+                }
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "KOALA_REPLAY_BACKGROUND cannot be read")
+                }
+            }
+        }
+        if let Some(path) = tables.path() {
+            // SAFETY: called from the library's constructor, before the
+            // host's main: no other thread reads the environment yet.
+            unsafe { std::env::set_var(TABLE_VARIABLE, path) };
+        }
+        let replayer: &'static Replayer = Box::leak(Box::new(make(tables, Some(registry))));
+        let start = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            koala_runtime::thread::spawn_internal(name, body)
+                .map_err(|e| format!("cannot start the {name} thread: {e}"))
+        };
+        start(
+            "koala-inbound",
+            Box::new(move || inbound::run(inbound_listener, replayer)),
+        )?;
+        start(
+            "koala-outbound",
+            Box::new(move || outbound::run(outbound_listener, replayer)),
+        )?;
+        tracing::info!(inbound = %config.inbound_addr, outbound = %config.outbound_addr, sut = %config.sut_addr, "replay servers started");
+        Ok(replayer)
+    }
+
+    /// The servers' state. Only the server threads call this, and they
+    /// exist only where the registry does.
+    pub(crate) fn registry(&self) -> &Registry {
+        self.registry
+            .as_ref()
+            .expect("server threads run only where the registry exists")
+    }
+
+    pub fn runs_servers(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// At exit: the tables' file goes (mappings stay valid).
+    pub fn at_exit(&self) {
+        if self.runs_servers() {
+            self.tables.remove_file();
+        }
+    }
+
+    // ---- events from the hooks ------------------------------------------
+
+    /// `fd` was accepted from `peer`: a replayed request if the inbound
+    /// server tagged that source port.
+    pub fn accepted(&self, fd: i32, peer: SocketAddr) {
+        attribution::accepted(fd, self.tables.inbound(peer.port()));
+    }
+
+    /// The calling thread read (`wrote`: wrote) inbound connection `fd`.
+    pub fn inbound_io(&self, fd: i32, wrote: bool, tid: u32) {
+        attribution::inbound_io(fd, wrote, tid);
+    }
+
+    /// Before the service sends on outbound `fd`: tell the outbound server
+    /// which replay the bytes belong to.
+    pub fn before_send(&self, fd: i32, tid: u32) {
+        if let Some(port) = attribution::slot_of(fd) {
+            self.tables
+                .set_outbound_replay(port, attribution::current(tid));
+        }
+    }
+
+    /// The service connects `fd` to `destination`: where to connect instead
+    /// (the outbound server), or `None` to leave it alone (bypassed, or the
+    /// library's own servers). The socket is bound first so that its local
+    /// port — the key of its shared slot — is known before the connection
+    /// reaches the outbound server.
+    pub fn redirect(&self, fd: i32, destination: SocketAddr, tid: u32) -> Option<SocketAddr> {
+        if destination == self.outbound_addr
+            || destination == self.inbound_addr
+            || self.bypass.iter().any(|b| b.matches(&destination))
+        {
+            return None;
+        }
+        let target = match (destination.is_ipv4(), self.outbound_addr.ip()) {
+            (true, IpAddr::V4(_)) | (false, IpAddr::V6(_)) => self.outbound_addr,
+            (false, IpAddr::V4(ip)) => {
+                SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), self.outbound_addr.port())
+            }
+            (true, IpAddr::V6(_)) => {
+                tracing::warn!(%destination, "replay: an IPv4 socket cannot reach the IPv6 outbound server; not redirected");
+                return None;
+            }
+        };
+        let port = bound_port(fd, destination.is_ipv4())?;
+        self.tables
+            .set_outbound(port, attribution::current(tid), destination);
+        attribution::redirected(fd, port);
+        Some(target)
+    }
+
+    /// `fd` was closed, or its number is handed out again.
+    pub fn forget(&self, fd: i32) {
+        attribution::forget(fd);
+    }
+
+    pub fn delegate(&self, virtual_id: u64) {
+        attribution::delegate(virtual_id);
+    }
+
+    pub fn end_virtual_thread(&self, virtual_id: Option<u64>) {
+        attribution::end(virtual_id);
+    }
+}
+
+/// The local port of socket `fd`, binding it to an ephemeral port first if
+/// it has none yet.
+fn bound_port(fd: i32, ipv4: bool) -> Option<u16> {
+    let port = koala_runtime::sockaddr::local_addr(fd).map_or(0, |a| a.port());
+    if port != 0 {
+        return Some(port);
+    }
+    let any: SocketAddr = if ipv4 { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal address");
+    let (storage, len) = koala_runtime::sockaddr::to_raw(&any);
+    // SAFETY: binding the host's socket to an ephemeral port, as connect would.
+    if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        tracing::warn!(fd, error = %std::io::Error::last_os_error(), "replay: cannot bind before redirecting");
+        return None;
+    }
+    koala_runtime::sockaddr::local_addr(fd)
+        .map(|a| a.port())
+        .filter(|&p| p != 0)
+}
+
+/// Moves a listener the library created on a host thread to a high,
+/// close-on-exec fd marked as the library's own.
+fn library_fd<T: IntoRawFd + FromRawFd>(socket: T) -> T {
+    let fd = fds::relocate_high(socket.into_raw_fd());
+    fdkind::set(fd, FdKind::Library);
+    // SAFETY: relocate_high returns an fd we own.
+    unsafe { T::from_raw_fd(fd) }
+}

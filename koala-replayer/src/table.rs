@@ -1,0 +1,289 @@
+//! The attribution tables shared by every process of the service under test.
+//!
+//! The outbound server must know which replayed session a request belongs
+//! to, also when the request comes from a forked child (nginx workers,
+//! prefork servers) that has no link to the server's memory. So the link
+//! lives in shared memory, keyed by TCP port:
+//!
+//! - `inbound[p]`: the inbound server connects to the service from local
+//!   port `p` and writes the replay id there *before* connecting; the
+//!   service's accept hook (in whatever process accepts) reads it.
+//! - `outbound[p]`: the service's connect hook binds a redirected socket to
+//!   local port `p`, writes the replay id and the original destination there
+//!   *before* connecting, and refreshes the id before each send; the outbound
+//!   server reads it after accepting and after each request arrives.
+//!
+//! A write always precedes the syscall that makes the peer act on it
+//! (connect, send), and the reader reads after the matching syscall (accept,
+//! recv) returned, so the reader always sees the current value.
+//!
+//! The mapping is a file in /dev/shm (MAP_SHARED): forked children inherit
+//! it, and `exec`'d descendants find it through `KOALA_REPLAY_TABLE`. Where
+//! /dev/shm is unavailable an anonymous shared mapping serves forked children.
+
+use std::ffi::CString;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: u64 = 0x6b6f_616c_615f_7631; // "koala_v1"
+const PORTS: usize = 1 << 16;
+
+/// Where a redirected connection was going, and for which replay.
+#[repr(C)]
+struct OutboundSlot {
+    replay: AtomicU64,
+    /// family (4/6) << 16 | port
+    family_port: AtomicU64,
+    ip_high: AtomicU64,
+    ip_low: AtomicU64,
+}
+
+#[repr(C)]
+struct Layout {
+    magic: AtomicU64,
+    inbound: [AtomicU64; PORTS],
+    outbound: [OutboundSlot; PORTS],
+}
+
+/// The mapped tables. Lives for the whole process (never unmapped).
+pub struct SharedTables {
+    layout: &'static Layout,
+    /// The /dev/shm file, for the creating process to remove at exit.
+    path: Option<PathBuf>,
+}
+
+impl SharedTables {
+    /// Creates the tables for a new replay server (in /dev/shm if possible).
+    pub fn create() -> io::Result<SharedTables> {
+        let path = PathBuf::from(format!(
+            "/dev/shm/koala-replay-{}-{}",
+            std::process::id(),
+            koala_runtime::clock::now_ns()
+        ));
+        match map_file(&path, true) {
+            Ok(layout) => Ok(SharedTables {
+                layout,
+                path: Some(path),
+            }),
+            Err(_) => Ok(SharedTables {
+                layout: map_anonymous()?,
+                path: None,
+            }),
+        }
+    }
+
+    /// Joins the tables of an ancestor's replay server.
+    pub fn open(path: &Path) -> io::Result<SharedTables> {
+        let layout = map_file(path, false)?;
+        Ok(SharedTables { layout, path: None })
+    }
+
+    /// The file descendants open, if the tables live in one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Removes the /dev/shm file (the mapping stays valid).
+    pub fn remove_file(&self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    pub fn set_inbound(&self, port: u16, replay: u64) {
+        self.layout.inbound[port as usize].store(replay, Ordering::Release);
+    }
+
+    pub fn inbound(&self, port: u16) -> u64 {
+        self.layout.inbound[port as usize].load(Ordering::Acquire)
+    }
+
+    /// A redirected connection from local `port` to `destination`.
+    pub fn set_outbound(&self, port: u16, replay: u64, destination: SocketAddr) {
+        let slot = &self.layout.outbound[port as usize];
+        let (family_port, high, low) = encode(destination);
+        slot.family_port.store(family_port, Ordering::Relaxed);
+        slot.ip_high.store(high, Ordering::Relaxed);
+        slot.ip_low.store(low, Ordering::Relaxed);
+        slot.replay.store(replay, Ordering::Release);
+    }
+
+    /// Which replay the next bytes on connection `port` belong to.
+    pub fn set_outbound_replay(&self, port: u16, replay: u64) {
+        let slot = &self.layout.outbound[port as usize];
+        if slot.replay.load(Ordering::Relaxed) != replay {
+            slot.replay.store(replay, Ordering::Release);
+        }
+    }
+
+    pub fn outbound_replay(&self, port: u16) -> u64 {
+        self.layout.outbound[port as usize]
+            .replay
+            .load(Ordering::Acquire)
+    }
+
+    pub fn outbound_destination(&self, port: u16) -> Option<SocketAddr> {
+        let slot = &self.layout.outbound[port as usize];
+        slot.replay.load(Ordering::Acquire);
+        decode(
+            slot.family_port.load(Ordering::Relaxed),
+            slot.ip_high.load(Ordering::Relaxed),
+            slot.ip_low.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn encode(addr: SocketAddr) -> (u64, u64, u64) {
+    let bits = match addr.ip() {
+        IpAddr::V4(ip) => u32::from(ip) as u128,
+        IpAddr::V6(ip) => u128::from(ip),
+    };
+    let family: u64 = if addr.is_ipv4() { 4 } else { 6 };
+    (
+        family << 16 | addr.port() as u64,
+        (bits >> 64) as u64,
+        bits as u64,
+    )
+}
+
+fn decode(family_port: u64, high: u64, low: u64) -> Option<SocketAddr> {
+    let port = family_port as u16;
+    let bits = (high as u128) << 64 | low as u128;
+    let ip = match family_port >> 16 {
+        4 => IpAddr::V4(Ipv4Addr::from(bits as u32)),
+        6 => IpAddr::V6(Ipv6Addr::from(bits)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn map_file(path: &Path, create: bool) -> io::Result<&'static Layout> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let flags = libc::O_RDWR
+        | libc::O_CLOEXEC
+        | if create {
+            libc::O_CREAT | libc::O_EXCL
+        } else {
+            0
+        };
+    // SAFETY: a valid C path; the fd is closed below (the mapping keeps the file).
+    let fd = unsafe { libc::open(c_path.as_ptr(), flags, 0o600) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let size = std::mem::size_of::<Layout>();
+    // SAFETY: fd is ours; ftruncate makes a sparse file of the layout's size.
+    let result = unsafe {
+        if create && libc::ftruncate(fd, size as libc::off_t) != 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            map(fd, libc::MAP_SHARED)
+        }
+    };
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    let layout = result?;
+    if create {
+        layout.magic.store(MAGIC, Ordering::Release);
+    } else if layout.magic.load(Ordering::Acquire) != MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a koala replay table",
+        ));
+    }
+    Ok(layout)
+}
+
+fn map_anonymous() -> io::Result<&'static Layout> {
+    // SAFETY: an anonymous shared mapping, zero-filled.
+    let layout = unsafe { map(-1, libc::MAP_SHARED | libc::MAP_ANONYMOUS)? };
+    layout.magic.store(MAGIC, Ordering::Release);
+    Ok(layout)
+}
+
+/// # Safety
+/// `fd` is -1 (anonymous) or a file at least `size_of::<Layout>()` long.
+unsafe fn map(fd: i32, flags: i32) -> io::Result<&'static Layout> {
+    let size = std::mem::size_of::<Layout>();
+    // SAFETY: per the caller; NORESERVE: pages are committed only when touched.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_NORESERVE,
+            fd,
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a zero-filled (or previously initialised) mapping of the
+    // layout's size; atomics are valid at any bit pattern; never unmapped.
+    Ok(unsafe { &*address.cast::<Layout>() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for text in [
+            "127.0.0.1:6379",
+            "[::1]:443",
+            "10.1.2.3:1",
+            "[2001:db8::5]:65535",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let (a, b, c) = encode(addr);
+            assert_eq!(decode(a, b, c), Some(addr));
+        }
+        assert_eq!(decode(0, 0, 0), None, "an unused slot has no destination");
+    }
+
+    #[test]
+    fn a_forked_child_sees_and_writes_the_same_tables() {
+        let tables = SharedTables::create().unwrap();
+        let destination: SocketAddr = "10.0.0.7:3306".parse().unwrap();
+        tables.set_inbound(40001, 7);
+        // SAFETY: the child only touches the mapping and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = tables.inbound(40001) == 7;
+            tables.set_outbound(50001, 9, destination);
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child read the parent's entry"
+        );
+        assert_eq!(tables.outbound_replay(50001), 9);
+        assert_eq!(tables.outbound_destination(50001), Some(destination));
+        tables.remove_file();
+    }
+
+    #[test]
+    fn a_descendant_joins_through_the_file() {
+        let tables = SharedTables::create().unwrap();
+        let path = tables.path().expect("/dev/shm exists here").to_path_buf();
+        let joined = SharedTables::open(&path).unwrap();
+        tables.set_outbound_replay(1234, 5);
+        assert_eq!(joined.outbound_replay(1234), 5);
+        tables.remove_file();
+        let bogus = std::env::temp_dir().join(format!("koala-not-a-table-{}", std::process::id()));
+        std::fs::write(&bogus, vec![0u8; std::mem::size_of::<Layout>()]).unwrap();
+        assert!(
+            SharedTables::open(&bogus).is_err(),
+            "a file without the magic is refused"
+        );
+        std::fs::remove_file(bogus).unwrap();
+    }
+}

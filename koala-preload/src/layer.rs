@@ -298,6 +298,85 @@ pub fn enter() -> Option<Busy> {
     if is_active() { Busy::enter() } else { None }
 }
 
+// ---- helper hints ------------------------------------------------------------
+
+/// Whether a send on `fd` (to `destination`, when given) is a helper hint:
+/// a datagram to 127.127.127.127:127 on a UDP socket, or any send on a UDP
+/// socket connected there. Costs one load for everything but UDP sockets.
+#[inline]
+pub fn is_hint(fd: i32, destination: *const libc::sockaddr, len: libc::socklen_t) -> bool {
+    if !is_active() {
+        return false;
+    }
+    let kind = match fdkind::get(fd) {
+        FdKind::Unknown => fdkind::get_or_classify(fd),
+        kind => kind,
+    };
+    if !matches!(kind, FdKind::Udp | FdKind::Hint) || is_internal_thread() {
+        return false;
+    }
+    // SAFETY: the caller passes `len` readable bytes at `destination` (or null).
+    let to = unsafe { sockaddr::from_raw(destination, len) };
+    match kind {
+        FdKind::Hint => to.is_none_or(|to| to == koala_hints::HINT_ADDRESS),
+        _ => to == Some(koala_hints::HINT_ADDRESS),
+    }
+}
+
+/// Applies a hint datagram sent with `flags`. Bad hints are logged and
+/// ignored; nothing reaches the network either way.
+pub fn consume_hint(payload: &[u8], flags: i32) {
+    let Some(_busy) = Busy::enter() else { return };
+    contain("hint", || match koala_hints::parse(payload, flags) {
+        Ok(hint) => apply_hint(hint),
+        Err(error) => log_bad_hint(&error),
+    });
+}
+
+fn apply_hint(hint: koala_hints::Hint) {
+    let tid = thread::current_tid();
+    tracing::debug!(?hint, tid, "helper hint");
+    match hint {
+        koala_hints::Hint::Delegate { virtual_id } => {
+            if let Some(recorder) = recorder() {
+                recorder.delegate(tid, virtual_id);
+            }
+            if let Some(replayer) = replayer() {
+                replayer.delegate(virtual_id);
+            }
+        }
+        koala_hints::Hint::Shutdown { virtual_id } => {
+            if let Some(recorder) = recorder() {
+                recorder.end_session_by_hint(tid, virtual_id);
+            }
+            if let Some(replayer) = replayer() {
+                replayer.end_virtual_thread(virtual_id);
+            }
+        }
+    }
+}
+
+/// Logs the first bad hints, then one in a thousand: a service sending
+/// garbage in a loop must not flood the log.
+fn log_bad_hint(error: &koala_hints::HintError) {
+    static BAD_HINTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = BAD_HINTS.fetch_add(1, Ordering::Relaxed) + 1;
+    if count <= 10 || count.is_multiple_of(1000) {
+        tracing::warn!(bad_hints_so_far = count, "helper hint ignored: {error}");
+    }
+}
+
+/// connect() on a UDP socket: connected to the hint address, every later
+/// send on it is a hint.
+pub fn udp_connected(fd: i32, destination: SocketAddr) {
+    let kind = if destination == koala_hints::HINT_ADDRESS {
+        FdKind::Hint
+    } else {
+        FdKind::Udp
+    };
+    fdkind::set(fd, kind);
+}
+
 // ---- fd lifecycle ------------------------------------------------------------
 
 /// A new fd number from socket(), open() and friends. The library's own

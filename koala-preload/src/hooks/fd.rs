@@ -44,7 +44,17 @@ unsafe fn connect_detour(
         // SAFETY: the caller's arguments, unchanged.
         return unsafe { real(fd, address, len) };
     };
-    let peer = match fdkind::get_or_classify(fd) {
+    let kind = fdkind::get_or_classify(fd);
+    if matches!(kind, FdKind::Udp | FdKind::Hint) {
+        // SAFETY: the caller's arguments, unchanged.
+        let result = unsafe { real(fd, address, len) };
+        // SAFETY: the caller passes `len` readable bytes at `address`.
+        if let (0, Some(to)) = (result, unsafe { addr::from_raw(address, len) }) {
+            layer::udp_connected(fd, to);
+        }
+        return result;
+    }
+    let peer = match kind {
         // SAFETY: the caller passes `len` readable bytes at `address`.
         FdKind::TcpSocket => unsafe { addr::from_raw(address, len) },
         _ => None,

@@ -237,6 +237,29 @@ hook! { fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t => ko
 hook! { fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t => koala_sendfile = sendfile_detour; }
 hook! { fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t => koala_sendfile64 = sendfile_detour; }
 
+/// A helper hint is consumed, not sent: the call reports every byte sent.
+fn consume_hint(payload: &[u8], flags: c_int) -> ssize_t {
+    layer::consume_hint(payload, flags);
+    payload.len() as ssize_t
+}
+
+/// A hint spread over iovecs: at most one byte over the hint limit is
+/// copied (enough to reject it), and the full length is reported sent.
+///
+/// # Safety
+/// `iov` points to `count` valid iovecs.
+unsafe fn consume_hint_iov(iov: *const iovec, count: c_int, flags: c_int) -> ssize_t {
+    let mut total: usize = 0;
+    for i in 0..count.max(0) as usize {
+        // SAFETY: per the caller.
+        total = total.saturating_add(unsafe { (*iov.add(i)).iov_len });
+    }
+    let copied = total.min(koala_hints::MAX_HINT_BYTES + 1) as ssize_t;
+    // SAFETY: per the caller.
+    layer::consume_hint(&unsafe { gather(iov, count, copied) }, flags);
+    total.min(ssize_t::MAX as usize) as ssize_t
+}
+
 fn sent<'a>(
     observed: Option<Observed>,
     fd: c_int,
@@ -249,6 +272,10 @@ fn sent<'a>(
 }
 
 unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    if layer::is_hint(fd, std::ptr::null(), 0) {
+        // SAFETY: the caller's buffer of `count` bytes.
+        return consume_hint(unsafe { bytes(buf, count as ssize_t) }, 0);
+    }
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
@@ -264,6 +291,10 @@ unsafe fn send_detour(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
+    if layer::is_hint(fd, std::ptr::null(), 0) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        return consume_hint(unsafe { bytes(buf, len as ssize_t) }, flags);
+    }
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
@@ -281,6 +312,10 @@ unsafe fn sendto_detour(
     addr: *const sockaddr,
     addr_len: socklen_t,
 ) -> ssize_t {
+    if layer::is_hint(fd, addr, addr_len) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        return consume_hint(unsafe { bytes(buf, len as ssize_t) }, flags);
+    }
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
@@ -290,6 +325,10 @@ unsafe fn sendto_detour(
 }
 
 unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    if layer::is_hint(fd, std::ptr::null(), 0) {
+        // SAFETY: the caller's iovecs.
+        return unsafe { consume_hint_iov(iov, iovcnt, 0) };
+    }
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
@@ -301,6 +340,15 @@ unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_
 }
 
 unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: msg is null or the caller's valid msghdr.
+    if !msg.is_null()
+        && layer::is_hint(fd, unsafe { (*msg).msg_name.cast() }, unsafe {
+            (*msg).msg_namelen
+        })
+    {
+        // SAFETY: the caller's iovecs.
+        return unsafe { consume_hint_iov((*msg).msg_iov, (*msg).msg_iovlen as c_int, flags) };
+    }
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, msg, flags) };

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -264,10 +264,14 @@ impl Recorder {
         let Some((control_tx, Some(writer))) = self.close_all_sessions(deadline) else {
             return;
         };
-        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        if control_tx.try_send(Control::Flush(ack_tx)).is_ok() {
+        // Polled, not a blocking receive: exit handlers run after the
+        // thread's thread-locals (which blocking channel operations use) are gone.
+        let done = Arc::new(AtomicBool::new(false));
+        if control_tx.try_send(Control::Flush(done.clone())).is_ok() {
             writer.unpark();
-            let _ = ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         self.log_summary();
     }

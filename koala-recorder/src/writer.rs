@@ -10,10 +10,11 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use koala_session::Session;
 
 use crate::recorder::Recorder;
@@ -27,8 +28,8 @@ const BATCH_BYTES: usize = 256 << 10;
 
 /// Requests from host threads to the writer.
 pub(crate) enum Control {
-    /// Write everything queued so far, then acknowledge.
-    Flush(Sender<()>),
+    /// Write everything queued so far, then set the flag.
+    Flush(Arc<AtomicBool>),
 }
 
 /// The writer thread's body.
@@ -44,8 +45,8 @@ pub(crate) fn run(
     loop {
         std::thread::park_timeout(POLL);
         let mut flush_acks = Vec::new();
-        while let Ok(Control::Flush(ack)) = control.try_recv() {
-            flush_acks.push(ack);
+        while let Ok(Control::Flush(done)) = control.try_recv() {
+            flush_acks.push(done);
         }
         while let Ok(session) = sessions.try_recv() {
             recorder.dequeued(&session);
@@ -68,8 +69,8 @@ pub(crate) fn run(
             last_flush = Instant::now();
             file.write_batch(recorder, &mut batch);
         }
-        for ack in flush_acks {
-            let _ = ack.try_send(());
+        for done in flush_acks {
+            done.store(true, Ordering::Release);
         }
     }
 }

@@ -7,9 +7,12 @@
 //! writes to a file or a terminal itself, and nothing is printed unless
 //! `KOALA_LOG_FILE` asks for it.
 
+mod subscriber;
+
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use koala_config::{LogLevel, LogTarget};
@@ -19,7 +22,8 @@ const CAPACITY: usize = 4096;
 
 enum Message {
     Line(Vec<u8>),
-    Flush(Sender<()>),
+    /// Write everything before this, then set the flag.
+    Flush(Arc<AtomicBool>),
 }
 
 /// The channel of the current process. Swapped (and the old one leaked)
@@ -53,12 +57,7 @@ pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Res
     }
     set_prefix(format!("koala[{program}:{pid}] "));
     new_channel();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing_level(level))
-        .with_writer(ChannelWriter::default)
-        .with_ansi(false)
-        .with_target(false)
-        .finish();
+    let subscriber = subscriber::LineSubscriber::new(tracing_level(level), queue_line);
     tracing::subscriber::set_global_default(subscriber).map_err(|e| e.to_string())
 }
 
@@ -81,9 +80,15 @@ pub fn flush(timeout: Duration) {
     let Some(sender) = current_sender() else {
         return;
     };
-    let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-    if sender.try_send(Message::Flush(ack_tx)).is_ok() {
-        let _ = ack_rx.recv_timeout(timeout);
+    // Polled, not a blocking receive: this runs in exit handlers, after
+    // the thread's thread-locals (which blocking channel operations use)
+    // are gone.
+    let done = Arc::new(AtomicBool::new(false));
+    if sender.try_send(Message::Flush(done.clone())).is_ok() {
+        let deadline = Instant::now() + timeout;
+        while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -163,9 +168,9 @@ fn drain(rx: Receiver<Message>, mut output: Output) {
     while let Ok(message) = rx.recv() {
         match message {
             Message::Line(line) => output.write_line(&line),
-            Message::Flush(ack) => {
+            Message::Flush(done) => {
                 output.flush();
-                let _ = ack.try_send(());
+                done.store(true, Ordering::Release);
             }
         }
     }
@@ -214,35 +219,14 @@ fn prefix() -> &'static str {
     unsafe { ptr.as_ref() }.map_or("koala ", String::as_str)
 }
 
-/// Collects one formatted event and queues it when dropped.
-#[derive(Default)]
-struct ChannelWriter {
-    line: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.line.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for ChannelWriter {
-    fn drop(&mut self) {
-        if self.line.is_empty() {
-            return;
-        }
-        let mut line = Vec::with_capacity(prefix().len() + self.line.len());
-        line.extend_from_slice(prefix().as_bytes());
-        line.extend_from_slice(&self.line);
-        if let Some(sender) = current_sender()
-            && sender.try_send(Message::Line(line)).is_ok()
-        {
-            ensure_drain();
-        }
+/// Queues a formatted line for the drain thread (dropped if the queue is full).
+fn queue_line(line: String) {
+    let mut bytes = Vec::with_capacity(prefix().len() + line.len());
+    bytes.extend_from_slice(prefix().as_bytes());
+    bytes.extend_from_slice(line.as_bytes());
+    if let Some(sender) = current_sender()
+        && sender.try_send(Message::Line(bytes)).is_ok()
+    {
+        ensure_drain();
     }
 }

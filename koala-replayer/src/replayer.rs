@@ -56,9 +56,17 @@ impl Replayer {
         };
         if let Some(path) = std::env::var_os(TABLE_VARIABLE) {
             match SharedTables::open(Path::new(&path)) {
-                Ok(tables) => {
-                    tracing::debug!(table = ?path, "replay: joined the servers of an ancestor process");
+                Ok(tables) if serves_elsewhere(tables.server_pid()) => {
+                    tracing::debug!(table = ?path, server = tables.server_pid(), "replay: joined the servers of an ancestor process");
                     return Ok(Box::leak(Box::new(make(tables, None))));
+                }
+                Ok(tables) => {
+                    // This process ran the servers before it exec'd (a launcher
+                    // script, a shim), or their process is gone: start anew.
+                    if tables.server_pid() == std::process::id() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    tracing::debug!(table = ?path, "replay: the servers of {TABLE_VARIABLE} are gone, starting new ones");
                 }
                 Err(error) => {
                     tracing::warn!(table = ?path, %error, "replay: stale {TABLE_VARIABLE}, starting servers")
@@ -67,6 +75,7 @@ impl Replayer {
         }
         let tables =
             SharedTables::create().map_err(|e| format!("cannot create the replay tables: {e}"))?;
+        tables.set_server_pid(std::process::id());
         let listen = |addr: SocketAddr, what: &str| {
             TcpListener::bind(addr)
                 .map(library_fd)
@@ -190,6 +199,17 @@ impl Replayer {
     pub fn end_virtual_thread(&self, virtual_id: Option<u64>) {
         attribution::end(virtual_id);
     }
+}
+
+/// Whether another, living process runs the servers of a table. After
+/// `exec` the pid stays the same but the servers' threads are gone.
+fn serves_elsewhere(server_pid: u32) -> bool {
+    if server_pid == 0 || server_pid == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    (unsafe { libc::kill(server_pid as libc::pid_t, 0) }) == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The local port of socket `fd`, binding it to an ephemeral port first if

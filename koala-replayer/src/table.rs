@@ -43,6 +43,8 @@ struct OutboundSlot {
 #[repr(C)]
 struct Layout {
     magic: AtomicU64,
+    /// The process running the servers.
+    server_pid: AtomicU64,
     inbound: [AtomicU64; PORTS],
     outbound: [OutboundSlot; PORTS],
 }
@@ -78,6 +80,15 @@ impl SharedTables {
     pub fn open(path: &Path) -> io::Result<SharedTables> {
         let layout = map_file(path, false)?;
         Ok(SharedTables { layout, path: None })
+    }
+
+    /// The process that runs the servers these tables belong to.
+    pub fn server_pid(&self) -> u32 {
+        self.layout.server_pid.load(Ordering::Acquire) as u32
+    }
+
+    pub fn set_server_pid(&self, pid: u32) {
+        self.layout.server_pid.store(pid as u64, Ordering::Release);
     }
 
     /// The file descendants open, if the tables live in one.

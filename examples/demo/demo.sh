@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: record the bundled pricing service with koala, then show
-# what was recorded. Everything runs on loopback, in target/demo.
+# `make demo`: record the bundled pricing service with koala, show what was
+# recorded, then stop its dependencies and replay the recording against it.
+# Everything runs on loopback, in target/demo.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,11 +22,12 @@ wait_port() { # port, name: poll until it accepts, for at most 10 s
 }
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 trap cleanup EXIT
 
 pricing_port=$(free_port); inventory_port=$(free_port); cache_port=$(free_port)
-"$python" "$here/inventory.py" "$inventory_port" & pids+=($!)
-"$python" "$here/cache.py" "$cache_port" & pids+=($!)
+"$python" "$here/inventory.py" "$inventory_port" & inventory=$!; pids+=("$inventory")
+"$python" "$here/cache.py" "$cache_port" & cache=$!; pids+=("$cache")
 wait_port "$inventory_port" inventory; wait_port "$cache_port" cache
 
 echo "== recording: koala record -- pricing.py (port $pricing_port)"
@@ -39,3 +41,11 @@ kill -TERM "$pricing"; wait "$pricing" || true   # a clean exit writes the last 
 echo
 echo "== recorded sessions: koala show $work/sessions"
 "$koala" show "$work/sessions"
+
+echo
+echo "== replay: inventory and cache stopped; koala replay -- pricing.py"
+stop "$inventory"; stop "$cache"
+"$koala" replay "$work/sessions" --report "$work/report.json" --junit "$work/junit.xml" \
+    --service-log "$work/service.log" -- \
+    "$python" "$here/pricing.py" "$pricing_port" "$inventory_port" "$cache_port"
+echo "(report: $work/report.json, JUnit: $work/junit.xml)"

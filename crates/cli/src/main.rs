@@ -3,6 +3,7 @@
 mod env;
 mod library;
 mod record;
+mod replay;
 mod show;
 
 use std::path::PathBuf;
@@ -15,7 +16,8 @@ use clap::{Parser, Subcommand};
 ///
 /// koala works through libkoala.so, loaded into the service with
 /// LD_PRELOAD. `koala record` does that for you; `koala show` prints what
-/// was recorded; `koala env` checks the KOALA_* variables.
+/// was recorded; `koala replay` replays it against the service and compares
+/// its answers; `koala env` checks the KOALA_* variables.
 #[derive(Parser)]
 #[command(name = "koala", version, about, long_about)]
 struct Cli {
@@ -56,15 +58,31 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Replay recorded sessions against the service and compare its answers.
+    ///
+    /// Posts each session to the inbound server that libkoala.so runs inside
+    /// the service in replay mode (KOALA_MODE=replay), which sends the
+    /// recorded request to the service and answers its outbound calls from
+    /// the recording. koala compares each answer with the recorded response,
+    /// shows a progress bar (on a terminal), a diff for every failure and a
+    /// summary, and can write a JSON report and a JUnit file. With `-- CMD`,
+    /// it starts the service itself, waits for it, and stops it at the end.
+    #[command(after_help = replay::AFTER_HELP)]
+    Replay(Box<replay::ReplayArgs>),
     /// Show every KOALA_* variable: its value here, its default, and any problem.
     Env,
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`koala show ... | head`), like other
+    // command-line tools, instead of panicking on the write error.
+    // SAFETY: restoring the default disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record { to, lib, command } => record::run(&to, lib.as_deref(), &command),
         Command::Show { paths, full } => show::run(&paths, full),
+        Command::Replay(args) => replay::run(&args),
         Command::Env => env::run(),
     };
     match result {

@@ -67,7 +67,7 @@ fn print_session(session: &Session, full: bool) {
 fn print_exchange(label: &str, exchange: &Exchange, route: &str, full: bool) {
     let took = match (exchange.request_ns, exchange.response_ns) {
         (start, end) if start > 0 && end >= start => {
-            format!("  {:.1} ms", (end - start) as f64 / 1e6)
+            format!("  {}", duration((end - start) as f64 / 1e6))
         }
         _ => String::new(),
     };
@@ -83,6 +83,15 @@ fn print_exchange(label: &str, exchange: &Exchange, route: &str, full: bool) {
     } else {
         println!("      request  {}", preview(&exchange.request));
         println!("      response {}", preview(&exchange.response));
+    }
+}
+
+/// Milliseconds, or microseconds below one millisecond.
+fn duration(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1000.0)
+    } else {
+        format!("{ms:.1} ms")
     }
 }
 
@@ -117,6 +126,12 @@ fn escape(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_keep_their_precision() {
+        assert_eq!(duration(0.042), "42 µs");
+        assert_eq!(duration(3.62), "3.6 ms");
+    }
 
     #[test]
     fn previews_show_the_first_line_and_size() {

@@ -1,0 +1,648 @@
+//! `koala replay`: post recorded sessions to the inbound server of a
+//! service running under libkoala.so in replay mode, compare what it
+//! answers with what was recorded, and report.
+
+mod client;
+mod compare;
+mod diff;
+mod load;
+mod outcome;
+mod progress;
+mod report;
+mod runner;
+mod service;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use client::Client;
+use load::Loaded;
+use outcome::Settings;
+use progress::Term;
+use report::Run;
+use runner::{Plan, Stopped};
+use service::Service;
+
+/// Default `--inbound` without a command: `$KOALA_INBOUND_ADDR`, else this.
+const DEFAULT_INBOUND: &str = "127.0.0.1:2514";
+/// `POST /v1/background` bodies are cut at about this size.
+const BACKGROUND_BATCH_BYTES: usize = 8 << 20;
+
+/// Exit codes.
+const EXIT_FAILED: u8 = 1;
+const EXIT_SETUP: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
+
+pub const AFTER_HELP: &str = "\
+How it works:
+  Each session is POSTed to the inbound server's /v1/replay, which sends the
+  recorded request to the service and answers every outbound call the
+  service makes from the recording. koala compares the service's answer with
+  the recorded response:
+    HTTP/1.x  status line; headers as a multiset of lower-cased name and
+              trimmed value, in any order, without Date and --ignore-header
+              names; body after de-chunking (Content-Length vs chunked
+              framing alone is not a difference)
+    other     byte for byte
+  A session passes iff its response compares equal and none of its calls is
+  unmatched. Recorded calls the service did not make (missing) are reported
+  but do not fail it. An error answer of the API (4xx/5xx) or a connection
+  failure is an error for that session; a bad line of a session file is an
+  error too. Lines with \"kind\":\"background\" are not replayed: they answer the
+  service's start-up traffic (KOALA_REPLAY_BACKGROUND when koala starts the
+  service, POST /v1/background otherwise).
+
+With -- CMD ARGS..., koala starts CMD under libkoala.so (--lib, $KOALA_LIB, or
+next to the koala binary) with KOALA_MODE=replay, free loopback ports for the
+inbound and outbound servers, and KOALA_SUT_ADDR = --sut (default: the
+recorded inbound address, if all sessions agree); waits until the inbound
+server answers and the service accepts connections; replays; then stops CMD
+(SIGTERM to its process group, SIGKILL after 5 s), also on Ctrl-C or error.
+CMD's output goes to koala's stderr, or to --service-log FILE.
+
+Exit status: 0 every session passed; 1 some session failed or had an error;
+2 usage or setup problem (no sessions, inbound server unreachable, CMD did not
+start or get ready, a report could not be written); 130 interrupted.
+
+Examples:
+  # start the service under koala, replay a recording, keep JUnit for CI
+  koala replay ./koala-sessions --sut 127.0.0.1:8080 --junit replay.xml \\
+      -- python3 service.py --port 8080
+  # the service already runs with KOALA_MODE=replay: 8 sessions at a time
+  koala replay ./koala-sessions -j 8 --ignore-header x-request-id --report replay.json";
+
+/// Replay recorded sessions against the service and compare its answers.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// Session files (.jsonl) or directories of them.
+    #[arg(required = true, value_name = "SESSIONS")]
+    pub paths: Vec<PathBuf>,
+    /// The inbound server (KOALA_INBOUND_ADDR). Default: a free loopback port
+    /// with CMD; otherwise $KOALA_INBOUND_ADDR, else 127.0.0.1:2514.
+    #[arg(long, value_name = "ADDR")]
+    pub inbound: Option<SocketAddr>,
+    /// Sessions replayed at a time, each worker on its own keep-alive
+    /// connection.
+    #[arg(
+        long,
+        short = 'j',
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub concurrency: u16,
+    /// Write every session's verdict, ReplayResult or error, and diff as JSON.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Write a JUnit XML file: one testcase per session.
+    #[arg(long, value_name = "FILE.xml")]
+    pub junit: Option<PathBuf>,
+    /// A response header left out of the comparison (case-insensitive;
+    /// repeat it, or separate names with commas). Date always is.
+    #[arg(long = "ignore-header", value_name = "NAME", value_delimiter = ',')]
+    pub ignore_headers: Vec<String>,
+    /// Seconds to wait for each replay's answer.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    pub timeout: Duration,
+    /// Lines of explanation printed per failing session.
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub diff_lines: usize,
+    /// Failing sessions explained on the console at most (the report has all).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_shown: usize,
+    /// No progress bar (there is none anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// With CMD: where the service listens (KOALA_SUT_ADDR). Default: the
+    /// recorded inbound address when all sessions agree.
+    #[arg(long, value_name = "ADDR", requires = "command")]
+    pub sut: Option<SocketAddr>,
+    /// With CMD: the outbound server (KOALA_OUTBOUND_ADDR). Default: a free
+    /// loopback port.
+    #[arg(long, value_name = "ADDR", requires = "command")]
+    pub outbound: Option<SocketAddr>,
+    /// With CMD: also record the replayed traffic to DIR
+    /// (KOALA_MODE=record,replay).
+    #[arg(long, value_name = "DIR", requires = "command")]
+    pub record_to: Option<PathBuf>,
+    /// With CMD: libkoala.so to load (default: next to this koala binary,
+    /// or $KOALA_LIB).
+    #[arg(long, value_name = "PATH", requires = "command")]
+    pub lib: Option<PathBuf>,
+    /// With CMD: seconds to wait for the service to be ready.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = parse_seconds,
+        requires = "command"
+    )]
+    pub start_timeout: Duration,
+    /// With CMD: append the service's stdout and stderr to FILE instead of
+    /// koala's stderr.
+    #[arg(long, value_name = "FILE", requires = "command")]
+    pub service_log: Option<PathBuf>,
+    /// The service to start, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 1e6) {
+        return Err(format!("{text} must be greater than 0 and at most 1000000"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
+    let loaded = Loaded::read(&args.paths)?;
+    if loaded.files.is_empty() {
+        return Err("no .jsonl session files found".into());
+    }
+    if loaded.session_count() == 0 {
+        for item in &loaded.items {
+            if let load::ItemKind::Bad(message) = &item.kind {
+                eprintln!("koala: {}: {message}", loaded.location(item));
+            }
+        }
+        return Err(format!(
+            "no sessions to replay in {} file(s) ({} background record(s), {} bad line(s))",
+            loaded.files.len(),
+            loaded.background().count(),
+            loaded.bad_count()
+        ));
+    }
+    let term = Arc::new(Term::new(!args.no_progress && Term::stderr_is_terminal()));
+    service::catch_signals();
+    let mut _background_file = None;
+    let mut started_service = None;
+    let inbound;
+    let sut;
+    if args.command.is_empty() {
+        inbound = match args.inbound {
+            Some(addr) => addr,
+            None => default_inbound()?,
+        };
+        let status = connect(inbound, args.timeout)?;
+        sut = Some(status.sut.clone());
+        term.message(&format!(
+            "koala: inbound server {inbound}: pid {}, service at {}",
+            status.pid, status.sut
+        ));
+        post_background(&loaded, inbound, args.timeout, &term);
+    } else {
+        let lib = crate::library::locate(args.lib.as_deref())?;
+        let sut_addr = match args.sut {
+            Some(addr) => addr,
+            None => {
+                let (addr, note) = default_sut(&loaded.recorded_locals())?;
+                if let Some(note) = note {
+                    term.message(&format!("koala: {note}"));
+                }
+                addr
+            }
+        };
+        inbound = match args.inbound {
+            Some(addr) => addr,
+            None => free_port_except(&[sut_addr])?,
+        };
+        let outbound = match args.outbound {
+            Some(addr) => addr,
+            None => free_port_except(&[inbound, sut_addr])?,
+        };
+        // Something already there would answer in the service's place.
+        for (addr, what) in [
+            (sut_addr, "--sut (where the service must listen)"),
+            (inbound, "--inbound"),
+            (outbound, "--outbound"),
+        ] {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+                return Err(format!(
+                    "{addr} already accepts connections before the service started: it is {what}; stop what listens there or choose another address"
+                ));
+            }
+        }
+        let mut env: Vec<(&str, OsString)> = vec![
+            ("LD_PRELOAD", preload(&lib)),
+            ("KOALA_INBOUND_ADDR", inbound.to_string().into()),
+            ("KOALA_OUTBOUND_ADDR", outbound.to_string().into()),
+            ("KOALA_SUT_ADDR", sut_addr.to_string().into()),
+        ];
+        match &args.record_to {
+            Some(dir) => {
+                env.push(("KOALA_MODE", "record,replay".into()));
+                env.push(("KOALA_RECORD_TO", dir.into()));
+            }
+            None => env.push(("KOALA_MODE", "replay".into())),
+        }
+        if loaded.background().next().is_some() {
+            let file = BackgroundFile::write(&loaded)?;
+            env.push(("KOALA_REPLAY_BACKGROUND", file.path().into()));
+            _background_file = Some(file);
+        }
+        term.message(&format!(
+            "koala: starting {} (inbound {inbound}, outbound {outbound}, sut {sut_addr})",
+            args.command.join(" ")
+        ));
+        let mut service = Service::start(
+            &args.command,
+            &env,
+            args.service_log.as_deref(),
+            term.clone(),
+        )?;
+        let waited = Instant::now();
+        match service::wait_ready(&mut service, inbound, sut_addr, args.start_timeout) {
+            Ok(status) => term.message(&format!(
+                "koala: service ready in {:.2} s (pid {}, inbound server pid {})",
+                waited.elapsed().as_secs_f64(),
+                service.pid(),
+                status.pid
+            )),
+            Err(message) => {
+                let interrupted = service::interrupted();
+                service.stop();
+                term.message(&format!("koala: {message}"));
+                return Ok(ExitCode::from(if interrupted {
+                    EXIT_INTERRUPTED
+                } else {
+                    EXIT_SETUP
+                }));
+            }
+        }
+        sut = Some(sut_addr.to_string());
+        started_service = Some(service);
+    }
+
+    let concurrency = usize::from(args.concurrency);
+    term.message(&format!(
+        "koala: replaying {} session(s) from {} file(s), {concurrency} at a time",
+        loaded.session_count(),
+        loaded.files.len()
+    ));
+    let keep_results = args.report.is_some();
+    let plan = Plan {
+        loaded: &loaded,
+        inbound,
+        concurrency,
+        timeout: args.timeout,
+        settings: Settings {
+            ignore_headers: args
+                .ignore_headers
+                .iter()
+                .map(|name| name.trim().to_ascii_lowercase())
+                .filter(|name| !name.is_empty())
+                .collect(),
+            keep_results,
+            // The report keeps more than the console shows.
+            max_lines: args.diff_lines.max(400),
+        },
+    };
+    let started = SystemTime::now();
+    let replayed = runner::replay_all(&plan, &term, started_service.as_mut());
+    if let Some(mut service) = started_service.take() {
+        let exited = match &replayed.stopped {
+            Some(Stopped::ServiceExited(message)) => Some(message.clone()),
+            _ => service.exited().map(|status| service.describe_exit(status)),
+        };
+        if let Some(message) = exited {
+            term.message(&format!("koala: during the replay, {message}"));
+        }
+        service.stop();
+    }
+
+    let run = Run {
+        loaded: &loaded,
+        outcomes: &replayed.outcomes,
+        inbound: inbound.to_string(),
+        sut,
+        concurrency,
+        started,
+        elapsed: replayed.elapsed,
+        interrupted: replayed.stopped == Some(Stopped::Interrupted),
+    };
+    let summary = run.summary();
+    let mut out = io::stdout().lock();
+    let printed = report::print_details(
+        &mut out,
+        &run,
+        args.diff_lines,
+        args.max_shown,
+        args.report.is_some(),
+    )
+    .and_then(|()| report::print_summary(&mut out, &run, &summary))
+    .and_then(|()| out.flush());
+    drop(out);
+    if let Err(e) = printed
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        eprintln!("koala: cannot print the results: {e}");
+    }
+    let mut code = if run.interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.failed == 0 && summary.errors == 0 {
+        0
+    } else {
+        EXIT_FAILED
+    };
+    for (path, written) in [
+        (
+            &args.report,
+            args.report
+                .as_deref()
+                .map(|path| report::write_json(path, &run, &summary)),
+        ),
+        (
+            &args.junit,
+            args.junit
+                .as_deref()
+                .map(|path| report::write_junit(path, &run, &summary)),
+        ),
+    ] {
+        match written {
+            Some(Ok(())) => eprintln!(
+                "koala: wrote {}",
+                path.as_deref().unwrap_or(Path::new("")).display()
+            ),
+            Some(Err(message)) => {
+                eprintln!("koala: {message}");
+                code = EXIT_SETUP;
+            }
+            None => {}
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+fn default_inbound() -> Result<SocketAddr, String> {
+    match std::env::var("KOALA_INBOUND_ADDR") {
+        Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
+            format!("KOALA_INBOUND_ADDR={text:?} is not ip:port (or pass --inbound ADDR)")
+        }),
+        _ => Ok(DEFAULT_INBOUND.parse().expect("a valid address")),
+    }
+}
+
+/// `GET /v1/status`: the inbound server is there and answers.
+fn connect(
+    inbound: SocketAddr,
+    timeout: Duration,
+) -> Result<koala_session::replay::Status, String> {
+    let hint = "is the service running with KOALA_MODE=replay? (or give its command after --)";
+    let response = Client::new(inbound, timeout.min(Duration::from_secs(10)))
+        .get("/v1/status")
+        .map_err(|e| format!("cannot reach the inbound server: {e}; {hint}"))?;
+    if response.status != 200 {
+        return Err(format!(
+            "GET http://{inbound}/v1/status answered {}: {}; {hint}",
+            response.status,
+            String::from_utf8_lossy(&response.body).trim()
+        ));
+    }
+    serde_json::from_slice(&response.body).map_err(|e| {
+        format!("GET http://{inbound}/v1/status: not a koala status ({e}); is {inbound} the inbound server?")
+    })
+}
+
+/// Without CMD: the background records go to `POST /v1/background`, in
+/// batches. A failure is a warning: start-up is over, and sessions may not
+/// need them.
+fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term: &Term) {
+    let records: Vec<_> = loaded.background().collect();
+    if records.is_empty() {
+        return;
+    }
+    let mut client = Client::new(inbound, timeout);
+    let mut total = 0u64;
+    let mut batch = Vec::new();
+    let mut send = |batch: &mut Vec<u8>| -> Result<(), String> {
+        let response = client.post("/v1/background", batch)?;
+        batch.clear();
+        if response.status != 200 {
+            return Err(format!(
+                "answered {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body).trim()
+            ));
+        }
+        let loaded: serde_json::Value =
+            serde_json::from_slice(&response.body).map_err(|e| format!("invalid answer: {e}"))?;
+        total += loaded["loaded"].as_u64().unwrap_or(0);
+        Ok(())
+    };
+    let mut result = Ok(());
+    for item in records.iter() {
+        match loaded.read_line(item) {
+            Ok(line) => {
+                batch.extend_from_slice(&line);
+                batch.push(b'\n');
+            }
+            Err(e) => {
+                result = Err(format!("cannot read {}: {e}", loaded.location(item)));
+                break;
+            }
+        }
+        if batch.len() >= BACKGROUND_BATCH_BYTES {
+            result = send(&mut batch);
+            if result.is_err() {
+                break;
+            }
+        }
+    }
+    if result.is_ok() && !batch.is_empty() {
+        result = send(&mut batch);
+    }
+    match result {
+        Ok(()) => term.message(&format!(
+            "koala: loaded {total} background record(s) into the outbound server"
+        )),
+        Err(message) => term.message(&format!(
+            "koala: warning: POST /v1/background: {message} (start-up traffic may go unanswered)"
+        )),
+    }
+}
+
+/// The `--sut` default: the recorded inbound address when all sessions
+/// agree. An unspecified or foreign IP (recorded elsewhere) becomes the
+/// loopback address with the same port; the note says so.
+fn default_sut(locals: &BTreeSet<&str>) -> Result<(SocketAddr, Option<String>), String> {
+    let local = match locals.len() {
+        1 => *locals.iter().next().expect("one address"),
+        0 => return Err("the sessions name no recorded inbound address: pass --sut ADDR".into()),
+        n => {
+            let shown: Vec<&str> = locals.iter().take(5).copied().collect();
+            return Err(format!(
+                "the sessions were recorded on {n} different addresses ({}{}): pass --sut ADDR, where the service will listen",
+                shown.join(", "),
+                if n > 5 { ", …" } else { "" }
+            ));
+        }
+    };
+    let recorded: SocketAddr = local.parse().map_err(|_| {
+        format!("the recorded inbound address {local:?} is not ip:port: pass --sut ADDR")
+    })?;
+    let loopback = |ip: IpAddr| -> IpAddr {
+        if ip.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        }
+    };
+    let ip = recorded.ip();
+    if ip.is_unspecified() {
+        return Ok((SocketAddr::new(loopback(ip), recorded.port()), None));
+    }
+    // An address of this machine can be bound; one of another cannot.
+    if ip.is_loopback() || TcpListener::bind((ip, 0)).is_ok() {
+        return Ok((recorded, None));
+    }
+    let sut = SocketAddr::new(loopback(ip), recorded.port());
+    Ok((
+        sut,
+        Some(format!(
+            "the sessions were recorded on {recorded}, not an address of this machine: using --sut {sut}"
+        )),
+    ))
+}
+
+/// A free loopback port not among `taken`.
+fn free_port_except(taken: &[SocketAddr]) -> Result<SocketAddr, String> {
+    for _ in 0..16 {
+        let addr = service::free_port()?;
+        if !taken.iter().any(|t| t.port() == addr.port()) {
+            return Ok(addr);
+        }
+    }
+    Err("cannot find a free loopback port".into())
+}
+
+/// LD_PRELOAD with the library first, keeping what was there.
+fn preload(lib: &Path) -> OsString {
+    let mut value = OsString::from(lib);
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        value.push(" ");
+        value.push(existing);
+    }
+    value
+}
+
+/// The background records in a private temporary .jsonl file, removed when
+/// dropped.
+struct BackgroundFile {
+    dir: PathBuf,
+}
+
+impl BackgroundFile {
+    fn write(loaded: &Loaded) -> Result<BackgroundFile, String> {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("koala-replay-{}-{nanos}", std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let file = BackgroundFile { dir };
+        let path = file.path();
+        let mut out = io::BufWriter::new(
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        );
+        for item in loaded.background() {
+            let line = loaded
+                .read_line(item)
+                .map_err(|e| format!("cannot read {}: {e}", loaded.location(item)))?;
+            out.write_all(&line)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        out.flush()
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(file)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("background.jsonl")
+    }
+}
+
+impl Drop for BackgroundFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sut(locals: &[&str]) -> Result<(SocketAddr, Option<String>), String> {
+        default_sut(&locals.iter().copied().collect())
+    }
+
+    #[test]
+    fn the_default_sut_is_the_recorded_address() {
+        assert_eq!(
+            sut(&["127.0.0.1:8080"]).unwrap(),
+            ("127.0.0.1:8080".parse().unwrap(), None)
+        );
+        assert_eq!(
+            sut(&["[::1]:8080"]).unwrap().0,
+            "[::1]:8080".parse().unwrap()
+        );
+        assert_eq!(
+            sut(&["0.0.0.0:8080"]).unwrap().0,
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        // Recorded on another machine (TEST-NET-1 is nobody's address).
+        let (addr, note) = sut(&["192.0.2.1:8080"]).unwrap();
+        assert_eq!(addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(note.unwrap().contains("not an address of this machine"));
+    }
+
+    #[test]
+    fn disagreeing_or_missing_addresses_need_sut() {
+        let error = sut(&["127.0.0.1:8080", "127.0.0.1:8081"]).unwrap_err();
+        assert!(
+            error.contains("2 different addresses (127.0.0.1:8080, 127.0.0.1:8081)")
+                && error.contains("--sut"),
+            "{error}"
+        );
+        assert!(sut(&[]).unwrap_err().contains("--sut"));
+        assert!(sut(&["localhost:80"]).unwrap_err().contains("not ip:port"));
+    }
+
+    #[test]
+    fn seconds_are_positive_numbers() {
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_seconds("30").unwrap(), Duration::from_secs(30));
+        for bad in ["0", "-1", "nan", "inf", "soon", "1e9"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_library_goes_first_in_ld_preload() {
+        let value = preload(Path::new("/opt/koala/libkoala.so"));
+        assert!(
+            value
+                .to_str()
+                .unwrap()
+                .starts_with("/opt/koala/libkoala.so")
+        );
+    }
+}

@@ -229,6 +229,11 @@ impl Assembler {
         std::mem::take(&mut self.finished)
     }
 
+    /// Hands each finished session to `sink`, keeping the buffer's capacity.
+    pub fn drain_finished(&mut self, sink: impl FnMut(Session)) {
+        self.finished.drain(..).for_each(sink);
+    }
+
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;

@@ -1,9 +1,11 @@
 //! The process-wide recorder the preload hooks talk to.
 //!
 //! One mutex guards the assembler; every event holds it for a map lookup
-//! and a copy of the bytes. Finished sessions leave through a bounded queue
-//! with a `try_send`: when the queue (or its byte budget) is full they are
-//! dropped and counted, so a slow disk never blocks a host thread.
+//! and a copy of the bytes. A finished session goes into an *outbox* under
+//! that same lock — no channel, no atomics, no wake-up — bounded by a count
+//! and a byte budget: when it is full the session is dropped and counted,
+//! so a slow disk never blocks a host thread. The writer thread swaps the
+//! whole outbox out every few milliseconds.
 //!
 //! The mutex is `std::sync::Mutex` (a futex): unlike a parking-lot mutex it
 //! needs no process-global wait table, so the forked child can release it
@@ -11,17 +13,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use koala_config::Config;
 use koala_session::{EndReason, Session};
 
 use crate::assembler::{Assembler, Direction, Identity, Limits, Stats};
-use crate::writer::{self, Control};
+use crate::writer;
 
 /// Counters shared with the writer thread.
 #[derive(Default)]
@@ -30,14 +31,22 @@ pub struct Counters {
     pub dropped_queue_full: AtomicU64,
     pub written: AtomicU64,
     pub write_errors: AtomicU64,
-    queued_bytes: AtomicUsize,
     drops_reported: AtomicU64,
+}
+
+/// Finished sessions waiting for the writer.
+#[derive(Default)]
+struct Outbox {
+    sessions: Vec<Session>,
+    bytes: usize,
 }
 
 struct Inner {
     assembler: Assembler,
-    sessions_tx: Sender<Session>,
-    control_tx: Sender<Control>,
+    outbox: Outbox,
+    /// Exit flushes waiting: the writer sets each flag once everything
+    /// before it is written.
+    flush_requests: Vec<Arc<AtomicBool>>,
     writer: Option<Thread>,
 }
 
@@ -56,6 +65,11 @@ pub struct Recorder {
 /// The assembler lock, held across `fork` by the forking thread.
 pub struct ForkGuard(Option<MutexGuard<'static, Inner>>);
 
+/// What the writer takes at each wake-up.
+pub(crate) struct Batch {
+    pub flushes: Vec<Arc<AtomicBool>>,
+}
+
 impl Recorder {
     /// Creates the process-wide recorder; its writer thread starts with the
     /// first connection.
@@ -65,16 +79,14 @@ impl Recorder {
             max_calls_per_session: config.max_calls_per_session,
             idle_ns: config.session_idle.as_nanos() as u64,
         };
-        let (sessions_tx, _) = crossbeam_channel::bounded(1);
-        let (control_tx, _) = crossbeam_channel::bounded(1);
         let recorder: &'static Recorder = Box::leak(Box::new(Recorder {
             dir: config.record_to.clone(),
             program: identity.program.clone(),
             pid: AtomicU64::new(identity.pid as u64),
             inner: Mutex::new(Inner {
                 assembler: Assembler::new(identity, limits),
-                sessions_tx,
-                control_tx,
+                outbox: Outbox::default(),
+                flush_requests: Vec::new(),
                 writer: None,
             }),
             counters: Counters::default(),
@@ -85,19 +97,11 @@ impl Recorder {
         Ok(recorder)
     }
 
-    /// New channels and a new writer thread (at start, and in a forked child
-    /// where the parent's writer does not exist).
+    /// Starts the writer thread (at the first connection, and in a forked
+    /// child, where the parent's writer does not exist).
     fn start_writer(&'static self, inner: &mut Inner) -> std::io::Result<()> {
-        let (sessions_tx, sessions_rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let (control_tx, control_rx) = crossbeam_channel::bounded(16);
-        // The old channels may be mid-operation in a thread that no longer
-        // exists (fork): leak them rather than touch their internals.
-        std::mem::forget(std::mem::replace(&mut inner.sessions_tx, sessions_tx));
-        std::mem::forget(std::mem::replace(&mut inner.control_tx, control_tx));
-        self.counters.queued_bytes.store(0, Ordering::Relaxed);
-        let handle = koala_runtime::thread::spawn_internal("koala-writer", move || {
-            writer::run(self, sessions_rx, control_rx)
-        })?;
+        let handle =
+            koala_runtime::thread::spawn_internal("koala-writer", move || writer::run(self))?;
         inner.writer = Some(handle.thread().clone());
         Ok(())
     }
@@ -136,43 +140,45 @@ impl Recorder {
         self.enqueue_finished(&mut inner);
     }
 
+    /// Moves the sessions the assembler finished into the outbox, or drops
+    /// and counts them when it is full.
     fn enqueue_finished(&self, inner: &mut Inner) {
-        for session in inner.assembler.take_finished() {
-            self.enqueue(&inner.sessions_tx, session);
-        }
-    }
-
-    fn enqueue(&self, tx: &Sender<Session>, session: Session) {
-        let size = session_bytes(&session);
-        let queued = self
-            .counters
-            .queued_bytes
-            .fetch_add(size, Ordering::Relaxed);
-        let result = if queued + size > self.queue_max_bytes {
-            Err(TrySendError::Full(session))
-        } else {
-            tx.try_send(session)
-        };
-        match result {
-            Ok(()) => {
-                self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.counters
-                    .queued_bytes
-                    .fetch_sub(size, Ordering::Relaxed);
+        let Inner {
+            assembler, outbox, ..
+        } = inner;
+        assembler.drain_finished(|session| {
+            let size = session_bytes(&session);
+            if outbox.sessions.len() >= self.queue_capacity
+                || outbox.bytes + size > self.queue_max_bytes
+            {
                 self.counters
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                return;
             }
-        }
+            outbox.bytes += size;
+            outbox.sessions.push(session);
+            self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+        });
     }
 
-    /// Called by the writer for each session it takes off the queue.
-    pub(crate) fn dequeued(&self, session: &Session) {
-        self.counters
-            .queued_bytes
-            .fetch_sub(session_bytes(session), Ordering::Relaxed);
+    /// The writer's wake-up: closes idle sessions (when `sweep`), and swaps
+    /// the outbox with `into` (empty, with capacity: no allocation).
+    pub(crate) fn take_batch(&self, sweep: bool, into: &mut Vec<Session>) -> Batch {
+        let Some(mut inner) = self.lock() else {
+            return Batch {
+                flushes: Vec::new(),
+            };
+        };
+        if sweep {
+            inner.assembler.close_idle(koala_runtime::clock::now_ns());
+            self.enqueue_finished(&mut inner);
+        }
+        std::mem::swap(&mut inner.outbox.sessions, into);
+        inner.outbox.bytes = 0;
+        Batch {
+            flushes: std::mem::take(&mut inner.flush_requests),
+        }
     }
 
     // ---- events from the hooks ----------------------------------------
@@ -230,14 +236,6 @@ impl Recorder {
 
     // ---- the writer's periodic work ------------------------------------
 
-    pub(crate) fn close_idle_sessions(&self) -> Vec<Session> {
-        let Some(mut inner) = self.lock() else {
-            return Vec::new();
-        };
-        inner.assembler.close_idle(koala_runtime::clock::now_ns());
-        inner.assembler.take_finished()
-    }
-
     /// Logs new queue drops, at most once per sweep.
     pub(crate) fn report_drops_if_any(&self) {
         let dropped = self.counters.dropped_queue_full.load(Ordering::Relaxed);
@@ -260,23 +258,22 @@ impl Recorder {
     /// summary line. Waits at most `timeout`: never hangs the host's exit.
     pub fn flush_at_exit(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let done = Arc::new(AtomicBool::new(false));
         // No writer: this process never saw a connection, nothing to say.
-        let Some((control_tx, Some(writer))) = self.close_all_sessions(deadline) else {
+        let Some(writer) = self.close_all_sessions(deadline, done.clone()) else {
             return;
         };
-        // Polled, not a blocking receive: exit handlers run after the
-        // thread's thread-locals (which blocking channel operations use) are gone.
-        let done = Arc::new(AtomicBool::new(false));
-        if control_tx.try_send(Control::Flush(done.clone())).is_ok() {
-            writer.unpark();
-            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        writer.unpark();
+        // Polled, not a blocking wait: exit handlers run after the thread's
+        // thread-locals are gone.
+        while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
         self.log_summary();
     }
 
-    fn close_all_sessions(&self, deadline: Instant) -> Option<(Sender<Control>, Option<Thread>)> {
+    /// Ends every session and asks the writer to set `done` once written.
+    fn close_all_sessions(&self, deadline: Instant, done: Arc<AtomicBool>) -> Option<Thread> {
         // try_lock: exit() may run in a signal handler that interrupted a
         // thread holding the lock.
         let mut inner = loop {
@@ -291,9 +288,11 @@ impl Recorder {
         if self.is_disabled() {
             return None;
         }
+        let writer = inner.writer.clone()?;
         inner.assembler.close_all(EndReason::Exit);
         self.enqueue_finished(&mut inner);
-        Some((inner.control_tx.clone(), inner.writer.clone()))
+        inner.flush_requests.push(done);
+        Some(writer)
     }
 
     pub fn stats(&self) -> Option<Stats> {
@@ -366,6 +365,9 @@ impl Recorder {
         ] {
             counter.store(0, Ordering::Relaxed);
         }
+        // Sessions the parent finished are the parent's to write.
+        inner.outbox = Outbox::default();
+        inner.flush_requests.clear();
         let had_writer = inner.writer.take().is_some();
         if had_writer && self.start_writer(&mut inner).is_err() {
             self.disable();

@@ -1,23 +1,21 @@
 //! The internal thread that writes finished sessions to this process's
 //! session file, and closes idle sessions.
 //!
-//! Host threads hand sessions over with a non-blocking `try_send`; this
-//! thread never blocks on the channel (it polls, so senders never have a
-//! sleeper to wake), writes in batches, and flushes at least every second.
+//! Host threads leave finished sessions in the recorder's outbox; this
+//! thread wakes every few milliseconds (or when poked at exit), swaps the
+//! outbox out, writes in batches, and flushes at least every second.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use koala_session::Session;
 
-use crate::recorder::Recorder;
+use crate::recorder::{Batch, Recorder};
 
 /// How often the writer wakes to drain the queue when nobody pokes it.
 const POLL: Duration = Duration::from_millis(10);
@@ -26,50 +24,35 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// A batch this large is written without waiting for the next flush.
 const BATCH_BYTES: usize = 256 << 10;
 
-/// Requests from host threads to the writer.
-pub(crate) enum Control {
-    /// Write everything queued so far, then set the flag.
-    Flush(Arc<AtomicBool>),
-}
-
 /// The writer thread's body.
-pub(crate) fn run(
-    recorder: &'static Recorder,
-    sessions: Receiver<Session>,
-    control: Receiver<Control>,
-) {
+pub(crate) fn run(recorder: &'static Recorder) {
     let mut file = SessionFile::new(recorder.session_file_path());
+    let mut sessions: Vec<Session> = Vec::new();
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
     let mut last_sweep = Instant::now();
     let mut last_flush = Instant::now();
     loop {
         std::thread::park_timeout(POLL);
-        let mut flush_acks = Vec::new();
-        while let Ok(Control::Flush(done)) = control.try_recv() {
-            flush_acks.push(done);
+        let sweep = last_sweep.elapsed() >= IDLE_SWEEP;
+        if sweep {
+            last_sweep = Instant::now();
         }
-        while let Ok(session) = sessions.try_recv() {
-            recorder.dequeued(&session);
+        let Batch { flushes } = recorder.take_batch(sweep, &mut sessions);
+        for session in sessions.drain(..) {
             append_line(&mut batch, &session);
             if batch.len() >= BATCH_BYTES {
                 file.write_batch(recorder, &mut batch);
             }
         }
-        if last_sweep.elapsed() >= IDLE_SWEEP || !flush_acks.is_empty() {
-            last_sweep = Instant::now();
-            for session in recorder.close_idle_sessions() {
-                append_line(&mut batch, &session);
-            }
+        if sweep {
             recorder.report_drops_if_any();
         }
-        if last_flush.elapsed() >= FLUSH_EVERY
-            || !flush_acks.is_empty()
-            || batch.len() >= BATCH_BYTES
+        if last_flush.elapsed() >= FLUSH_EVERY || !flushes.is_empty() || batch.len() >= BATCH_BYTES
         {
             last_flush = Instant::now();
             file.write_batch(recorder, &mut batch);
         }
-        for done in flush_acks {
+        for done in flushes {
             done.store(true, Ordering::Release);
         }
     }

@@ -580,11 +580,11 @@ impl Assembler {
     }
 
     /// After `tid` read or wrote the inbound side of `session`, its calls go
-    /// there. A delegated thread works for its virtual thread instead:
-    /// writing the response binds the virtual thread to this session
-    /// (merging the calls it made so far); a read binds it only if it has
-    /// no session yet, because event loops read other connections' requests
-    /// while still delegated to the last coroutine that ran.
+    /// there. A delegated thread works for its virtual thread instead, and
+    /// only writing the response binds the virtual thread to this session
+    /// (merging the calls it made so far). A read never does: an event loop
+    /// reads other connections' requests while still delegated to whichever
+    /// coroutine ran last — even one that is only waiting for a lock.
     fn follow(&mut self, tid: u32, session: SessionKey, side: Side) {
         let state = self.threads.entry(tid).or_default();
         let Some(virtual_id) = state.delegated_to else {
@@ -598,7 +598,7 @@ impl Assembler {
                 .map(|open| (s, open.inbound.is_some()))
         });
         match (bound, side) {
-            (None, _) => {
+            (None, Side::Write) => {
                 self.virtual_threads.insert(virtual_id, session);
             }
             (Some((detached, false)), Side::Write) => {
@@ -608,7 +608,7 @@ impl Assembler {
                 }
                 self.virtual_threads.insert(virtual_id, session);
             }
-            // Bound already (keep it), or detached calls meeting a read.
+            // Bound already (keep it), or a read.
             _ => {}
         }
     }

@@ -11,11 +11,15 @@
 //!   written into the connection's shared slot, so the outbound server reads
 //!   it after the bytes arrive.
 //!
-//! A virtual thread is bound to a replay when a thread delegated to it reads
-//! or writes a replayed connection. An event loop reads requests before
-//! their coroutines run, so a virtual thread first used for a send, still
-//! unbound, claims the oldest replayed request this thread read that no
-//! virtual thread has claimed yet (coroutines run in arrival order).
+//! A virtual thread is bound to a replay when a thread delegated to it
+//! writes a replayed connection (the response). A read never binds: an
+//! event loop reads requests while still delegated to whichever coroutine
+//! ran last. Instead each replayed request a thread reads is queued, and a
+//! virtual thread first used for a send, still unbound, claims the oldest
+//! request its thread read that no virtual thread has claimed yet. That is
+//! a guess (coroutines usually run in arrival order, not always), so the id
+//! is marked [`TENTATIVE`]: the outbound server checks it against the
+//! request and falls back to the replay in flight that matches best.
 //!
 //! The data path costs atomics and thread-locals; the lock is only taken by
 //! services that use helper hints.
@@ -57,6 +61,10 @@ const MAX_UNCLAIMED: usize = 64;
 
 static VIRTUAL: Mutex<Option<VirtualThreads>> = Mutex::new(None);
 
+/// Set on a replay id obtained by a claim rather than by touching the
+/// replayed connection: the outbound server verifies it.
+pub const TENTATIVE: u64 = 1 << 63;
+
 fn virtual_threads() -> MutexGuard<'static, Option<VirtualThreads>> {
     VIRTUAL
         .lock()
@@ -87,14 +95,18 @@ pub fn inbound_io(fd: i32, wrote: bool, tid: u32) {
     }
     let mut guard = virtual_threads();
     let state = guard.get_or_insert_with(VirtualThreads::default);
-    if delegated != 0 && !state.bound.contains_key(&delegated) {
+    let tentative = state
+        .bound
+        .get(&delegated)
+        .is_none_or(|&r| r & TENTATIVE != 0);
+    if delegated != 0 && wrote && tentative {
         state.bound.insert(delegated, replay);
         for queue in state.unclaimed.values_mut() {
             queue.retain(|&r| r != replay);
         }
         return;
     }
-    let claimed = state.bound.values().any(|&r| r == replay);
+    let claimed = state.bound.values().any(|&r| r & !TENTATIVE == replay);
     if !wrote && !claimed {
         let queue = state.unclaimed.entry(tid).or_default();
         if !queue.contains(&replay) {
@@ -120,8 +132,8 @@ pub fn current(tid: u32) -> u64 {
     let claimed = state.unclaimed.get_mut(&tid).and_then(VecDeque::pop_front);
     match claimed {
         Some(replay) => {
-            state.bound.insert(delegated, replay);
-            replay
+            state.bound.insert(delegated, replay | TENTATIVE);
+            replay | TENTATIVE
         }
         None => 0,
     }
@@ -208,10 +220,12 @@ mod tests {
         inbound_io(910, false, LOOP); // the loop reads both requests...
         inbound_io(911, false, LOOP);
         delegate(101); // ...then coroutine A runs and sends
-        assert_eq!(current(LOOP), 21);
+        assert_eq!(current(LOOP), 21 | TENTATIVE);
         delegate(102); // coroutine B
-        assert_eq!(current(LOOP), 22);
+        assert_eq!(current(LOOP), 22 | TENTATIVE);
         delegate(101); // A again, after its await
+        assert_eq!(current(LOOP), 21 | TENTATIVE);
+        inbound_io(910, true, LOOP); // A writes its response: now certain
         assert_eq!(current(LOOP), 21);
         end(Some(101));
         end(Some(102));
@@ -219,13 +233,39 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_delegated_before_it_reads_binds_on_the_read() {
+    fn a_worker_delegated_before_it_reads_claims_that_request() {
         const WORKER: u32 = 3;
+        HINTS_USED.store(true, Ordering::Relaxed);
         accepted(920, 31);
         delegate(201);
         inbound_io(920, false, WORKER);
+        assert_eq!(current(WORKER), 31 | TENTATIVE);
+        inbound_io(920, true, WORKER);
         assert_eq!(current(WORKER), 31);
         end(None);
+        delegate(0);
+    }
+
+    #[test]
+    fn a_read_while_delegated_does_not_capture_a_waiting_virtual_thread() {
+        const LOOP: u32 = 4;
+        HINTS_USED.store(true, Ordering::Relaxed);
+        accepted(940, 41);
+        accepted(941, 42);
+        delegate(0);
+        inbound_io(940, false, LOOP); // the loop reads A
+        delegate(301); // A's coroutine waits for a lock, sends nothing yet
+        inbound_io(941, false, LOOP); // the loop reads B meanwhile
+        delegate(302); // B's coroutine runs first: its claim of A is a guess...
+        assert_eq!(
+            current(LOOP),
+            41 | TENTATIVE,
+            "...marked for the server to verify"
+        );
+        delegate(301);
+        assert_eq!(current(LOOP), 42 | TENTATIVE);
+        end(Some(301));
+        end(Some(302));
         delegate(0);
     }
 

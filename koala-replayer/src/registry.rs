@@ -9,6 +9,7 @@ use std::time::Instant;
 use koala_session::replay::{MissingCall, ReplayedCall};
 use koala_session::{Exchange, Payload, Session};
 
+use crate::attribution::TENTATIVE;
 use crate::matching::{MatchConfig, MatchOutcome, SessionMatcher};
 
 /// One session being replayed.
@@ -127,7 +128,10 @@ impl Registry {
     /// The recorded requests a request on this connection may turn out to
     /// be, for framing protocols koala does not parse.
     pub fn recorded_requests(&self, replay_id: u64) -> Vec<Vec<u8>> {
-        let calls: Vec<Vec<u8>> = match self.replay(replay_id) {
+        let certain = self
+            .replay(replay_id)
+            .filter(|_| replay_id & TENTATIVE == 0);
+        let calls: Vec<Vec<u8>> = match certain {
             Some(replay) => replay
                 .session
                 .calls
@@ -164,7 +168,7 @@ impl Registry {
         destination: Option<&str>,
         conn: u64,
     ) -> Option<Vec<u8>> {
-        if let Some(replay) = self.replay(replay_id) {
+        if let Some(replay) = self.replay(replay_id & !TENTATIVE) {
             let index = lock(&replay.matcher).take_greeting(destination, conn)?;
             let greeting = replay.session.calls[index].response.as_bytes().to_vec();
             replay.log(ReplayedCall {
@@ -202,10 +206,10 @@ impl Registry {
     /// replay `replay_id` (0 or an ended replay: unknown).
     ///
     /// A request of a known replay is matched against that session only. An
-    /// untagged one is matched against the replay in flight when there is
-    /// one, the best-matching one when there are several (a virtual thread
-    /// the library could not tie to its session), and the background pool
-    /// otherwise.
+    /// untagged one, or one whose replay is only a guess ([`TENTATIVE`]), is
+    /// matched against the replay in flight when there is one, the
+    /// best-matching one when there are several (ties go to the guess), and
+    /// the background pool otherwise.
     pub fn answer(
         &self,
         replay_id: u64,
@@ -213,9 +217,14 @@ impl Registry {
         destination: Option<&str>,
         conn: u64,
     ) -> Answer {
-        let replay = self
-            .replay(replay_id)
-            .or_else(|| self.best_in_flight(request, destination, conn));
+        // A guessed replay (a virtual thread's claim) competes with the
+        // other replays in flight: the session matching best answers.
+        let replay = match replay_id & TENTATIVE {
+            0 => self.replay(replay_id),
+            _ => None,
+        };
+        let guess = (replay_id & TENTATIVE != 0).then_some(replay_id & !TENTATIVE);
+        let replay = replay.or_else(|| self.best_in_flight(request, destination, conn, guess));
         let Some(replay) = replay else {
             return self.answer_from_background(request, destination, conn);
         };
@@ -246,31 +255,38 @@ impl Registry {
         }
     }
 
-    /// Among several replays in flight, the one whose session matches the
-    /// request best (trial matches on copies: nothing is consumed).
+    /// Among the replays in flight, the one whose session matches the
+    /// request best (trial matches on copies: nothing is consumed); on a
+    /// tie, the `guess` (a virtual thread's claim).
     fn best_in_flight(
         &self,
         request: &[u8],
         destination: Option<&str>,
         conn: u64,
+        guess: Option<u64>,
     ) -> Option<Arc<Replay>> {
         let active: Vec<Arc<Replay>> = lock(&self.active).values().cloned().collect();
         if active.len() <= 1 {
             return active.into_iter().next();
         }
-        let mut best: Option<(f64, Arc<Replay>)> = None;
+        let mut best: Option<(f64, bool, Arc<Replay>)> = None;
         for replay in active {
             let trial: MatchOutcome =
                 lock(&replay.matcher)
                     .clone()
                     .match_request(request, destination, conn);
-            if trial.matched.is_some()
-                && best.as_ref().is_none_or(|(score, _)| trial.score > *score)
-            {
-                best = Some((trial.score, replay));
+            if trial.matched.is_none() {
+                continue;
+            }
+            let guessed = guess == Some(replay.id);
+            let better = best.as_ref().is_none_or(|(score, best_guessed, _)| {
+                trial.score > *score || (trial.score == *score && guessed && !best_guessed)
+            });
+            if better {
+                best = Some((trial.score, guessed, replay));
             }
         }
-        best.map(|(_, replay)| replay)
+        best.map(|(_, _, replay)| replay)
     }
 
     fn answer_from_background(
@@ -305,7 +321,7 @@ impl Registry {
     }
 
     pub fn connection_closed(&self, replay_id: u64, conn: u64) {
-        if let Some(replay) = self.replay(replay_id) {
+        if let Some(replay) = self.replay(replay_id & !TENTATIVE) {
             lock(&replay.matcher).connection_closed(conn);
         }
     }
@@ -454,6 +470,26 @@ mod tests {
             6
         );
         assert_eq!(registry.counters.calls_unmatched.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_wrong_guess_is_corrected_by_the_request() {
+        let registry = Registry::new(MatchConfig::default());
+        let a = registry.begin(session(
+            Kind::Session,
+            vec![call(REDIS, "GET item:17", "a")],
+        ));
+        let b = registry.begin(session(
+            Kind::Session,
+            vec![call(REDIS, "GET item:42", "b")],
+        ));
+        // B's coroutine ran first and claimed A's request: a tentative id.
+        let answer = registry.answer(a.id | TENTATIVE, b"GET item:42", Some(REDIS), 1);
+        assert_eq!(answer.response.as_deref(), Some(&b"b"[..]));
+        assert_eq!((a.calls().0.len(), b.calls().0.len()), (0, 1));
+        // A right guess is used as is.
+        let answer = registry.answer(a.id | TENTATIVE, b"GET item:17", Some(REDIS), 2);
+        assert_eq!(answer.response.as_deref(), Some(&b"a"[..]));
     }
 
     #[test]

@@ -503,6 +503,37 @@ fn a_request_read_on_one_thread_and_served_on_another_is_linked_by_delegation() 
     assert_eq!(calls(&finished[0]), [("GET k", "v")]);
 }
 
+/// A coroutine delegates, then waits for something that sends nothing (a
+/// lock, a pool); meanwhile the loop reads another request. That read must
+/// not tie the waiting coroutine's virtual thread to the other request.
+#[test]
+fn a_read_while_delegated_does_not_capture_the_virtual_thread() {
+    const LOOP: u32 = 10;
+    let mut a = assembler();
+    accept(&mut a, 5, 5001, 1);
+    accept(&mut a, 6, 5002, 1);
+    connect(&mut a, 8, LOOP, 40001, 6379, 1);
+    a.received(5, LOOP, b"req-a", 2);
+    a.delegate(LOOP, 1); // A's coroutine, now awaiting a lock
+    a.received(6, LOOP, b"req-b", 3); // the loop reads B meanwhile
+    a.delegate(LOOP, 2); // B's coroutine sends its call
+    a.sent(8, LOOP, b"GET b", 4);
+    a.received(8, LOOP, b"vb", 5);
+    a.delegate(LOOP, 1); // A's coroutine got the lock
+    a.sent(8, LOOP, b"GET a", 6);
+    a.received(8, LOOP, b"va", 7);
+    a.sent(5, LOOP, b"resp-a", 8);
+    a.delegate(LOOP, 2);
+    a.sent(6, LOOP, b"resp-b", 9);
+    a.forget_fd(5, 10);
+    a.forget_fd(6, 11);
+    let finished = a.take_finished();
+    assert_eq!(text(&finished[0].inbound.request), "req-a");
+    assert_eq!(calls(&finished[0]), [("GET a", "va")]);
+    assert_eq!(text(&finished[1].inbound.request), "req-b");
+    assert_eq!(calls(&finished[1]), [("GET b", "vb")]);
+}
+
 #[test]
 fn a_shutdown_hint_cuts_one_way_requests() {
     let mut a = assembler();

@@ -26,6 +26,8 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
 static REPLAYER: OnceLock<&'static Replayer> = OnceLock::new();
+/// Replay was asked for but could not start at all: connects are refused.
+static REPLAY_BROKEN: AtomicBool = AtomicBool::new(false);
 static PROGRAM: OnceLock<String> = OnceLock::new();
 static MAX_PAYLOAD_BYTES: AtomicUsize = AtomicUsize::new(16 << 20);
 
@@ -71,7 +73,9 @@ pub fn init() {
                 let _ = REPLAYER.set(replayer);
             }
             Err(error) => {
-                tracing::error!(%error, "cannot start replay: outbound connections are not redirected")
+                // Fail closed: never let the service reach its real dependencies.
+                REPLAY_BROKEN.store(true, Ordering::Relaxed);
+                tracing::error!(%error, "cannot start replay: outbound connections will be refused")
             }
         }
     }
@@ -466,7 +470,19 @@ pub fn redirect(
     fd: i32,
     destination: SocketAddr,
 ) -> Option<(libc::sockaddr_storage, libc::socklen_t)> {
-    let replayer = replayer()?;
+    let Some(replayer) = replayer() else {
+        let refuse = SocketAddr::new(
+            if destination.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            0,
+        );
+        return REPLAY_BROKEN
+            .load(Ordering::Relaxed)
+            .then(|| sockaddr::to_raw(&refuse));
+    };
     let mut target = None;
     contain("redirect", || {
         target = replayer.redirect(fd, destination, thread::current_tid());
@@ -486,6 +502,9 @@ pub fn connected(fd: i32, peer: SocketAddr) {
             return;
         };
         fdkind::set(fd, FdKind::Outbound);
+        if let Some(replayer) = replayer() {
+            replayer.connected(fd, peer, thread::current_tid());
+        }
         connection_opened(fd, Direction::Outbound, local, peer);
     });
 }

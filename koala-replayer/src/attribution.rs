@@ -3,7 +3,8 @@
 //! The same rules as recording (`docs/session-format.md`), reduced to ids:
 //!
 //! - an inbound connection carries the id the inbound server wrote into the
-//!   shared table for its source port (read once, at accept);
+//!   shared table for its source port (looked up at the first read: the
+//!   inbound server writes it before sending the request);
 //! - a thread works for the replay of the inbound connection it last read
 //!   from or wrote to — or, once delegated by a helper hint, for its virtual
 //!   thread's replay;
@@ -26,7 +27,7 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use koala_runtime::fdkind::MAX_TRACKED_FD;
@@ -35,10 +36,17 @@ use koala_runtime::fdkind::MAX_TRACKED_FD;
 const NO_REPLAY: AtomicU64 = AtomicU64::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
 const NO_SLOT: AtomicU16 = AtomicU16::new(0);
-/// Inbound fd → replay id (0: not a replayed connection).
+/// Inbound fd → replay id (0: not known yet, or not a replayed connection).
 static FD_REPLAY: [AtomicU64; MAX_TRACKED_FD] = [NO_REPLAY; MAX_TRACKED_FD];
-/// Redirected outbound fd → its local port, the key of its shared slot.
-static FD_SLOT: [AtomicU16; MAX_TRACKED_FD] = [NO_SLOT; MAX_TRACKED_FD];
+/// Inbound fd → the peer's port, the key of its shared-table entry.
+static FD_PEER_PORT: [AtomicU16; MAX_TRACKED_FD] = [NO_SLOT; MAX_TRACKED_FD];
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_PENDING: AtomicU32 = AtomicU32::new(0);
+/// Redirected outbound fd → its local port, the key of its shared slot, or
+/// [`SLOT_PENDING`] until the connect assigned one.
+static FD_SLOT: [AtomicU32; MAX_TRACKED_FD] = [NO_PENDING; MAX_TRACKED_FD];
+/// A redirected fd whose slot is written once connect() assigned its port.
+const SLOT_PENDING: u32 = 1 << 16;
 /// Set once any thread used a helper hint: only then is the lock taken.
 static HINTS_USED: AtomicBool = AtomicBool::new(false);
 
@@ -75,17 +83,35 @@ fn slot<T>(table: &'static [T], fd: i32) -> Option<&'static T> {
     usize::try_from(fd).ok().and_then(|index| table.get(index))
 }
 
-/// `fd` was accepted; `replay` is what the shared table holds for its peer
-/// port (0: not a replayed connection).
-pub fn accepted(fd: i32, replay: u64) {
-    if let Some(entry) = slot(&FD_REPLAY, fd) {
-        entry.store(replay, Ordering::Relaxed);
+/// `fd` was accepted from `peer_port`.
+pub fn accepted(fd: i32, peer_port: u16) {
+    if let (Some(replay), Some(port)) = (slot(&FD_REPLAY, fd), slot(&FD_PEER_PORT, fd)) {
+        replay.store(0, Ordering::Relaxed);
+        port.store(peer_port, Ordering::Relaxed);
     }
 }
 
-/// The calling thread read (or wrote, `wrote`) inbound connection `fd`.
-pub fn inbound_io(fd: i32, wrote: bool, tid: u32) {
-    let replay = slot(&FD_REPLAY, fd).map_or(0, |e| e.load(Ordering::Relaxed));
+/// The replay inbound connection `fd` carries; `lookup` reads the shared
+/// table for a peer port. Cached once known.
+pub fn replay_of(fd: i32, lookup: impl FnOnce(u16) -> u64) -> u64 {
+    let (Some(entry), Some(port)) = (slot(&FD_REPLAY, fd), slot(&FD_PEER_PORT, fd)) else {
+        return 0;
+    };
+    let known = entry.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    let port = port.load(Ordering::Relaxed);
+    let replay = if port == 0 { 0 } else { lookup(port) };
+    if replay != 0 {
+        entry.store(replay, Ordering::Relaxed);
+    }
+    replay
+}
+
+/// The calling thread read (or wrote, `wrote`) an inbound connection that
+/// carries `replay` (0: not a replayed connection).
+pub fn inbound_io(replay: u64, wrote: bool, tid: u32) {
     let delegated = DELEGATED.with(Cell::get);
     if delegated == 0 {
         CURRENT.with(|c| c.set(replay));
@@ -159,24 +185,30 @@ pub fn end(virtual_id: Option<u64>) {
     }
 }
 
-/// `fd` was redirected; its shared slot is at local port `port`.
-pub fn redirected(fd: i32, port: u16) {
+/// `fd` was redirected; its shared slot is at local port `port`, or
+/// (`None`) will be once connect() assigned one.
+pub fn redirected(fd: i32, port: Option<u16>) {
     if let Some(entry) = slot(&FD_SLOT, fd) {
-        entry.store(port, Ordering::Relaxed);
+        entry.store(port.map_or(SLOT_PENDING, u32::from), Ordering::Relaxed);
     }
 }
 
 /// The shared slot of a redirected fd.
 pub fn slot_of(fd: i32) -> Option<u16> {
-    slot(&FD_SLOT, fd)
-        .map(|e| e.load(Ordering::Relaxed))
-        .filter(|&port| port != 0)
+    let value = slot(&FD_SLOT, fd).map_or(0, |e| e.load(Ordering::Relaxed));
+    (value != 0 && value != SLOT_PENDING).then_some(value as u16)
+}
+
+/// Whether `fd` was redirected without knowing its port yet.
+pub fn slot_pending(fd: i32) -> bool {
+    slot(&FD_SLOT, fd).is_some_and(|e| e.load(Ordering::Relaxed) == SLOT_PENDING)
 }
 
 /// `fd` was closed, or its number handed out again.
 pub fn forget(fd: i32) {
-    if let Some(entry) = slot(&FD_REPLAY, fd) {
-        entry.store(0, Ordering::Relaxed);
+    if let (Some(replay), Some(port)) = (slot(&FD_REPLAY, fd), slot(&FD_PEER_PORT, fd)) {
+        replay.store(0, Ordering::Relaxed);
+        port.store(0, Ordering::Relaxed);
     }
     if let Some(entry) = slot(&FD_SLOT, fd) {
         entry.store(0, Ordering::Relaxed);
@@ -195,37 +227,58 @@ mod tests {
     // Each test runs on its own thread (thread-locals are per test) and uses
     // its own fd numbers, tids and replay ids.
 
+    /// The shared table as a test sees it: peer port `p` carries replay `p - 1000`.
+    fn table(port: u16) -> u64 {
+        u64::from(port).saturating_sub(1000)
+    }
+
+    /// A thread reads or writes inbound `fd`, as the hooks report it.
+    fn io(fd: i32, wrote: bool, tid: u32) {
+        inbound_io(replay_of(fd, table), wrote, tid);
+    }
+
+    #[test]
+    fn a_connection_s_replay_is_looked_up_once_and_cached() {
+        accepted(890, 1005);
+        assert_eq!(replay_of(890, table), 5);
+        assert_eq!(replay_of(890, |_| panic!("cached")), 5);
+        accepted(890, 1009); // the number handed out again
+        assert_eq!(replay_of(890, table), 9);
+        accepted(891, 999); // not a replayed connection (the table holds 0)
+        assert_eq!(replay_of(891, table), 0);
+    }
+
     #[test]
     fn a_thread_follows_the_connection_it_reads() {
-        accepted(900, 11);
-        accepted(901, 12);
-        inbound_io(900, false, 1);
+        accepted(900, 1011);
+        accepted(901, 1012);
+        io(900, false, 1);
         assert_eq!(current(1), 11);
-        inbound_io(901, false, 1);
+        io(901, false, 1);
         assert_eq!(current(1), 12);
-        inbound_io(900, true, 1);
+        io(900, true, 1);
         assert_eq!(current(1), 11, "writing the response also sets it");
         forget(900);
-        inbound_io(900, false, 1);
+        io(900, false, 1);
         assert_eq!(current(1), 0, "a connection that is not replayed clears it");
     }
 
     #[test]
     fn an_event_loop_s_virtual_threads_claim_requests_in_arrival_order() {
         const LOOP: u32 = 2;
-        accepted(910, 21);
-        accepted(911, 22);
+        accepted(910, 1021);
+        accepted(911, 1022);
         delegate(0);
         HINTS_USED.store(true, Ordering::Relaxed);
-        inbound_io(910, false, LOOP); // the loop reads both requests...
-        inbound_io(911, false, LOOP);
+        io(910, false, LOOP); // the loop reads both requests...
+        io(911, false, LOOP);
         delegate(101); // ...then coroutine A runs and sends
         assert_eq!(current(LOOP), 21 | TENTATIVE);
         delegate(102); // coroutine B
         assert_eq!(current(LOOP), 22 | TENTATIVE);
         delegate(101); // A again, after its await
         assert_eq!(current(LOOP), 21 | TENTATIVE);
-        inbound_io(910, true, LOOP); // A writes its response: now certain
+        io(910, true, LOOP); // A writes its response: now certain
         assert_eq!(current(LOOP), 21);
         end(Some(101));
         end(Some(102));
@@ -236,11 +289,11 @@ mod tests {
     fn a_worker_delegated_before_it_reads_claims_that_request() {
         const WORKER: u32 = 3;
         HINTS_USED.store(true, Ordering::Relaxed);
-        accepted(920, 31);
+        accepted(920, 1031);
         delegate(201);
-        inbound_io(920, false, WORKER);
+        io(920, false, WORKER);
         assert_eq!(current(WORKER), 31 | TENTATIVE);
-        inbound_io(920, true, WORKER);
+        io(920, true, WORKER);
         assert_eq!(current(WORKER), 31);
         end(None);
         delegate(0);
@@ -250,12 +303,12 @@ mod tests {
     fn a_read_while_delegated_does_not_capture_a_waiting_virtual_thread() {
         const LOOP: u32 = 4;
         HINTS_USED.store(true, Ordering::Relaxed);
-        accepted(940, 41);
-        accepted(941, 42);
+        accepted(940, 1041);
+        accepted(941, 1042);
         delegate(0);
-        inbound_io(940, false, LOOP); // the loop reads A
+        io(940, false, LOOP); // the loop reads A
         delegate(301); // A's coroutine waits for a lock, sends nothing yet
-        inbound_io(941, false, LOOP); // the loop reads B meanwhile
+        io(941, false, LOOP); // the loop reads B meanwhile
         delegate(302); // B's coroutine runs first: its claim of A is a guess...
         assert_eq!(
             current(LOOP),
@@ -271,10 +324,16 @@ mod tests {
 
     #[test]
     fn redirected_slots_are_remembered_per_fd() {
-        redirected(930, 40123);
+        redirected(930, Some(40123));
         assert_eq!(slot_of(930), Some(40123));
         forget(930);
         assert_eq!(slot_of(930), None);
         assert_eq!(slot_of(-1), None);
+        redirected(931, None);
+        assert!(slot_pending(931));
+        assert_eq!(slot_of(931), None, "no port until connect assigned one");
+        redirected(931, Some(65535));
+        assert_eq!(slot_of(931), Some(65535));
+        assert!(!slot_pending(931));
     }
 }

@@ -8,7 +8,6 @@
 
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -283,65 +282,19 @@ fn read_response(
     }
 }
 
-/// Connects to the service from a source port whose shared-table entry
-/// names replay `id`, written before connecting so that whichever process
-/// accepts (a forked worker) finds it.
+/// Connects to the service and tags the connection's source port with
+/// replay `id` in the shared table, before the request is sent: whichever
+/// process reads the request (a forked worker) finds the tag there.
 fn connect_tagged(
     sut: SocketAddr,
     id: u64,
     replayer: &Replayer,
 ) -> std::io::Result<(TcpStream, u16)> {
-    let family = if sut.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket calls on a socket we own; the fd is wrapped in a
-    // TcpStream (closed on drop) as soon as it exists.
-    unsafe {
-        let fd = libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        );
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let any: SocketAddr = if sut.is_ipv4() {
-            "0.0.0.0:0".parse()
-        } else {
-            "[::]:0".parse()
-        }
-        .expect("literal address");
-        let (storage, len) = koala_runtime::sockaddr::to_raw(&any);
-        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let port = stream.local_addr()?.port();
-        replayer.tables.set_inbound(port, id);
-        let (storage, len) = koala_runtime::sockaddr::to_raw(&sut);
-        let rc = libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len);
-        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-            replayer.tables.set_inbound(port, 0);
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut poll = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        let ready = libc::poll(&mut poll, 1, CONNECT_TIMEOUT.as_millis() as i32);
-        let error = stream.take_error()?;
-        if ready <= 0 || error.is_some() {
-            replayer.tables.set_inbound(port, 0);
-            return Err(error
-                .unwrap_or_else(|| std::io::Error::new(ErrorKind::TimedOut, "connect timed out")));
-        }
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(true)?;
-        Ok((stream, port))
-    }
+    let stream = TcpStream::connect_timeout(&sut, CONNECT_TIMEOUT)?;
+    let port = stream.local_addr()?.port();
+    replayer.tables.set_inbound(port, id);
+    stream.set_nodelay(true)?;
+    Ok((stream, port))
 }
 
 /// Sessions given in `KOALA_REPLAY_BACKGROUND` (a file or a directory).

@@ -39,7 +39,7 @@ fn serve(mut stream: TcpStream, replayer: &'static Replayer) {
     let tables = &replayer.tables;
     let registry = replayer.registry();
     let port = peer.port();
-    let destination = tables.outbound_destination(port).map(|d| d.to_string());
+    let destination = wait_for_slot(replayer, port).map(|d| d.to_string());
     let destination = destination.as_deref();
     if let Some(greeting) = registry.greeting(tables.outbound_replay(port), destination, conn)
         && stream.write_all(&greeting).is_err()
@@ -65,6 +65,23 @@ fn serve(mut stream: TcpStream, replayer: &'static Replayer) {
         }
     }
     registry.connection_closed(tables.outbound_replay(port), conn);
+}
+
+/// How long to wait for the slot of a connection whose service could not
+/// bind before connecting: its hook writes the slot right after connect.
+const SLOT_WAIT: Duration = Duration::from_millis(200);
+
+/// The original destination of the connection from `port`. Slots are
+/// cleared when connections close, so an empty one is being written.
+fn wait_for_slot(replayer: &Replayer, port: u16) -> Option<std::net::SocketAddr> {
+    let deadline = std::time::Instant::now() + SLOT_WAIT;
+    loop {
+        let destination = replayer.tables.outbound_destination(port);
+        if destination.is_some() || std::time::Instant::now() >= deadline {
+            return destination;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Reads until `pending` starts with a complete request, and takes it.

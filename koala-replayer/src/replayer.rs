@@ -6,9 +6,10 @@
 //! the servers over loopback; `exec`'d descendants find the tables through
 //! `KOALA_REPLAY_TABLE` and do not start servers of their own.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use koala_config::{Bypass, Config, UnmatchedPolicy};
@@ -35,6 +36,8 @@ pub struct Replayer {
     pub timeout: Duration,
     pub unmatched: UnmatchedPolicy,
     pub started: Instant,
+    /// The servers could not start: redirected connects are refused.
+    refusing: AtomicBool,
 }
 
 impl Replayer {
@@ -53,6 +56,7 @@ impl Replayer {
             timeout: config.replay_timeout,
             unmatched: config.unmatched,
             started: Instant::now(),
+            refusing: AtomicBool::new(false),
         };
         if let Some(path) = std::env::var_os(TABLE_VARIABLE) {
             match SharedTables::open(Path::new(&path)) {
@@ -76,13 +80,29 @@ impl Replayer {
         let tables =
             SharedTables::create().map_err(|e| format!("cannot create the replay tables: {e}"))?;
         tables.set_server_pid(std::process::id());
+        if let Some(path) = tables.path() {
+            // SAFETY: called from the library's constructor, before the
+            // host's main: no other thread reads the environment yet.
+            unsafe { std::env::set_var(TABLE_VARIABLE, path) };
+        }
         let listen = |addr: SocketAddr, what: &str| {
             TcpListener::bind(addr)
                 .map(library_fd)
                 .map_err(|e| format!("cannot listen on {addr} for the {what} server: {e}"))
         };
-        let inbound_listener = listen(config.inbound_addr, "inbound")?;
-        let outbound_listener = listen(config.outbound_addr, "outbound")?;
+        let listeners = listen(config.inbound_addr, "inbound")
+            .and_then(|inbound| Ok((inbound, listen(config.outbound_addr, "outbound")?)));
+        let (inbound_listener, outbound_listener) = match listeners {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                // Fail closed: without the outbound server, the service's
+                // connects are refused, never sent to its real dependencies.
+                tracing::error!(%error, "replay servers not started: outbound connections will be refused");
+                let replayer = make(tables, None);
+                replayer.refusing.store(true, Ordering::Relaxed);
+                return Ok(Box::leak(Box::new(replayer)));
+            }
+        };
         let registry = Registry::new(MatchConfig::default());
         if let Some(path) = &config.replay_background {
             match inbound::load_background_files(path) {
@@ -95,24 +115,17 @@ impl Replayer {
                 }
             }
         }
-        if let Some(path) = tables.path() {
-            // SAFETY: called from the library's constructor, before the
-            // host's main: no other thread reads the environment yet.
-            unsafe { std::env::set_var(TABLE_VARIABLE, path) };
-        }
         let replayer: &'static Replayer = Box::leak(Box::new(make(tables, Some(registry))));
-        let start = |name: &str, body: Box<dyn FnOnce() + Send>| {
-            koala_runtime::thread::spawn_internal(name, body)
-                .map_err(|e| format!("cannot start the {name} thread: {e}"))
-        };
-        start(
-            "koala-inbound",
-            Box::new(move || inbound::run(inbound_listener, replayer)),
-        )?;
-        start(
-            "koala-outbound",
-            Box::new(move || outbound::run(outbound_listener, replayer)),
-        )?;
+        let inbound = koala_runtime::thread::spawn_internal("koala-inbound", move || {
+            inbound::run(inbound_listener, replayer)
+        });
+        let outbound = koala_runtime::thread::spawn_internal("koala-outbound", move || {
+            outbound::run(outbound_listener, replayer)
+        });
+        if let Err(error) = inbound.and(outbound) {
+            tracing::error!(%error, "cannot start the replay servers' threads: outbound connections will be refused");
+            replayer.refusing.store(true, Ordering::Relaxed);
+        }
         tracing::info!(inbound = %config.inbound_addr, outbound = %config.outbound_addr, sut = %config.sut_addr, "replay servers started");
         Ok(replayer)
     }
@@ -139,14 +152,15 @@ impl Replayer {
     // ---- events from the hooks ------------------------------------------
 
     /// `fd` was accepted from `peer`: a replayed request if the inbound
-    /// server tagged that source port.
+    /// server tagged that source port (looked up at the first read).
     pub fn accepted(&self, fd: i32, peer: SocketAddr) {
-        attribution::accepted(fd, self.tables.inbound(peer.port()));
+        attribution::accepted(fd, peer.port());
     }
 
     /// The calling thread read (`wrote`: wrote) inbound connection `fd`.
     pub fn inbound_io(&self, fd: i32, wrote: bool, tid: u32) {
-        attribution::inbound_io(fd, wrote, tid);
+        let replay = attribution::replay_of(fd, |port| self.tables.inbound(port));
+        attribution::inbound_io(replay, wrote, tid);
     }
 
     /// Before the service sends on outbound `fd`: tell the outbound server
@@ -158,11 +172,17 @@ impl Replayer {
         }
     }
 
-    /// The service connects `fd` to `destination`: where to connect instead
-    /// (the outbound server), or `None` to leave it alone (bypassed, or the
-    /// library's own servers). The socket is bound first so that its local
-    /// port — the key of its shared slot — is known before the connection
-    /// reaches the outbound server.
+    /// The service connects `fd` to `destination`: where to connect instead,
+    /// or `None` to leave it alone (bypassed, or the library's own servers).
+    ///
+    /// The target is the outbound server. The socket is bound first, so its
+    /// local port — the key of its shared slot — is known, and the slot
+    /// written, before the connection reaches the server; if binding fails
+    /// (ephemeral ports exhausted), the slot is written right after connect
+    /// instead ([`Replayer::connected`]). Replay fails closed: when the
+    /// outbound server is not running or cannot be reached from this
+    /// socket's family, the connect goes to a port that refuses it — never
+    /// to the real dependency.
     pub fn redirect(&self, fd: i32, destination: SocketAddr, tid: u32) -> Option<SocketAddr> {
         if destination == self.outbound_addr
             || destination == self.inbound_addr
@@ -170,25 +190,62 @@ impl Replayer {
         {
             return None;
         }
+        let refuse = SocketAddr::new(
+            if destination.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            },
+            0,
+        );
+        if self.refusing.load(Ordering::Relaxed) {
+            return Some(refuse);
+        }
         let target = match (destination.is_ipv4(), self.outbound_addr.ip()) {
             (true, IpAddr::V4(_)) | (false, IpAddr::V6(_)) => self.outbound_addr,
             (false, IpAddr::V4(ip)) => {
                 SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), self.outbound_addr.port())
             }
             (true, IpAddr::V6(_)) => {
-                tracing::warn!(%destination, "replay: an IPv4 socket cannot reach the IPv6 outbound server; not redirected");
-                return None;
+                tracing::error!(%destination, outbound = %self.outbound_addr, "replay: an IPv4 socket cannot reach an IPv6 outbound server; connect refused");
+                return Some(refuse);
             }
         };
-        let port = bound_port(fd, destination.is_ipv4())?;
-        self.tables
-            .set_outbound(port, attribution::current(tid), destination);
-        attribution::redirected(fd, port);
+        match bound_port(fd, destination.is_ipv4()) {
+            Some(port) => {
+                self.tables
+                    .set_outbound(port, attribution::current(tid), destination);
+                attribution::redirected(fd, Some(port));
+            }
+            None => attribution::redirected(fd, None),
+        }
         Some(target)
     }
 
-    /// `fd` was closed, or its number is handed out again.
+    /// connect() on a redirected `fd` started: if its slot could not be
+    /// written before (no port yet), write it now, before the service can
+    /// send anything.
+    pub fn connected(&self, fd: i32, destination: SocketAddr, tid: u32) {
+        if !attribution::slot_pending(fd) {
+            return;
+        }
+        if let Some(port) = koala_runtime::sockaddr::local_addr(fd)
+            .map(|a| a.port())
+            .filter(|&p| p != 0)
+        {
+            self.tables
+                .set_outbound(port, attribution::current(tid), destination);
+            attribution::redirected(fd, Some(port));
+        }
+    }
+
+    /// `fd` was closed, or its number is handed out again. A redirected
+    /// connection's slot is cleared, so an empty slot means "not written
+    /// yet" to the outbound server.
     pub fn forget(&self, fd: i32) {
+        if let Some(port) = attribution::slot_of(fd) {
+            self.tables.clear_outbound(port);
+        }
         attribution::forget(fd);
     }
 

@@ -121,6 +121,13 @@ impl SharedTables {
         slot.replay.store(replay, Ordering::Release);
     }
 
+    /// The redirected connection from local `port` is closed.
+    pub fn clear_outbound(&self, port: u16) {
+        let slot = &self.layout.outbound[port as usize];
+        slot.replay.store(0, Ordering::Relaxed);
+        slot.family_port.store(0, Ordering::Release);
+    }
+
     /// Which replay the next bytes on connection `port` belong to.
     pub fn set_outbound_replay(&self, port: u16, replay: u64) {
         let slot = &self.layout.outbound[port as usize];

@@ -311,9 +311,22 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
     let started = SystemTime::now();
     let replayed = runner::replay_all(&plan, &term, started_service.as_mut());
     if let Some(mut service) = started_service.take() {
+        // Errors may mean the service is dying: give its exit a moment to show.
+        let errored = replayed
+            .outcomes
+            .iter()
+            .flatten()
+            .any(|outcome| outcome.verdict == outcome::Verdict::Error);
+        let grace = if errored {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
         let exited = match &replayed.stopped {
             Some(Stopped::ServiceExited(message)) => Some(message.clone()),
-            _ => service.exited().map(|status| service.describe_exit(status)),
+            _ => service
+                .exited_within(grace)
+                .map(|status| service.describe_exit(status)),
         };
         if let Some(message) = exited {
             term.message(&format!("koala: during the replay, {message}"));

@@ -49,11 +49,42 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface, below the kernel's range of
+/// ephemeral ports: the port is released before the service binds it, and
+/// a port from that range could meanwhile be taken by any client socket.
 pub fn free_port() -> Result<SocketAddr, String> {
+    let (ephemeral_low, _) = ephemeral_range();
+    let span = ephemeral_low.saturating_sub(FIRST_PORT).max(1);
+    let start = (std::process::id() as u64).wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+    for n in 0..span as u64 {
+        let port = FIRST_PORT + ((start + n * 13) % span as u64) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().map_err(|e| e.to_string());
+        }
+    }
+    // Everything below the ephemeral range is taken: let the kernel choose.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map_err(|e| format!("cannot find a free loopback port: {e}"))
+}
+
+/// Lowest port `free_port` hands out (below it: well-known and registered services).
+const FIRST_PORT: u16 = 20_000;
+
+/// `/proc/sys/net/ipv4/ip_local_port_range`, or Linux's default.
+fn ephemeral_range() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut numbers = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u16>().ok());
+    match (numbers.next(), numbers.next()) {
+        (Some(low), Some(high)) if low <= high => (low, high),
+        _ => (32_768, 60_999),
+    }
 }
 
 /// The last lines a stream of output carried.
@@ -175,6 +206,22 @@ impl Service {
             self.status = self.child.try_wait().ok().flatten();
         }
         self.status
+    }
+
+    /// Like [`exited`](Self::exited), waiting up to `timeout` for an exit
+    /// that may be under way: a service closes its sockets (and the replays
+    /// fail) a moment before the kernel reports it gone.
+    pub fn exited_within(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// How it ended, and the last lines of its stderr (stdout when stderr

@@ -768,3 +768,4 @@ pub fn redis_set(port: u16, pairs: &[(String, String)]) {
         assert_bytes(&reply, b"+OK\r\n", &format!("redis reply to SET {key}"));
     }
 }
+pub mod replay;

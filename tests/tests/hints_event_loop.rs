@@ -28,6 +28,10 @@ struct Request {
 }
 
 struct Run {
+    /// Kept so a replay can use the recording; the dependencies are stopped.
+    dir: TestDir,
+    service_port: u16,
+    redis_port: u16,
     service_pid: u32,
     sessions: Vec<Session>,
     background: Vec<Session>,
@@ -235,6 +239,9 @@ fn run(test: &str, server: Server, mode: &str) -> Run {
         assert_eq!(session.program, server.program(), "{}", show(session));
     }
     Run {
+        dir,
+        service_port: port,
+        redis_port,
         service_pid: service.pid(),
         sessions,
         background: background_records(&record),
@@ -390,6 +397,53 @@ fn assert_without_hints(run: &Run) {
 #[test]
 fn hints_event_loop() {
     assert_with_hints(&run("hints_event_loop", Server::Asyncio, "hints"));
+}
+
+/// Records the hinted server, then replays the recording with redis and the
+/// backend stopped: every session passes, every call answered from its own
+/// session — one at a time, and with the requests interleaved again on the
+/// event loop (`--concurrency 3`).
+fn replay_recording(test: &str, server: Server) {
+    let run = run(test, server, "hints");
+    assert_with_hints(&run);
+    assert!(!is_listening(run.redis_port), "redis is stopped");
+    assert!(!is_listening(run.backend_port), "the backend is stopped");
+    let program: Vec<String> = match server {
+        Server::Asyncio => vec![
+            python().display().to_string(),
+            fixture("hints_event_loop_server.py").display().to_string(),
+        ],
+        Server::Node => vec![
+            require_program("node", "nodejs").display().to_string(),
+            fixture("hints_node_server.js").display().to_string(),
+        ],
+    };
+    for concurrency in ["1", "3"] {
+        let mut args: Vec<String> = ["replay", "record", "--lib"].map(String::from).to_vec();
+        args.push(koala_lib().display().to_string());
+        args.extend(["--concurrency", concurrency, "--"].map(String::from));
+        args.extend(program.iter().cloned());
+        args.extend([run.service_port, run.redis_port, run.backend_port].map(|p| p.to_string()));
+        args.push("hints".into());
+        let replay =
+            koala_tests::replay::run_koala(&run.dir, &format!("replay-{concurrency}"), &args, &[]);
+        let out = replay.output();
+        assert_eq!(replay.code, Some(0), "--concurrency {concurrency}:\n{out}");
+        assert_eq!(replay.summary("passed"), "3", "{out}");
+        assert_eq!(replay.summary("calls matched"), "9", "{out}");
+        assert_eq!(replay.summary("unmatched"), "0", "{out}");
+        assert_eq!(replay.summary("missing"), "0", "{out}");
+    }
+}
+
+#[test]
+fn hints_event_loop_replay() {
+    replay_recording("hints_event_loop_replay", Server::Asyncio);
+}
+
+#[test]
+fn hints_event_loop_node_replay() {
+    replay_recording("hints_event_loop_node_replay", Server::Node);
 }
 
 #[test]

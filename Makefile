@@ -1,7 +1,7 @@
 # koala: the two set-up commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test deps lint fmt clean
+.PHONY: all build demo test bench deps lint fmt clean
 
 all: build
 
@@ -17,6 +17,13 @@ demo: build
 ## test: unit tests and integration tests with real programs
 test: deps build
 	$(CARGO) test --release --workspace
+
+## bench: recording overhead, replay throughput and matching cost
+## (docs/benchmarks.md): prints a table, writes target/bench/results.json.
+## BENCH_ROUNDS (5), BENCH_DURATION (3 s), BENCH_ONLY=redis,replay,... tune it.
+bench: build
+	./scripts/install-deps.sh bench
+	$(CARGO) run --release -p koala-bench
 
 ## deps: install the system packages the tests need (if missing)
 deps:

@@ -4,6 +4,8 @@
 # client. Does nothing when everything is there.
 #   install-deps.sh demo   only what the demo needs (python3)
 #   install-deps.sh        everything the tests need
+#   install-deps.sh bench  everything the tests need, plus wrk and
+#                          redis-benchmark (`make bench`)
 set -eu
 
 missing=""
@@ -18,6 +20,10 @@ if [ "${1:-}" != demo ]; then
     need node nodejs
     need gcc gcc
     need nm binutils
+fi
+if [ "${1:-}" = bench ]; then
+    need redis-benchmark redis-tools
+    need wrk wrk
 fi
 
 if [ -n "$missing" ]; then

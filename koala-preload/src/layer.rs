@@ -485,7 +485,7 @@ pub fn redirect(
     };
     let mut target = None;
     contain("redirect", || {
-        target = replayer.redirect(fd, destination, thread::current_tid());
+        target = replayer.redirect(fd, destination);
     });
     target.map(|addr| sockaddr::to_raw(&addr))
 }

@@ -23,8 +23,9 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        let accepted_at = koala_runtime::clock::monotonic_ns();
         let spawned = koala_runtime::thread::spawn_internal("koala-outbound", move || {
-            serve(stream, replayer);
+            serve(stream, replayer, accepted_at);
         });
         if let Err(error) = spawned {
             tracing::error!(%error, "outbound server: cannot start a connection thread");
@@ -32,14 +33,14 @@ pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
     }
 }
 
-fn serve(mut stream: TcpStream, replayer: &'static Replayer) {
+fn serve(mut stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let tables = &replayer.tables;
     let registry = replayer.registry();
     let port = peer.port();
-    let destination = wait_for_slot(replayer, port).map(|d| d.to_string());
+    let destination = wait_for_slot(replayer, port, accepted_at).map(|d| d.to_string());
     let destination = destination.as_deref();
     if let Some(greeting) = registry.greeting(tables.outbound_replay(port), destination, conn)
         && stream.write_all(&greeting).is_err()
@@ -67,16 +68,20 @@ fn serve(mut stream: TcpStream, replayer: &'static Replayer) {
     registry.connection_closed(tables.outbound_replay(port), conn);
 }
 
-/// How long to wait for the slot of a connection whose service could not
-/// bind before connecting: its hook writes the slot right after connect.
+/// How long to wait for a new connection's slot: the service's hook writes
+/// it right after its connect() returns, usually before the accept.
 const SLOT_WAIT: Duration = Duration::from_millis(200);
+/// A slot written this long before the accept belongs to an older
+/// connection from the same port (one whose close the library missed).
+const SLOT_FRESHNESS: Duration = Duration::from_secs(2);
 
-/// The original destination of the connection from `port`. Slots are
-/// cleared when connections close, so an empty one is being written.
-fn wait_for_slot(replayer: &Replayer, port: u16) -> Option<std::net::SocketAddr> {
+/// The original destination of the connection from `port`, accepted at
+/// `accepted_at` (CLOCK_MONOTONIC ns).
+fn wait_for_slot(replayer: &Replayer, port: u16, accepted_at: u64) -> Option<std::net::SocketAddr> {
+    let since = accepted_at.saturating_sub(SLOT_FRESHNESS.as_nanos() as u64);
     let deadline = std::time::Instant::now() + SLOT_WAIT;
     loop {
-        let destination = replayer.tables.outbound_destination(port);
+        let destination = replayer.tables.outbound_destination_since(port, since);
         if destination.is_some() || std::time::Instant::now() >= deadline {
             return destination;
         }

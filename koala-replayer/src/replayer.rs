@@ -175,15 +175,15 @@ impl Replayer {
     /// The service connects `fd` to `destination`: where to connect instead,
     /// or `None` to leave it alone (bypassed, or the library's own servers).
     ///
-    /// The target is the outbound server. The socket is bound first, so its
-    /// local port — the key of its shared slot — is known, and the slot
-    /// written, before the connection reaches the server; if binding fails
-    /// (ephemeral ports exhausted), the slot is written right after connect
-    /// instead ([`Replayer::connected`]). Replay fails closed: when the
-    /// outbound server is not running or cannot be reached from this
-    /// socket's family, the connect goes to a port that refuses it — never
-    /// to the real dependency.
-    pub fn redirect(&self, fd: i32, destination: SocketAddr, tid: u32) -> Option<SocketAddr> {
+    /// The target is the outbound server; the connection's shared slot is
+    /// written as soon as connect() assigned its local port
+    /// ([`Replayer::connected`]), before the service can send. (Binding an
+    /// ephemeral port first would tell the port earlier, but bind cannot
+    /// reuse ports in TIME_WAIT: services that dial per call would run out.)
+    /// Replay fails closed: when the outbound server is not running or
+    /// cannot be reached from this socket's family, the connect goes to a
+    /// port that refuses it — never to the real dependency.
+    pub fn redirect(&self, fd: i32, destination: SocketAddr) -> Option<SocketAddr> {
         if destination == self.outbound_addr
             || destination == self.inbound_addr
             || self.bypass.iter().any(|b| b.matches(&destination))
@@ -211,28 +211,18 @@ impl Replayer {
                 return Some(refuse);
             }
         };
-        match bound_port(fd, destination.is_ipv4()) {
-            Some(port) => {
-                self.tables
-                    .set_outbound(port, attribution::current(tid), destination);
-                attribution::redirected(fd, Some(port));
-            }
-            None => attribution::redirected(fd, None),
-        }
+        attribution::redirected(fd, None);
         Some(target)
     }
 
-    /// connect() on a redirected `fd` started: if its slot could not be
-    /// written before (no port yet), write it now, before the service can
-    /// send anything.
+    /// connect() on a redirected `fd` started: write its slot now that its
+    /// local port is known, before the service can send anything.
     pub fn connected(&self, fd: i32, destination: SocketAddr, tid: u32) {
         if !attribution::slot_pending(fd) {
             return;
         }
-        if let Some(port) = koala_runtime::sockaddr::local_addr(fd)
-            .map(|a| a.port())
-            .filter(|&p| p != 0)
-        {
+        let port = koala_runtime::sockaddr::local_addr(fd).map(|a| a.port());
+        if let Some(port) = port.filter(|&p| p != 0) {
             self.tables
                 .set_outbound(port, attribution::current(tid), destination);
             attribution::redirected(fd, Some(port));
@@ -267,27 +257,6 @@ fn serves_elsewhere(server_pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     (unsafe { libc::kill(server_pid as libc::pid_t, 0) }) == 0
         || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// The local port of socket `fd`, binding it to an ephemeral port first if
-/// it has none yet.
-fn bound_port(fd: i32, ipv4: bool) -> Option<u16> {
-    let port = koala_runtime::sockaddr::local_addr(fd).map_or(0, |a| a.port());
-    if port != 0 {
-        return Some(port);
-    }
-    let any: SocketAddr = if ipv4 { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .expect("literal address");
-    let (storage, len) = koala_runtime::sockaddr::to_raw(&any);
-    // SAFETY: binding the host's socket to an ephemeral port, as connect would.
-    if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
-        tracing::warn!(fd, error = %std::io::Error::last_os_error(), "replay: cannot bind before redirecting");
-        return None;
-    }
-    koala_runtime::sockaddr::local_addr(fd)
-        .map(|a| a.port())
-        .filter(|&p| p != 0)
 }
 
 /// Moves a listener the library created on a host thread to a high,

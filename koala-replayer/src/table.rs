@@ -8,14 +8,16 @@
 //! - `inbound[p]`: the inbound server connects to the service from local
 //!   port `p` and writes the replay id there *before* connecting; the
 //!   service's accept hook (in whatever process accepts) reads it.
-//! - `outbound[p]`: the service's connect hook binds a redirected socket to
-//!   local port `p`, writes the replay id and the original destination there
-//!   *before* connecting, and refreshes the id before each send; the outbound
-//!   server reads it after accepting and after each request arrives.
+//! - `outbound[p]`: the service's connect hook writes the replay id and the
+//!   original destination of a redirected connection from local port `p`
+//!   as soon as connect() assigned the port, before the service can send,
+//!   and refreshes the id before each send; the outbound server reads it
+//!   after each request arrives (and, for a greeting, waits at accept for a
+//!   slot written since the connection began).
 //!
 //! A write always precedes the syscall that makes the peer act on it
-//! (connect, send), and the reader reads after the matching syscall (accept,
-//! recv) returned, so the reader always sees the current value.
+//! (send), and the reader reads after the matching syscall (recv)
+//! returned, so the reader always sees the current value.
 //!
 //! The mapping is a file in /dev/shm (MAP_SHARED): forked children inherit
 //! it, and `exec`'d descendants find it through `KOALA_REPLAY_TABLE`. Where
@@ -34,6 +36,8 @@ const PORTS: usize = 1 << 16;
 #[repr(C)]
 struct OutboundSlot {
     replay: AtomicU64,
+    /// CLOCK_MONOTONIC when the connection's slot was written.
+    written_at: AtomicU64,
     /// family (4/6) << 16 | port
     family_port: AtomicU64,
     ip_high: AtomicU64,
@@ -118,6 +122,8 @@ impl SharedTables {
         slot.family_port.store(family_port, Ordering::Relaxed);
         slot.ip_high.store(high, Ordering::Relaxed);
         slot.ip_low.store(low, Ordering::Relaxed);
+        slot.written_at
+            .store(koala_runtime::clock::monotonic_ns(), Ordering::Relaxed);
         slot.replay.store(replay, Ordering::Release);
     }
 
@@ -140,6 +146,17 @@ impl SharedTables {
         self.layout.outbound[port as usize]
             .replay
             .load(Ordering::Acquire)
+    }
+
+    /// The original destination of the connection from `port`, if its slot
+    /// was written at or after `since` (CLOCK_MONOTONIC ns).
+    pub fn outbound_destination_since(&self, port: u16, since: u64) -> Option<SocketAddr> {
+        let slot = &self.layout.outbound[port as usize];
+        slot.replay.load(Ordering::Acquire);
+        if slot.written_at.load(Ordering::Relaxed) < since {
+            return None;
+        }
+        self.outbound_destination(port)
     }
 
     pub fn outbound_destination(&self, port: u16) -> Option<SocketAddr> {

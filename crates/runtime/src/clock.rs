@@ -1,5 +1,19 @@
 //! Wall-clock time for `*_ns` fields.
 
+/// Nanoseconds of CLOCK_MONOTONIC: the same clock in every process of the
+/// machine, for ordering events across processes (vDSO: no syscall).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
 /// Unix-epoch nanoseconds (CLOCK_REALTIME, served by the vDSO: no syscall).
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {

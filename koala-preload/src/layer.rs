@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use koala_config::Config;
-use koala_recorder::{Direction, Identity, Recorder};
+use koala_recorder::{Bytes, Direction, Identity, Recorder};
 use koala_replayer::Replayer;
 use koala_runtime::errno::SavedErrno;
 use koala_runtime::guard::{Busy, is_internal_thread};
@@ -230,11 +230,12 @@ pub fn observe_send(fd: i32) -> Option<Observed> {
 }
 
 impl Observed {
-    pub fn received(&self, fd: i32, data: &[u8]) {
+    /// The service read `data` (the slices the bytes landed in) from `fd`.
+    pub fn received(&self, fd: i32, data: &[&[u8]]) {
         contain("receive", || {
             let tid = thread::current_tid();
             if let Some(recorder) = recorder() {
-                recorder.received(fd, tid, data, clock::now_ns());
+                recorder.received(fd, tid, Bytes(data), clock::now_ns());
             }
             if let (FdKind::Inbound, Some(replayer)) = (self.kind, replayer()) {
                 replayer.inbound_io(fd, false, tid);
@@ -242,11 +243,12 @@ impl Observed {
         });
     }
 
-    pub fn sent(&self, fd: i32, data: &[u8]) {
+    /// The service wrote `data` (the slices it sent them from) to `fd`.
+    pub fn sent(&self, fd: i32, data: &[&[u8]]) {
         contain("send", || {
             let tid = thread::current_tid();
             if let Some(recorder) = recorder() {
-                recorder.sent(fd, tid, data, clock::now_ns());
+                recorder.sent(fd, tid, Bytes(data), clock::now_ns());
             }
             if let (FdKind::Inbound, Some(replayer)) = (self.kind, replayer()) {
                 replayer.inbound_io(fd, true, tid);
@@ -290,7 +292,7 @@ impl Observed {
                 );
             }
             bytes.truncate(filled);
-            self.sent(fd, &bytes);
+            self.sent(fd, &[&bytes]);
         });
     }
 }

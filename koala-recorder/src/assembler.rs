@@ -31,9 +31,14 @@
 //! every rule is testable with synthetic events.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
-use koala_session::{EndReason, Exchange, FORMAT_VERSION, Kind, Payload, Session};
+use std::sync::Arc;
+
+use koala_session::{EndReason, Kind, Session};
+
+use crate::record::{FinishedExchange, FinishedSession, ProcessIdentity};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -78,6 +83,38 @@ pub struct Stats {
     pub truncated_payloads: u64,
 }
 
+/// A map keyed by the assembler's own small integer ids (and thread ids):
+/// no attacker chooses them, so a multiply-shift hash replaces SipHash on
+/// the hot path.
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits
+        // hashbrown uses.
+        self.0 = (self.0 ^ value)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(26);
+    }
+}
+
 type ConnId = u64;
 type SessionKey = u64;
 /// Calls are numbered in the order they start, so sorting ids sorts calls.
@@ -91,16 +128,33 @@ struct Buf {
     truncated: bool,
 }
 
+/// The bytes one call moved, as the slices the caller had them in (a
+/// `writev` hands several): copied once, straight into the session buffer.
+#[derive(Clone, Copy)]
+pub struct Bytes<'a>(pub &'a [&'a [u8]]);
+
+impl Bytes<'_> {
+    fn len(&self) -> usize {
+        self.0.iter().map(|part| part.len()).sum()
+    }
+}
+
 impl Buf {
     /// Appends up to the payload limit; returns true if bytes were cut.
-    fn append(&mut self, data: &[u8], now_ns: u64, max: usize) -> bool {
+    fn append(&mut self, data: Bytes<'_>, now_ns: u64, max: usize) -> bool {
         if self.bytes.is_empty() && self.first_ns == 0 {
             self.first_ns = now_ns;
         }
+        let total = data.len();
         let room = max.saturating_sub(self.bytes.len());
-        let take = room.min(data.len());
-        self.bytes.extend_from_slice(&data[..take]);
-        if take < data.len() && !self.truncated {
+        self.bytes.reserve(room.min(total));
+        let mut left = room;
+        for part in data.0 {
+            let take = left.min(part.len());
+            self.bytes.extend_from_slice(&part[..take]);
+            left -= take;
+        }
+        if total > room && !self.truncated {
             self.truncated = true;
             return true;
         }
@@ -114,8 +168,8 @@ impl Buf {
 
 struct Conn {
     direction: Direction,
-    local: String,
-    peer: String,
+    local: Arc<str>,
+    peer: Arc<str>,
     /// How many fds refer to this connection (dup).
     fds: u32,
     /// Inbound: the session this connection carries now.
@@ -139,8 +193,8 @@ enum CallRef {
 
 struct CallRecord {
     session: SessionKey,
-    local: String,
-    peer: String,
+    local: Arc<str>,
+    peer: Arc<str>,
     request: Buf,
     response: Buf,
 }
@@ -162,8 +216,8 @@ struct OpenSession {
 
 struct InboundSide {
     conn: ConnId,
-    local: String,
-    peer: String,
+    local: Arc<str>,
+    peer: Arc<str>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -183,18 +237,18 @@ pub struct Assembler {
     limits: Limits,
     /// fd → connection; 0 = none (connection ids start at 1).
     fd_conns: Vec<ConnId>,
-    conns: HashMap<ConnId, Conn>,
-    sessions: HashMap<SessionKey, OpenSession>,
-    calls: HashMap<CallId, CallRecord>,
-    threads: HashMap<u32, ThreadState>,
+    conns: IdMap<ConnId, Conn>,
+    sessions: IdMap<SessionKey, OpenSession>,
+    calls: IdMap<CallId, CallRecord>,
+    threads: IdMap<u32, ThreadState>,
     /// Virtual thread id (helper hints) → its session.
-    virtual_threads: HashMap<u64, SessionKey>,
+    virtual_threads: IdMap<u64, SessionKey>,
     /// The open background record, if any.
     background: Option<SessionKey>,
     next_id: u64,
     sessions_written: u64,
     stats: Stats,
-    finished: Vec<Session>,
+    finished: Vec<FinishedSession>,
 }
 
 impl Assembler {
@@ -203,11 +257,11 @@ impl Assembler {
             identity,
             limits,
             fd_conns: Vec::new(),
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
-            calls: HashMap::new(),
-            threads: HashMap::new(),
-            virtual_threads: HashMap::new(),
+            conns: IdMap::default(),
+            sessions: IdMap::default(),
+            calls: IdMap::default(),
+            threads: IdMap::default(),
+            virtual_threads: IdMap::default(),
             background: None,
             next_id: 1,
             sessions_written: 0,
@@ -225,13 +279,26 @@ impl Assembler {
     }
 
     /// Sessions finished by the events so far; the caller writes them.
+    /// Sessions finished so far, in the session model (tests, tools).
     pub fn take_finished(&mut self) -> Vec<Session> {
-        std::mem::take(&mut self.finished)
+        let identity = self.process_identity();
+        self.finished
+            .drain(..)
+            .map(|s| s.to_session(&identity))
+            .collect()
     }
 
     /// Hands each finished session to `sink`, keeping the buffer's capacity.
-    pub fn drain_finished(&mut self, sink: impl FnMut(Session)) {
+    pub fn drain_finished(&mut self, sink: impl FnMut(FinishedSession)) {
         self.finished.drain(..).for_each(sink);
+    }
+
+    /// Program and start time, shared by every session of the process.
+    pub fn process_identity(&self) -> ProcessIdentity {
+        ProcessIdentity {
+            program: Arc::from(self.identity.program.as_str()),
+            start_secs: self.identity.start_secs,
+        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -266,8 +333,8 @@ impl Assembler {
             id,
             Conn {
                 direction,
-                local: local.to_string(),
-                peer: peer.to_string(),
+                local: Arc::from(local.to_string()),
+                peer: Arc::from(peer.to_string()),
                 fds: 1,
                 session: None,
                 call: CallRef::Fresh,
@@ -343,7 +410,17 @@ impl Assembler {
 
     /// The service read `data` from `fd`.
     pub fn received(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
-        if data.is_empty() {
+        self.received_parts(fd, tid, Bytes(&[data]), now_ns);
+    }
+
+    /// The service wrote `data` to `fd`.
+    pub fn sent(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
+        self.sent_parts(fd, tid, Bytes(&[data]), now_ns);
+    }
+
+    /// The service read `data` (one or more slices) from `fd`.
+    pub fn received_parts(&mut self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        if data.len() == 0 {
             return;
         }
         let Some(conn_id) = self.conn_id(fd) else {
@@ -358,9 +435,9 @@ impl Assembler {
         }
     }
 
-    /// The service wrote `data` to `fd`.
-    pub fn sent(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
-        if data.is_empty() {
+    /// The service wrote `data` (one or more slices) to `fd`.
+    pub fn sent_parts(&mut self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        if data.len() == 0 {
             return;
         }
         let Some(conn_id) = self.conn_id(fd) else {
@@ -375,7 +452,7 @@ impl Assembler {
         }
     }
 
-    fn inbound_received(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+    fn inbound_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let current = self.conns[&conn_id]
             .session
             .filter(|s| self.sessions.contains_key(s));
@@ -397,7 +474,7 @@ impl Assembler {
         self.follow(tid, session, Side::Read);
     }
 
-    fn inbound_sent(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+    fn inbound_sent(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let current = self.conns[&conn_id]
             .session
             .filter(|s| self.sessions.contains_key(s));
@@ -416,7 +493,7 @@ impl Assembler {
         self.follow(tid, session, Side::Write);
     }
 
-    fn outbound_sent(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+    fn outbound_sent(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let session = match self.session_of_sender(tid, now_ns, true) {
             Some(session) => session,
             None => self.background_record(tid, now_ns),
@@ -453,7 +530,7 @@ impl Assembler {
         self.touch(Some(session), now_ns);
     }
 
-    fn outbound_received(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+    fn outbound_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let max = self.limits.max_payload_bytes;
         match self.conns[&conn_id].call {
             CallRef::Stored(call_id) => {
@@ -479,7 +556,7 @@ impl Assembler {
     /// a call with an empty request, in the session that opened the
     /// connection, or in the background record if it was opened outside
     /// any session (or that session is over).
-    fn greeting_received(&mut self, conn_id: ConnId, tid: u32, data: &[u8], now_ns: u64) {
+    fn greeting_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let opened_in = self.conns[&conn_id]
             .opened_in
             .filter(|s| self.sessions.contains_key(s));
@@ -732,22 +809,16 @@ impl Assembler {
             None if calls.is_empty() => return,
             None => {
                 self.stats.background_records += 1;
-                (Kind::Background, Exchange::default())
+                (Kind::Background, FinishedExchange::default())
             }
         };
         self.sessions_written += 1;
-        let identity = &self.identity;
-        self.finished.push(Session {
-            koala: FORMAT_VERSION,
+        self.finished.push(FinishedSession {
             kind,
-            id: format!(
-                "{}-{}-{}",
-                identity.start_secs, identity.pid, self.sessions_written
-            ),
-            pid: identity.pid,
+            seq: self.sessions_written,
+            pid: self.identity.pid,
             tid: open.tid,
-            program: identity.program.clone(),
-            end: Some(reason),
+            end: reason,
             inbound,
             calls: calls
                 .into_iter()
@@ -793,8 +864,8 @@ impl OpenSession {
     }
 }
 
-fn exchange(local: String, peer: String, request: Buf, response: Buf) -> Exchange {
-    Exchange {
+fn exchange(local: Arc<str>, peer: Arc<str>, request: Buf, response: Buf) -> FinishedExchange {
+    FinishedExchange {
         local,
         peer,
         truncated: request.truncated || response.truncated,
@@ -808,8 +879,8 @@ fn exchange(local: String, peer: String, request: Buf, response: Buf) -> Exchang
         } else {
             response.first_ns
         },
-        request: Payload::new(request.bytes),
-        response: Payload::new(response.bytes),
+        request: request.bytes,
+        response: response.bytes,
     }
 }
 

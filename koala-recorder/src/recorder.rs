@@ -19,9 +19,10 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use koala_config::Config;
-use koala_session::{EndReason, Session};
+use koala_session::EndReason;
 
-use crate::assembler::{Assembler, Direction, Identity, Limits, Stats};
+use crate::assembler::{Assembler, Bytes, Direction, Identity, Limits, Stats};
+use crate::record::{FinishedSession, ProcessIdentity};
 use crate::writer;
 
 /// Counters shared with the writer thread.
@@ -37,7 +38,7 @@ pub struct Counters {
 /// Finished sessions waiting for the writer.
 #[derive(Default)]
 struct Outbox {
-    sessions: Vec<Session>,
+    sessions: Vec<FinishedSession>,
     bytes: usize,
 }
 
@@ -55,6 +56,8 @@ pub struct Recorder {
     pub counters: Counters,
     dir: PathBuf,
     program: String,
+    /// What the writer stamps on every session line.
+    pub(crate) identity: ProcessIdentity,
     pid: AtomicU64,
     queue_capacity: usize,
     queue_max_bytes: usize,
@@ -66,7 +69,7 @@ pub struct Recorder {
 pub struct ForkGuard(Option<MutexGuard<'static, Inner>>);
 
 /// What the writer takes at each wake-up.
-pub(crate) struct Batch {
+pub(crate) struct Taken {
     pub flushes: Vec<Arc<AtomicBool>>,
 }
 
@@ -82,6 +85,10 @@ impl Recorder {
         let recorder: &'static Recorder = Box::leak(Box::new(Recorder {
             dir: config.record_to.clone(),
             program: identity.program.clone(),
+            identity: ProcessIdentity {
+                program: std::sync::Arc::from(identity.program.as_str()),
+                start_secs: identity.start_secs,
+            },
             pid: AtomicU64::new(identity.pid as u64),
             inner: Mutex::new(Inner {
                 assembler: Assembler::new(identity, limits),
@@ -147,7 +154,7 @@ impl Recorder {
             assembler, outbox, ..
         } = inner;
         assembler.drain_finished(|session| {
-            let size = session_bytes(&session);
+            let size = session.payload_bytes();
             if outbox.sessions.len() >= self.queue_capacity
                 || outbox.bytes + size > self.queue_max_bytes
             {
@@ -164,9 +171,9 @@ impl Recorder {
 
     /// The writer's wake-up: closes idle sessions (when `sweep`), and swaps
     /// the outbox with `into` (empty, with capacity: no allocation).
-    pub(crate) fn take_batch(&self, sweep: bool, into: &mut Vec<Session>) -> Batch {
+    pub(crate) fn take_batch(&self, sweep: bool, into: &mut Vec<FinishedSession>) -> Taken {
         let Some(mut inner) = self.lock() else {
-            return Batch {
+            return Taken {
                 flushes: Vec::new(),
             };
         };
@@ -176,7 +183,7 @@ impl Recorder {
         }
         std::mem::swap(&mut inner.outbox.sessions, into);
         inner.outbox.bytes = 0;
-        Batch {
+        Taken {
             flushes: std::mem::take(&mut inner.flush_requests),
         }
     }
@@ -218,12 +225,12 @@ impl Recorder {
         self.with_assembler(|a| a.shutdown_write(fd));
     }
 
-    pub fn received(&self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
-        self.with_assembler(|a| a.received(fd, tid, data, now_ns));
+    pub fn received(&self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        self.with_assembler(|a| a.received_parts(fd, tid, data, now_ns));
     }
 
-    pub fn sent(&self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
-        self.with_assembler(|a| a.sent(fd, tid, data, now_ns));
+    pub fn sent(&self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        self.with_assembler(|a| a.sent_parts(fd, tid, data, now_ns));
     }
 
     pub fn delegate(&self, tid: u32, virtual_id: u64) {
@@ -373,12 +380,6 @@ impl Recorder {
             self.disable();
         }
     }
-}
-
-/// What a queued session weighs against the byte budget.
-fn session_bytes(session: &Session) -> usize {
-    let exchange = |e: &koala_session::Exchange| e.request.len() + e.response.len() + 64;
-    exchange(&session.inbound) + session.calls.iter().map(exchange).sum::<usize>()
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use koala_session::Session;
+use crate::record::FinishedSession;
 
-use crate::recorder::{Batch, Recorder};
+use crate::recorder::{Recorder, Taken};
 
 /// How often the writer wakes to drain the queue when nobody pokes it.
 const POLL: Duration = Duration::from_millis(10);
@@ -27,8 +27,8 @@ const BATCH_BYTES: usize = 256 << 10;
 /// The writer thread's body.
 pub(crate) fn run(recorder: &'static Recorder) {
     let mut file = SessionFile::new(recorder.session_file_path());
-    let mut sessions: Vec<Session> = Vec::new();
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+    let mut sessions: Vec<FinishedSession> = Vec::new();
+    let mut batch = Batch::default();
     let mut last_sweep = Instant::now();
     let mut last_flush = Instant::now();
     loop {
@@ -37,17 +37,20 @@ pub(crate) fn run(recorder: &'static Recorder) {
         if sweep {
             last_sweep = Instant::now();
         }
-        let Batch { flushes } = recorder.take_batch(sweep, &mut sessions);
+        let Taken { flushes } = recorder.take_batch(sweep, &mut sessions);
         for session in sessions.drain(..) {
-            append_line(&mut batch, &session);
-            if batch.len() >= BATCH_BYTES {
+            session.write_json_line(&recorder.identity, &mut batch.bytes);
+            batch.lines += 1;
+            if batch.bytes.len() >= BATCH_BYTES {
                 file.write_batch(recorder, &mut batch);
             }
         }
         if sweep {
             recorder.report_drops_if_any();
         }
-        if last_flush.elapsed() >= FLUSH_EVERY || !flushes.is_empty() || batch.len() >= BATCH_BYTES
+        if last_flush.elapsed() >= FLUSH_EVERY
+            || !flushes.is_empty()
+            || batch.bytes.len() >= BATCH_BYTES
         {
             last_flush = Instant::now();
             file.write_batch(recorder, &mut batch);
@@ -58,11 +61,11 @@ pub(crate) fn run(recorder: &'static Recorder) {
     }
 }
 
-fn append_line(batch: &mut Vec<u8>, session: &Session) {
-    // Serializing strings, integers and payloads into a Vec cannot fail.
-    if serde_json::to_writer(&mut *batch, session).is_ok() {
-        batch.push(b'\n');
-    }
+/// Session lines waiting to be written together.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
 }
 
 /// The session file, opened on first use, re-opened if the host closed or
@@ -77,12 +80,12 @@ impl SessionFile {
         SessionFile { path, open: None }
     }
 
-    fn write_batch(&mut self, recorder: &Recorder, batch: &mut Vec<u8>) {
-        if batch.is_empty() {
+    fn write_batch(&mut self, recorder: &Recorder, batch: &mut Batch) {
+        if batch.bytes.is_empty() {
             return;
         }
-        let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
-        let result = self.file().and_then(|f| f.write_all(batch));
+        let lines = std::mem::take(&mut batch.lines);
+        let result = self.file().and_then(|f| f.write_all(&batch.bytes));
         match result {
             Ok(()) => recorder
                 .counters
@@ -96,7 +99,7 @@ impl SessionFile {
                     .fetch_add(lines, Ordering::Relaxed)
             }
         };
-        batch.clear();
+        batch.bytes.clear();
     }
 
     fn file(&mut self) -> io::Result<&mut File> {

@@ -6,8 +6,6 @@
 //! real call → hand the bytes that actually moved to the layer → return the
 //! real result, errno untouched.
 
-use std::borrow::Cow;
-
 use libc::{c_int, c_void, iovec, msghdr, off_t, size_t, sockaddr, socklen_t, ssize_t};
 
 use crate::layer::{self, Observed};
@@ -28,39 +26,85 @@ unsafe fn bytes<'a>(buf: *const c_void, len: ssize_t) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len as usize) }
 }
 
-/// The first `len` bytes spread over `iov`, in order.
+/// Calls `with` on the first `len` bytes spread over `iov`, as slices of
+/// the caller's buffers (no copy) for up to 16 iovecs, gathered beyond.
 ///
 /// # Safety
 /// `iov` points to `count` iovecs describing at least `len` valid bytes.
-unsafe fn gather(iov: *const iovec, count: c_int, len: ssize_t) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len as usize);
-    let mut left = len as usize;
-    for i in 0..count.max(0) as usize {
-        if left == 0 {
-            break;
+unsafe fn with_iov_bytes(
+    iov: *const iovec,
+    count: c_int,
+    len: ssize_t,
+    with: impl FnOnce(&[&[u8]]),
+) {
+    const ON_STACK: usize = 16;
+    let count = count.max(0) as usize;
+    let mut left = len.max(0) as usize;
+    // SAFETY: per the caller; iov_base holds iov_len bytes, `take` of them in range.
+    let part = |i: usize, left: usize| unsafe {
+        let vec = &*iov.add(i);
+        std::slice::from_raw_parts(vec.iov_base.cast::<u8>(), vec.iov_len.min(left))
+    };
+    if count <= ON_STACK {
+        let mut parts: [&[u8]; ON_STACK] = [&[]; ON_STACK];
+        let mut used = 0;
+        while used < count && left > 0 {
+            parts[used] = part(used, left);
+            left -= parts[used].len();
+            used += 1;
         }
-        // SAFETY: per the caller.
-        let part = unsafe { &*iov.add(i) };
-        let take = part.iov_len.min(left);
-        // SAFETY: iov_base holds iov_len bytes, of which `take` are in range.
-        out.extend_from_slice(unsafe {
-            std::slice::from_raw_parts(part.iov_base.cast::<u8>(), take)
-        });
-        left -= take;
+        with(&parts[..used]);
+    } else {
+        let mut gathered = Vec::with_capacity(left);
+        for i in 0..count {
+            if left == 0 {
+                break;
+            }
+            let bytes = part(i, left);
+            gathered.extend_from_slice(bytes);
+            left -= bytes.len();
+        }
+        with(&[&gathered]);
     }
+}
+
+/// Copies the first `len` bytes spread over `iov` (hint payloads).
+///
+/// # Safety
+/// As [`with_iov_bytes`].
+unsafe fn gather(iov: *const iovec, count: c_int, len: ssize_t) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len.max(0) as usize);
+    // SAFETY: per the caller.
+    unsafe {
+        with_iov_bytes(iov, count, len, |parts| {
+            parts.iter().for_each(|p| out.extend_from_slice(p))
+        })
+    };
     out
 }
 
-/// Hands the bytes the real call moved (`n > 0`) to the layer; `data` is
-/// only evaluated for observed calls.
-fn received<'a>(
+/// Hands the bytes a read moved (`n > 0`) to the layer.
+fn received(observed: Option<Observed>, fd: c_int, n: ssize_t, buf: *const c_void) {
+    if let Some(observed) = observed.filter(|_| n > 0) {
+        // SAFETY: the kernel wrote n bytes to buf.
+        observed.received(fd, &[unsafe { bytes(buf, n) }]);
+    }
+}
+
+/// Hands the bytes a vectored read moved (`n > 0`) to the layer.
+///
+/// # Safety
+/// The kernel filled `n` bytes across the `count` iovecs at `iov`.
+unsafe fn received_iov(
     observed: Option<Observed>,
     fd: c_int,
     n: ssize_t,
-    data: impl FnOnce() -> Cow<'a, [u8]>,
+    iov: *const iovec,
+    count: c_int,
 ) {
     if let Some(observed) = observed.filter(|_| n > 0) {
-        observed.received(fd, &data());
+        // SAFETY: per the caller.
+        unsafe { with_iov_bytes(iov, count, n, |parts| observed.received(fd, parts)) };
     }
 }
 
@@ -103,8 +147,7 @@ unsafe fn read_detour(real: ReadFn, fd: c_int, buf: *mut c_void, count: size_t) 
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    // SAFETY: the kernel wrote n bytes to buf.
-    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    received(observed, fd, n, buf);
     n
 }
 
@@ -118,8 +161,7 @@ unsafe fn read_chk_detour(
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count, buflen) };
-    // SAFETY: the kernel wrote n bytes to buf.
-    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    received(observed, fd, n, buf);
     n
 }
 
@@ -133,8 +175,7 @@ unsafe fn recv_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
-    // SAFETY: the kernel wrote n bytes to buf.
-    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    received(observed, fd, n, buf);
     n
 }
 
@@ -149,8 +190,7 @@ unsafe fn recv_chk_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, buflen, flags) };
-    // SAFETY: the kernel wrote n bytes to buf.
-    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    received(observed, fd, n, buf);
     n
 }
 
@@ -166,8 +206,7 @@ unsafe fn recvfrom_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
-    // SAFETY: the kernel wrote n bytes to buf.
-    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    received(observed, fd, n, buf);
     n
 }
 
@@ -185,8 +224,7 @@ unsafe fn recvfrom_chk_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, buflen, flags, addr, addr_len) };
-    // SAFETY: the kernel wrote n bytes to buf.
-    received(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    received(observed, fd, n, buf);
     n
 }
 
@@ -195,9 +233,7 @@ unsafe fn readv_detour(real: ReadvFn, fd: c_int, iov: *const iovec, iovcnt: c_in
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel filled n bytes across iov.
-    received(observed, fd, n, || {
-        Cow::Owned(unsafe { gather(iov, iovcnt, n) })
-    });
+    unsafe { received_iov(observed, fd, n, iov, iovcnt) };
     n
 }
 
@@ -207,9 +243,7 @@ unsafe fn recvmsg_detour(real: RecvMsgFn, fd: c_int, msg: *mut msghdr, flags: c_
     let n = unsafe { real(fd, msg, flags) };
     let observed = observed.filter(|_| !msg.is_null());
     // SAFETY: the kernel filled n bytes across msg's iovecs.
-    received(observed, fd, n, || {
-        Cow::Owned(unsafe { gather((*msg).msg_iov, (*msg).msg_iovlen as c_int, n) })
-    });
+    unsafe { received_iov(observed, fd, n, (*msg).msg_iov, (*msg).msg_iovlen as c_int) };
     n
 }
 
@@ -260,14 +294,28 @@ unsafe fn consume_hint_iov(iov: *const iovec, count: c_int, flags: c_int) -> ssi
     total.min(ssize_t::MAX as usize) as ssize_t
 }
 
-fn sent<'a>(
+/// Hands the bytes a write moved (`n > 0`) to the layer.
+fn sent(observed: Option<Observed>, fd: c_int, n: ssize_t, buf: *const c_void) {
+    if let Some(observed) = observed.filter(|_| n > 0) {
+        // SAFETY: the kernel took the first n bytes of buf.
+        observed.sent(fd, &[unsafe { bytes(buf, n) }]);
+    }
+}
+
+/// Hands the bytes a vectored write moved (`n > 0`) to the layer.
+///
+/// # Safety
+/// The kernel took the first `n` bytes across the `count` iovecs at `iov`.
+unsafe fn sent_iov(
     observed: Option<Observed>,
     fd: c_int,
     n: ssize_t,
-    data: impl FnOnce() -> Cow<'a, [u8]>,
+    iov: *const iovec,
+    count: c_int,
 ) {
     if let Some(observed) = observed.filter(|_| n > 0) {
-        observed.sent(fd, &data());
+        // SAFETY: per the caller.
+        unsafe { with_iov_bytes(iov, count, n, |parts| observed.sent(fd, parts)) };
     }
 }
 
@@ -279,8 +327,7 @@ unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    // SAFETY: the kernel took the first n bytes of buf.
-    sent(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    sent(observed, fd, n, buf);
     n
 }
 
@@ -298,8 +345,7 @@ unsafe fn send_detour(
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
-    // SAFETY: the kernel took the first n bytes of buf.
-    sent(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    sent(observed, fd, n, buf);
     n
 }
 
@@ -319,8 +365,7 @@ unsafe fn sendto_detour(
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
-    // SAFETY: the kernel took the first n bytes of buf.
-    sent(observed, fd, n, || Cow::Borrowed(unsafe { bytes(buf, n) }));
+    sent(observed, fd, n, buf);
     n
 }
 
@@ -333,9 +378,7 @@ unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel took the first n bytes across iov.
-    sent(observed, fd, n, || {
-        Cow::Owned(unsafe { gather(iov, iovcnt, n) })
-    });
+    unsafe { sent_iov(observed, fd, n, iov, iovcnt) };
     n
 }
 
@@ -354,9 +397,7 @@ unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: 
     let n = unsafe { real(fd, msg, flags) };
     let observed = observed.filter(|_| !msg.is_null());
     // SAFETY: the kernel took the first n bytes across msg's iovecs.
-    sent(observed, fd, n, || {
-        Cow::Owned(unsafe { gather((*msg).msg_iov, (*msg).msg_iovlen as c_int, n) })
-    });
+    unsafe { sent_iov(observed, fd, n, (*msg).msg_iov, (*msg).msg_iovlen as c_int) };
     n
 }
 

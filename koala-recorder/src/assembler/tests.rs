@@ -1,6 +1,7 @@
 //! Session assembly from synthetic event sequences.
 
 use super::*;
+use koala_session::{Exchange, Payload};
 
 const MS: u64 = 1_000_000;
 const IDLE_NS: u64 = 1000 * MS;
@@ -382,6 +383,27 @@ fn payloads_are_cut_at_the_limit_and_flagged() {
     assert_eq!(calls(&finished[0]), [("call-1", "r1")]);
     assert_eq!(a.stats().truncated_payloads, 1);
     assert_eq!(a.stats().calls_over_limit, 1);
+}
+
+#[test]
+fn vectored_bytes_are_appended_in_order_and_cut_at_the_limit() {
+    let mut a = assembler_with(Limits {
+        max_payload_bytes: 10,
+        max_calls_per_session: 10,
+        idle_ns: IDLE_NS,
+    });
+    accept(&mut a, 5, 5000, 1);
+    a.received_parts(5, 10, Bytes(&[b"GET ", b"", b"/x"]), 2);
+    a.sent_parts(5, 10, Bytes(&[b"HTTP/1.1 ", b"200 OK\r\n"]), 3);
+    a.forget_fd(5, 4);
+    let finished = a.take_finished();
+    assert_eq!(text(&finished[0].inbound.request), "GET /x");
+    assert_eq!(
+        text(&finished[0].inbound.response),
+        "HTTP/1.1 2",
+        "cut at 10 bytes, across parts"
+    );
+    assert!(finished[0].inbound.truncated);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The recorder with its real writer thread, without LD_PRELOAD.
 
 use super::*;
+use koala_session::Session;
 use std::os::unix::fs::PermissionsExt;
 
 fn config(dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
@@ -36,8 +37,8 @@ fn addr(port: u16) -> SocketAddr {
 /// One request/response on inbound fd `fd`, closed.
 fn one_session(recorder: &'static Recorder, fd: i32, body: &str) {
     recorder.connection_opened(fd, Direction::Inbound, addr(80), addr(5000), 1, 1);
-    recorder.received(fd, 1, format!("req {body}").as_bytes(), 2);
-    recorder.sent(fd, 1, format!("resp {body}").as_bytes(), 3);
+    recorder.received(fd, 1, Bytes(&[format!("req {body}").as_bytes()]), 2);
+    recorder.sent(fd, 1, Bytes(&[format!("resp {body}").as_bytes()]), 3);
     recorder.fd_closed(fd, 4);
 }
 
@@ -49,7 +50,7 @@ fn sessions_reach_a_private_jsonl_file() {
     one_session(recorder, 5, "two");
     // Still open at exit: written with end = exit.
     recorder.connection_opened(6, Direction::Inbound, addr(80), addr(5001), 1, 5);
-    recorder.received(6, 1, b"req three", 6);
+    recorder.received(6, 1, Bytes(&[b"req three"]), 6);
     recorder.flush_at_exit(Duration::from_secs(5));
 
     let path = dir.join("unit-4242.jsonl");
@@ -126,8 +127,8 @@ fn idle_sessions_are_written_by_the_writer_thread() {
     .unwrap();
     let now = koala_runtime::clock::now_ns();
     recorder.connection_opened(5, Direction::Inbound, addr(80), addr(5000), 1, now);
-    recorder.received(5, 1, b"req", now);
-    recorder.sent(5, 1, b"resp", now);
+    recorder.received(5, 1, Bytes(&[b"req"]), now);
+    recorder.sent(5, 1, Bytes(&[b"resp"]), now);
     let path = dir.join("unit-4242.jsonl");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1) {

@@ -1,0 +1,340 @@
+//! A finished session as the recorder hands it to the writer, and its JSON
+//! line.
+//!
+//! The writer thread does the formatting, so the host thread builds only
+//! this: addresses are shared (`Arc<str>`, one per connection), the id is a
+//! number, payloads are the buffers filled while recording. The JSON
+//! written is exactly the session format (`docs/session-format.md`) that
+//! `koala_session::read_session_line` reads back — the tests check it.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use koala_session::{EndReason, Exchange, FORMAT_VERSION, Kind, Payload, Session};
+
+/// One direction-pair of bytes on one connection.
+#[derive(Clone, Debug, Default)]
+pub struct FinishedExchange {
+    pub local: Arc<str>,
+    pub peer: Arc<str>,
+    pub request: Vec<u8>,
+    pub response: Vec<u8>,
+    pub request_ns: u64,
+    pub response_ns: u64,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct FinishedSession {
+    pub kind: Kind,
+    /// n-th session written by this process: the last part of the id.
+    pub seq: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub end: EndReason,
+    pub inbound: FinishedExchange,
+    pub calls: Vec<FinishedExchange>,
+}
+
+/// What every session of a process shares.
+#[derive(Clone, Debug)]
+pub struct ProcessIdentity {
+    pub program: Arc<str>,
+    /// Process start, Unix seconds: makes ids unique across pid reuse.
+    pub start_secs: u64,
+}
+
+impl FinishedSession {
+    /// Payload bytes, for the writer queue's byte budget.
+    pub fn payload_bytes(&self) -> usize {
+        let exchange = |e: &FinishedExchange| e.request.len() + e.response.len() + 64;
+        exchange(&self.inbound) + self.calls.iter().map(exchange).sum::<usize>()
+    }
+
+    pub fn id(&self, identity: &ProcessIdentity) -> String {
+        format!("{}-{}-{}", identity.start_secs, self.pid, self.seq)
+    }
+
+    /// The session model form (tests, tools).
+    pub fn to_session(&self, identity: &ProcessIdentity) -> Session {
+        let exchange = |e: &FinishedExchange| Exchange {
+            local: e.local.to_string(),
+            peer: e.peer.to_string(),
+            request: Payload::new(e.request.clone()),
+            response: Payload::new(e.response.clone()),
+            request_ns: e.request_ns,
+            response_ns: e.response_ns,
+            truncated: e.truncated,
+        };
+        Session {
+            koala: FORMAT_VERSION,
+            kind: self.kind,
+            id: self.id(identity),
+            pid: self.pid,
+            tid: self.tid,
+            program: identity.program.to_string(),
+            end: Some(self.end),
+            inbound: exchange(&self.inbound),
+            calls: self.calls.iter().map(exchange).collect(),
+        }
+    }
+
+    /// Appends the session's JSON line, with its newline, to `out`.
+    pub fn write_json_line(&self, identity: &ProcessIdentity, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"koala\":");
+        write_number(out, u64::from(FORMAT_VERSION));
+        if self.kind == Kind::Background {
+            out.extend_from_slice(b",\"kind\":\"background\"");
+        }
+        out.extend_from_slice(b",\"id\":\"");
+        write_number(out, identity.start_secs);
+        out.push(b'-');
+        write_number(out, u64::from(self.pid));
+        out.push(b'-');
+        write_number(out, self.seq);
+        out.extend_from_slice(b"\",\"pid\":");
+        write_number(out, u64::from(self.pid));
+        out.extend_from_slice(b",\"tid\":");
+        write_number(out, u64::from(self.tid));
+        out.extend_from_slice(b",\"program\":");
+        write_text(out, &identity.program);
+        out.extend_from_slice(b",\"end\":\"");
+        out.extend_from_slice(self.end.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"inbound\":");
+        write_exchange(out, &self.inbound);
+        out.extend_from_slice(b",\"calls\":[");
+        for (index, call) in self.calls.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_exchange(out, call);
+        }
+        out.extend_from_slice(b"]}\n");
+    }
+}
+
+fn write_exchange(out: &mut Vec<u8>, exchange: &FinishedExchange) {
+    out.extend_from_slice(b"{\"local\":");
+    write_text(out, &exchange.local);
+    out.extend_from_slice(b",\"peer\":");
+    write_text(out, &exchange.peer);
+    out.extend_from_slice(b",\"request\":");
+    write_payload(out, &exchange.request);
+    out.extend_from_slice(b",\"response\":");
+    write_payload(out, &exchange.response);
+    out.extend_from_slice(b",\"request_ns\":");
+    write_number(out, exchange.request_ns);
+    out.extend_from_slice(b",\"response_ns\":");
+    write_number(out, exchange.response_ns);
+    if exchange.truncated {
+        out.extend_from_slice(b",\"truncated\":true");
+    }
+    out.push(b'}');
+}
+
+fn write_number(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn write_text(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    write_escaped(out, text.as_bytes());
+    out.push(b'"');
+}
+
+/// A payload: a JSON string when the bytes are valid UTF-8 (the string is
+/// exactly those bytes), otherwise `{"base64":"..."}`.
+pub fn write_payload(out: &mut Vec<u8>, bytes: &[u8]) {
+    if std::str::from_utf8(bytes).is_ok() {
+        out.push(b'"');
+        write_escaped(out, bytes);
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(b"{\"base64\":\"");
+        let start = out.len();
+        out.resize(start + bytes.len().div_ceil(3) * 4, 0);
+        let written = BASE64
+            .encode_slice(bytes, &mut out[start..])
+            .expect("the buffer was sized for the encoding");
+        out.truncate(start + written);
+        out.extend_from_slice(b"\"}");
+    }
+}
+
+/// Copies UTF-8 `bytes` escaping what JSON requires: `"`, `\` and control
+/// characters below 0x20. Runs of plain bytes are found eight at a time.
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut run_start = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(word) = bytes.get(at..at + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            if !needs_escape(word) {
+                at += 8;
+                continue;
+            }
+        }
+        let byte = bytes[at];
+        if byte < 0x20 || byte == b'"' || byte == b'\\' {
+            out.extend_from_slice(&bytes[run_start..at]);
+            write_escape(out, byte);
+            run_start = at + 1;
+        }
+        at += 1;
+    }
+    out.extend_from_slice(&bytes[run_start..]);
+}
+
+/// Whether any of the eight bytes is below 0x20, `"` or `\` (bit tricks
+/// that are exact for "any": no false negatives, no false positives).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+    below_space
+        || has_zero(word ^ (ONES * u64::from(b'"')))
+        || has_zero(word ^ (ONES * u64::from(b'\\')))
+}
+
+fn write_escape(out: &mut Vec<u8>, byte: u8) {
+    match byte {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(byte >> 4) as usize]);
+            out.push(HEX[(byte & 0xf) as usize]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> ProcessIdentity {
+        ProcessIdentity {
+            program: Arc::from("svc \"x\""),
+            start_secs: 1_795_000_000,
+        }
+    }
+
+    fn exchange(request: &[u8], response: &[u8]) -> FinishedExchange {
+        FinishedExchange {
+            local: Arc::from("127.0.0.1:80"),
+            peer: Arc::from("[::1]:5000"),
+            request: request.to_vec(),
+            response: response.to_vec(),
+            request_ns: 17,
+            response_ns: 18,
+            truncated: false,
+        }
+    }
+
+    fn round_trip(session: &FinishedSession) {
+        let mut line = Vec::new();
+        session.write_json_line(&identity(), &mut line);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        let text = std::str::from_utf8(&line).unwrap();
+        let read = koala_session::read_session_line(text.trim_end()).unwrap();
+        assert_eq!(read, session.to_session(&identity()));
+        // Byte for byte what serde writes for the same session.
+        assert_eq!(
+            text.trim_end(),
+            session.to_session(&identity()).to_json_line()
+        );
+    }
+
+    fn session(inbound: FinishedExchange, calls: Vec<FinishedExchange>) -> FinishedSession {
+        FinishedSession {
+            kind: Kind::Session,
+            seq: 42,
+            pid: 7,
+            tid: 8,
+            end: EndReason::NextRequest,
+            inbound,
+            calls,
+        }
+    }
+
+    #[test]
+    fn lines_read_back_exactly_and_match_the_model() {
+        round_trip(&session(
+            exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\nok"),
+            vec![],
+        ));
+        let mut truncated = exchange(b"\"quoted\" \\ back\tslash", &[0xff, 0x00, 0x7f]);
+        truncated.truncated = true;
+        round_trip(&session(
+            exchange(b"", b""),
+            vec![truncated, exchange("héllo ✓".as_bytes(), b"\x01\x1f")],
+        ));
+        let mut background = session(
+            FinishedExchange::default(),
+            vec![exchange(b"PING\r\n", b"+PONG\r\n")],
+        );
+        background.kind = Kind::Background;
+        background.end = EndReason::Full;
+        round_trip(&background);
+    }
+
+    #[test]
+    fn every_byte_value_at_every_alignment_round_trips() {
+        let all: Vec<u8> = (0..=127u8).collect();
+        for offset in 0..9 {
+            let mut bytes = b"abcdefgh".repeat(3)[..offset].to_vec();
+            bytes.extend_from_slice(&all);
+            round_trip(&session(exchange(&bytes, &bytes[offset..]), vec![]));
+        }
+        let binary: Vec<u8> = (0..=255u8).collect();
+        round_trip(&session(exchange(&binary, b"x"), vec![]));
+    }
+
+    #[test]
+    fn the_word_test_is_exact() {
+        for byte in 0..=255u8 {
+            let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+            for position in 0..8 {
+                let mut word = [b'a'; 8];
+                word[position] = byte;
+                assert_eq!(
+                    needs_escape(u64::from_le_bytes(word)),
+                    expected,
+                    "byte {byte:#x} at {position}"
+                );
+            }
+        }
+        assert!(!needs_escape(u64::from_le_bytes(
+            *b"\xc3\xa9\xe2\x9c\x93zz!"
+        )));
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        for value in [0, 7, 10, 1_795_264_736_442_885_640, u64::MAX] {
+            let mut out = Vec::new();
+            write_number(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
+    }
+}

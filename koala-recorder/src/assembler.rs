@@ -115,6 +115,11 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Payload buffers kept for reuse, and the largest kept: bounds the memory
+/// held (8 MiB) while covering the many small payloads of busy services.
+const MAX_SPARE_BUFFERS: usize = 512;
+const MAX_SPARE_CAPACITY: usize = 16 << 10;
+
 type ConnId = u64;
 type SessionKey = u64;
 /// Calls are numbered in the order they start, so sorting ids sorts calls.
@@ -140,10 +145,22 @@ impl Bytes<'_> {
 }
 
 impl Buf {
-    /// Appends up to the payload limit; returns true if bytes were cut.
-    fn append(&mut self, data: Bytes<'_>, now_ns: u64, max: usize) -> bool {
+    /// Appends up to the payload limit; returns true if bytes were cut. A
+    /// new buffer comes from `spare` when one is there.
+    fn append(
+        &mut self,
+        data: Bytes<'_>,
+        now_ns: u64,
+        max: usize,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> bool {
         if self.bytes.is_empty() && self.first_ns == 0 {
             self.first_ns = now_ns;
+        }
+        if self.bytes.capacity() == 0
+            && let Some(buffer) = spare.pop()
+        {
+            self.bytes = buffer;
         }
         let total = data.len();
         let room = max.saturating_sub(self.bytes.len());
@@ -245,6 +262,9 @@ pub struct Assembler {
     virtual_threads: IdMap<u64, SessionKey>,
     /// The open background record, if any.
     background: Option<SessionKey>,
+    /// Emptied payload buffers the writer handed back: sessions reuse them
+    /// instead of allocating on the host thread and freeing on the writer's.
+    spare: Vec<Vec<u8>>,
     next_id: u64,
     sessions_written: u64,
     stats: Stats,
@@ -263,6 +283,7 @@ impl Assembler {
             threads: IdMap::default(),
             virtual_threads: IdMap::default(),
             background: None,
+            spare: Vec::new(),
             next_id: 1,
             sessions_written: 0,
             stats: Stats::default(),
@@ -291,6 +312,17 @@ impl Assembler {
     /// Hands each finished session to `sink`, keeping the buffer's capacity.
     pub fn drain_finished(&mut self, sink: impl FnMut(FinishedSession)) {
         self.finished.drain(..).for_each(sink);
+    }
+
+    /// Takes back emptied payload buffers for reuse, keeping at most
+    /// [`MAX_SPARE_BUFFERS`] of at most [`MAX_SPARE_CAPACITY`] bytes.
+    pub fn recycle(&mut self, buffers: &mut Vec<Vec<u8>>) {
+        for mut buffer in buffers.drain(..) {
+            if self.spare.len() < MAX_SPARE_BUFFERS && buffer.capacity() <= MAX_SPARE_CAPACITY {
+                buffer.clear();
+                self.spare.push(buffer);
+            }
+        }
     }
 
     /// Program and start time, shared by every session of the process.
@@ -466,7 +498,7 @@ impl Assembler {
         };
         let max = self.limits.max_payload_bytes;
         let open = self.sessions.get_mut(&session).expect("just looked up");
-        if open.request.append(data, now_ns, max) {
+        if open.request.append(data, now_ns, max, &mut self.spare) {
             self.stats.truncated_payloads += 1;
         }
         open.last_activity_ns = now_ns;
@@ -485,7 +517,7 @@ impl Assembler {
         };
         let max = self.limits.max_payload_bytes;
         let open = self.sessions.get_mut(&session).expect("just looked up");
-        if open.response.append(data, now_ns, max) {
+        if open.response.append(data, now_ns, max, &mut self.spare) {
             self.stats.truncated_payloads += 1;
         }
         open.last_activity_ns = now_ns;
@@ -508,7 +540,7 @@ impl Assembler {
                     .is_some_and(|c| c.session == session && c.response.is_empty()) =>
             {
                 let call = self.calls.get_mut(&call_id).expect("checked above");
-                if call.request.append(data, now_ns, max) {
+                if call.request.append(data, now_ns, max, &mut self.spare) {
                     self.stats.truncated_payloads += 1;
                 }
             }
@@ -517,7 +549,7 @@ impl Assembler {
                 let call_ref = match self.new_call(conn_id, session, tid, now_ns) {
                     Some(call_id) => {
                         let call = self.calls.get_mut(&call_id).expect("just stored");
-                        if call.request.append(data, now_ns, max) {
+                        if call.request.append(data, now_ns, max, &mut self.spare) {
                             self.stats.truncated_payloads += 1;
                         }
                         CallRef::Stored(call_id)
@@ -538,7 +570,7 @@ impl Assembler {
                     self.stats.late_bytes += data.len() as u64;
                     return;
                 };
-                if call.response.append(data, now_ns, max) {
+                if call.response.append(data, now_ns, max, &mut self.spare) {
                     self.stats.truncated_payloads += 1;
                 }
                 let session = call.session;

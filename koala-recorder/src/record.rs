@@ -52,6 +52,17 @@ impl FinishedSession {
         exchange(&self.inbound) + self.calls.iter().map(exchange).sum::<usize>()
     }
 
+    /// Gives the payload buffers back (for reuse), emptying the session.
+    pub fn take_buffers(&mut self, into: &mut Vec<Vec<u8>>) {
+        for exchange in std::iter::once(&mut self.inbound).chain(self.calls.iter_mut()) {
+            for buffer in [&mut exchange.request, &mut exchange.response] {
+                if buffer.capacity() > 0 {
+                    into.push(std::mem::take(buffer));
+                }
+            }
+        }
+    }
+
     pub fn id(&self, identity: &ProcessIdentity) -> String {
         format!("{}-{}-{}", identity.start_secs, self.pid, self.seq)
     }

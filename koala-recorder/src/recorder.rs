@@ -169,14 +169,21 @@ impl Recorder {
         });
     }
 
-    /// The writer's wake-up: closes idle sessions (when `sweep`), and swaps
-    /// the outbox with `into` (empty, with capacity: no allocation).
-    pub(crate) fn take_batch(&self, sweep: bool, into: &mut Vec<FinishedSession>) -> Taken {
+    /// The writer's wake-up: hands back `spent` payload buffers, closes idle
+    /// sessions (when `sweep`), and swaps the outbox with `into` (empty,
+    /// with capacity: no allocation).
+    pub(crate) fn take_batch(
+        &self,
+        sweep: bool,
+        into: &mut Vec<FinishedSession>,
+        spent: &mut Vec<Vec<u8>>,
+    ) -> Taken {
         let Some(mut inner) = self.lock() else {
             return Taken {
                 flushes: Vec::new(),
             };
         };
+        inner.assembler.recycle(spent);
         if sweep {
             inner.assembler.close_idle(koala_runtime::clock::now_ns());
             self.enqueue_finished(&mut inner);

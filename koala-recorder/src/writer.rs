@@ -28,6 +28,7 @@ const BATCH_BYTES: usize = 256 << 10;
 pub(crate) fn run(recorder: &'static Recorder) {
     let mut file = SessionFile::new(recorder.session_file_path());
     let mut sessions: Vec<FinishedSession> = Vec::new();
+    let mut spent: Vec<Vec<u8>> = Vec::new();
     let mut batch = Batch::default();
     let mut last_sweep = Instant::now();
     let mut last_flush = Instant::now();
@@ -37,9 +38,10 @@ pub(crate) fn run(recorder: &'static Recorder) {
         if sweep {
             last_sweep = Instant::now();
         }
-        let Taken { flushes } = recorder.take_batch(sweep, &mut sessions);
-        for session in sessions.drain(..) {
+        let Taken { flushes } = recorder.take_batch(sweep, &mut sessions, &mut spent);
+        for mut session in sessions.drain(..) {
             session.write_json_line(&recorder.identity, &mut batch.bytes);
+            session.take_buffers(&mut spent);
             batch.lines += 1;
             if batch.bytes.len() >= BATCH_BYTES {
                 file.write_batch(recorder, &mut batch);

@@ -407,6 +407,26 @@ fn vectored_bytes_are_appended_in_order_and_cut_at_the_limit() {
 }
 
 #[test]
+fn buffers_handed_back_are_reused_and_big_ones_dropped() {
+    let mut a = assembler();
+    let small = Vec::with_capacity(100);
+    let small_at = small.as_ptr();
+    let big = Vec::with_capacity(1 << 20);
+    // The pool is a stack: the big one would come first if it were kept.
+    a.recycle(&mut vec![small, big]);
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"req", 2);
+    a.sent(5, 10, b"resp", 3);
+    a.forget_fd(5, 4);
+    let mut finished = Vec::new();
+    a.drain_finished(|s| finished.push(s));
+    let request = &finished[0].inbound.request;
+    assert_eq!(request, b"req");
+    assert_eq!(request.as_ptr(), small_at, "the handed-back buffer holds the request");
+    assert!(finished[0].inbound.response.capacity() < 1 << 20, "the 1 MiB buffer was not kept");
+}
+
+#[test]
 fn bytes_arriving_after_their_session_was_written_are_counted() {
     let mut a = assembler();
     accept(&mut a, 5, 5000, 1);

@@ -422,8 +422,15 @@ fn buffers_handed_back_are_reused_and_big_ones_dropped() {
     a.drain_finished(|s| finished.push(s));
     let request = &finished[0].inbound.request;
     assert_eq!(request, b"req");
-    assert_eq!(request.as_ptr(), small_at, "the handed-back buffer holds the request");
-    assert!(finished[0].inbound.response.capacity() < 1 << 20, "the 1 MiB buffer was not kept");
+    assert_eq!(
+        request.as_ptr(),
+        small_at,
+        "the handed-back buffer holds the request"
+    );
+    assert!(
+        finished[0].inbound.response.capacity() < 1 << 20,
+        "the 1 MiB buffer was not kept"
+    );
 }
 
 #[test]

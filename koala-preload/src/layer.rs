@@ -229,29 +229,28 @@ pub fn observe_send(fd: i32) -> Option<Observed> {
     Some(observed)
 }
 
-impl Observed {
-    /// The service read `data` (the slices the bytes landed in) from `fd`.
-    pub fn received(&self, fd: i32, data: &[&[u8]]) {
-        contain("receive", || {
-            let tid = thread::current_tid();
-            if let Some(recorder) = recorder() {
-                recorder.received(fd, tid, Bytes(data), clock::now_ns());
-            }
-            if let (FdKind::Inbound, Some(replayer)) = (self.kind, replayer()) {
-                replayer.inbound_io(fd, false, tid);
-            }
-        });
-    }
+/// Which way bytes moved on an observed connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// The service read them.
+    Received,
+    /// The service wrote them.
+    Sent,
+}
 
-    /// The service wrote `data` (the slices it sent them from) to `fd`.
-    pub fn sent(&self, fd: i32, data: &[&[u8]]) {
-        contain("send", || {
+impl Observed {
+    /// The service moved `data` (the slices of its own buffers) on `fd`.
+    pub fn moved(&self, fd: i32, way: Way, data: &[&[u8]]) {
+        contain("bytes", || {
             let tid = thread::current_tid();
             if let Some(recorder) = recorder() {
-                recorder.sent(fd, tid, Bytes(data), clock::now_ns());
+                match way {
+                    Way::Received => recorder.received(fd, tid, Bytes(data), clock::now_ns()),
+                    Way::Sent => recorder.sent(fd, tid, Bytes(data), clock::now_ns()),
+                }
             }
             if let (FdKind::Inbound, Some(replayer)) = (self.kind, replayer()) {
-                replayer.inbound_io(fd, true, tid);
+                replayer.inbound_io(fd, way == Way::Sent, tid);
             }
         });
     }
@@ -292,7 +291,7 @@ impl Observed {
                 );
             }
             bytes.truncate(filled);
-            self.sent(fd, &[&bytes]);
+            self.moved(fd, Way::Sent, &[&bytes]);
         });
     }
 }

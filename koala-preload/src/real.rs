@@ -31,6 +31,22 @@ impl RealSymbol {
         self.address.store(found, Ordering::Relaxed);
         found
     }
+
+    /// The real function as `F`, or `None` with errno set to ENOSYS when
+    /// no later object defines it (the hook then fails as libc would).
+    ///
+    /// # Safety
+    /// `F` is the function pointer type of the symbol.
+    pub unsafe fn function<F: Copy>(&self) -> Option<F> {
+        const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<*mut c_void>()) };
+        let address = self.get();
+        if address.is_null() {
+            koala_runtime::errno::set(libc::ENOSYS);
+            return None;
+        }
+        // SAFETY: per the caller, F is a function pointer of the symbol's type.
+        Some(unsafe { std::mem::transmute_copy::<*mut c_void, F>(&address) })
+    }
 }
 
 /// `concat!`ed names as a `&'static CStr`, checked at compile time.
@@ -56,13 +72,10 @@ macro_rules! hook {
         redhook::hook! {
             unsafe fn $name($($arg: $ty),*) -> $ret => $export {
                 static REAL: $crate::real::RealSymbol = $crate::real::RealSymbol::new($crate::c_name!($name));
-                let address = REAL.get();
-                if address.is_null() {
-                    koala_runtime::errno::set(libc::ENOSYS);
-                    return -1 as $ret;
-                }
                 // SAFETY: the symbol is the libc function of this signature.
-                let real: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { ::core::mem::transmute(address) };
+                let Some(real) = (unsafe { REAL.function::<unsafe extern "C" fn($($ty),*) -> $ret>() }) else {
+                    return -1 as $ret;
+                };
                 // SAFETY: forwarding the caller's arguments unchanged.
                 unsafe { $detour(real, $($arg),*) }
             }

@@ -485,10 +485,8 @@ impl Assembler {
     }
 
     fn inbound_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
-        let current = self.conns[&conn_id]
-            .session
-            .filter(|s| self.sessions.contains_key(s));
-        let session = match current {
+        let session = match self.inbound_session(conn_id) {
+            // Request → response → request: the next request starts the next session.
             Some(s) if !self.sessions[&s].response.is_empty() => {
                 self.finish(s, EndReason::NextRequest);
                 self.start_inbound_session(conn_id, tid, now_ns)
@@ -496,33 +494,49 @@ impl Assembler {
             Some(s) => s,
             None => self.start_inbound_session(conn_id, tid, now_ns),
         };
-        let max = self.limits.max_payload_bytes;
-        let open = self.sessions.get_mut(&session).expect("just looked up");
-        if open.request.append(data, now_ns, max, &mut self.spare) {
-            self.stats.truncated_payloads += 1;
-        }
-        open.last_activity_ns = now_ns;
-        open.touched_since_fork = true;
-        self.follow(tid, session, Side::Read);
+        self.append_inbound(session, tid, data, now_ns, Side::Read);
     }
 
     fn inbound_sent(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
-        let current = self.conns[&conn_id]
-            .session
-            .filter(|s| self.sessions.contains_key(s));
         // Bytes written before any request: the service speaks first.
-        let session = match current {
+        let session = match self.inbound_session(conn_id) {
             Some(s) => s,
             None => self.start_inbound_session(conn_id, tid, now_ns),
         };
+        self.append_inbound(session, tid, data, now_ns, Side::Write);
+    }
+
+    /// The open session an inbound connection carries.
+    fn inbound_session(&self, conn_id: ConnId) -> Option<SessionKey> {
+        self.conns[&conn_id]
+            .session
+            .filter(|s| self.sessions.contains_key(s))
+    }
+
+    /// Adds inbound bytes to the request (read) or the response (write).
+    fn append_inbound(
+        &mut self,
+        session: SessionKey,
+        tid: u32,
+        data: Bytes<'_>,
+        now_ns: u64,
+        side: Side,
+    ) {
         let max = self.limits.max_payload_bytes;
-        let open = self.sessions.get_mut(&session).expect("just looked up");
-        if open.response.append(data, now_ns, max, &mut self.spare) {
+        let open = self
+            .sessions
+            .get_mut(&session)
+            .expect("caller looked it up");
+        let buf = match side {
+            Side::Read => &mut open.request,
+            Side::Write => &mut open.response,
+        };
+        if buf.append(data, now_ns, max, &mut self.spare) {
             self.stats.truncated_payloads += 1;
         }
         open.last_activity_ns = now_ns;
         open.touched_since_fork = true;
-        self.follow(tid, session, Side::Write);
+        self.follow(tid, session, side);
     }
 
     fn outbound_sent(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {

@@ -3,7 +3,7 @@
 
 use libc::{c_char, c_int, c_uint, sockaddr, socklen_t};
 
-use koala_runtime::{FdKind, errno, fdkind, sockaddr as addr};
+use koala_runtime::{FdKind, fdkind, sockaddr as addr};
 
 use crate::layer;
 use crate::real::{RealSymbol, hook};
@@ -168,13 +168,10 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 }
 
 unsafe fn fcntl_detour(symbol: &RealSymbol, fd: c_int, cmd: c_int, arg: usize) -> c_int {
-    let address = symbol.get();
-    if address.is_null() {
-        errno::set(libc::ENOSYS);
-        return -1;
-    }
     // SAFETY: the symbol is libc's variadic fcntl.
-    let real: FcntlFn = unsafe { std::mem::transmute(address) };
+    let Some(real) = (unsafe { symbol.function::<FcntlFn>() }) else {
+        return -1;
+    };
     // SAFETY: the caller's arguments, unchanged.
     let result = unsafe { real(fd, cmd, arg) };
     if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -225,13 +222,10 @@ unsafe fn open_detour(
     flags: c_int,
     mode: c_uint,
 ) -> c_int {
-    let address = symbol.get();
-    if address.is_null() {
-        errno::set(libc::ENOSYS);
-        return -1;
-    }
     // SAFETY: the symbol is libc's variadic open.
-    let real: OpenFn = unsafe { std::mem::transmute(address) };
+    let Some(real) = (unsafe { symbol.function::<OpenFn>() }) else {
+        return -1;
+    };
     // SAFETY: the caller's arguments, unchanged (mode is ignored without O_CREAT/O_TMPFILE).
     let fd = unsafe { real(path, flags, mode) };
     layer::fd_created(fd, FdKind::NotSocket)
@@ -244,13 +238,10 @@ unsafe fn openat_detour(
     flags: c_int,
     mode: c_uint,
 ) -> c_int {
-    let address = symbol.get();
-    if address.is_null() {
-        errno::set(libc::ENOSYS);
-        return -1;
-    }
     // SAFETY: the symbol is libc's variadic openat.
-    let real: OpenAtFn = unsafe { std::mem::transmute(address) };
+    let Some(real) = (unsafe { symbol.function::<OpenAtFn>() }) else {
+        return -1;
+    };
     // SAFETY: the caller's arguments, unchanged.
     let fd = unsafe { real(dir_fd, path, flags, mode) };
     layer::fd_created(fd, FdKind::NotSocket)

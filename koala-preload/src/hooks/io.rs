@@ -8,7 +8,7 @@
 
 use libc::{c_int, c_void, iovec, msghdr, off_t, size_t, sockaddr, socklen_t, ssize_t};
 
-use crate::layer::{self, Observed};
+use crate::layer::{self, Observed, Way};
 use crate::real::hook;
 
 /// Recording reads the bytes the kernel copied, so flags that leave the
@@ -83,28 +83,29 @@ unsafe fn gather(iov: *const iovec, count: c_int, len: ssize_t) -> Vec<u8> {
     out
 }
 
-/// Hands the bytes a read moved (`n > 0`) to the layer.
-fn received(observed: Option<Observed>, fd: c_int, n: ssize_t, buf: *const c_void) {
+/// Hands the bytes a call moved (`n > 0`, from or into `buf`) to the layer.
+fn moved(observed: Option<Observed>, fd: c_int, way: Way, n: ssize_t, buf: *const c_void) {
     if let Some(observed) = observed.filter(|_| n > 0) {
-        // SAFETY: the kernel wrote n bytes to buf.
-        observed.received(fd, &[unsafe { bytes(buf, n) }]);
+        // SAFETY: the kernel moved n bytes to or from buf.
+        observed.moved(fd, way, &[unsafe { bytes(buf, n) }]);
     }
 }
 
-/// Hands the bytes a vectored read moved (`n > 0`) to the layer.
+/// Hands the bytes a vectored call moved (`n > 0`) to the layer.
 ///
 /// # Safety
-/// The kernel filled `n` bytes across the `count` iovecs at `iov`.
-unsafe fn received_iov(
+/// The kernel moved `n` bytes across the `count` iovecs at `iov`.
+unsafe fn moved_iov(
     observed: Option<Observed>,
     fd: c_int,
+    way: Way,
     n: ssize_t,
     iov: *const iovec,
     count: c_int,
 ) {
     if let Some(observed) = observed.filter(|_| n > 0) {
         // SAFETY: per the caller.
-        unsafe { with_iov_bytes(iov, count, n, |parts| observed.received(fd, parts)) };
+        unsafe { with_iov_bytes(iov, count, n, |parts| observed.moved(fd, way, parts)) };
     }
 }
 
@@ -147,7 +148,7 @@ unsafe fn read_detour(real: ReadFn, fd: c_int, buf: *mut c_void, count: size_t) 
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    received(observed, fd, n, buf);
+    moved(observed, fd, Way::Received, n, buf);
     n
 }
 
@@ -161,7 +162,7 @@ unsafe fn read_chk_detour(
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count, buflen) };
-    received(observed, fd, n, buf);
+    moved(observed, fd, Way::Received, n, buf);
     n
 }
 
@@ -175,7 +176,7 @@ unsafe fn recv_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
-    received(observed, fd, n, buf);
+    moved(observed, fd, Way::Received, n, buf);
     n
 }
 
@@ -190,7 +191,7 @@ unsafe fn recv_chk_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, buflen, flags) };
-    received(observed, fd, n, buf);
+    moved(observed, fd, Way::Received, n, buf);
     n
 }
 
@@ -206,7 +207,7 @@ unsafe fn recvfrom_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
-    received(observed, fd, n, buf);
+    moved(observed, fd, Way::Received, n, buf);
     n
 }
 
@@ -224,7 +225,7 @@ unsafe fn recvfrom_chk_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, buflen, flags, addr, addr_len) };
-    received(observed, fd, n, buf);
+    moved(observed, fd, Way::Received, n, buf);
     n
 }
 
@@ -233,7 +234,7 @@ unsafe fn readv_detour(real: ReadvFn, fd: c_int, iov: *const iovec, iovcnt: c_in
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel filled n bytes across iov.
-    unsafe { received_iov(observed, fd, n, iov, iovcnt) };
+    unsafe { moved_iov(observed, fd, Way::Received, n, iov, iovcnt) };
     n
 }
 
@@ -243,7 +244,16 @@ unsafe fn recvmsg_detour(real: RecvMsgFn, fd: c_int, msg: *mut msghdr, flags: c_
     let n = unsafe { real(fd, msg, flags) };
     let observed = observed.filter(|_| !msg.is_null());
     // SAFETY: the kernel filled n bytes across msg's iovecs.
-    unsafe { received_iov(observed, fd, n, (*msg).msg_iov, (*msg).msg_iovlen as c_int) };
+    unsafe {
+        moved_iov(
+            observed,
+            fd,
+            Way::Received,
+            n,
+            (*msg).msg_iov,
+            (*msg).msg_iovlen as c_int,
+        )
+    };
     n
 }
 
@@ -294,31 +304,6 @@ unsafe fn consume_hint_iov(iov: *const iovec, count: c_int, flags: c_int) -> ssi
     total.min(ssize_t::MAX as usize) as ssize_t
 }
 
-/// Hands the bytes a write moved (`n > 0`) to the layer.
-fn sent(observed: Option<Observed>, fd: c_int, n: ssize_t, buf: *const c_void) {
-    if let Some(observed) = observed.filter(|_| n > 0) {
-        // SAFETY: the kernel took the first n bytes of buf.
-        observed.sent(fd, &[unsafe { bytes(buf, n) }]);
-    }
-}
-
-/// Hands the bytes a vectored write moved (`n > 0`) to the layer.
-///
-/// # Safety
-/// The kernel took the first `n` bytes across the `count` iovecs at `iov`.
-unsafe fn sent_iov(
-    observed: Option<Observed>,
-    fd: c_int,
-    n: ssize_t,
-    iov: *const iovec,
-    count: c_int,
-) {
-    if let Some(observed) = observed.filter(|_| n > 0) {
-        // SAFETY: per the caller.
-        unsafe { with_iov_bytes(iov, count, n, |parts| observed.sent(fd, parts)) };
-    }
-}
-
 unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     if layer::is_hint(fd, std::ptr::null(), 0) {
         // SAFETY: the caller's buffer of `count` bytes.
@@ -327,7 +312,7 @@ unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    sent(observed, fd, n, buf);
+    moved(observed, fd, Way::Sent, n, buf);
     n
 }
 
@@ -345,7 +330,7 @@ unsafe fn send_detour(
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
-    sent(observed, fd, n, buf);
+    moved(observed, fd, Way::Sent, n, buf);
     n
 }
 
@@ -365,7 +350,7 @@ unsafe fn sendto_detour(
     let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
-    sent(observed, fd, n, buf);
+    moved(observed, fd, Way::Sent, n, buf);
     n
 }
 
@@ -378,7 +363,7 @@ unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel took the first n bytes across iov.
-    unsafe { sent_iov(observed, fd, n, iov, iovcnt) };
+    unsafe { moved_iov(observed, fd, Way::Sent, n, iov, iovcnt) };
     n
 }
 
@@ -397,7 +382,16 @@ unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: 
     let n = unsafe { real(fd, msg, flags) };
     let observed = observed.filter(|_| !msg.is_null());
     // SAFETY: the kernel took the first n bytes across msg's iovecs.
-    unsafe { sent_iov(observed, fd, n, (*msg).msg_iov, (*msg).msg_iovlen as c_int) };
+    unsafe {
+        moved_iov(
+            observed,
+            fd,
+            Way::Sent,
+            n,
+            (*msg).msg_iov,
+            (*msg).msg_iovlen as c_int,
+        )
+    };
     n
 }
 

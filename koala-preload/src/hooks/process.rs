@@ -50,13 +50,10 @@ pub unsafe extern "C" fn syscall(
     a5: c_long,
     a6: c_long,
 ) -> c_long {
-    let address = REAL_SYSCALL.get();
-    if address.is_null() {
-        koala_runtime::errno::set(libc::ENOSYS);
-        return -1;
-    }
     // SAFETY: the symbol is libc's variadic syscall.
-    let real: SyscallFn = unsafe { std::mem::transmute(address) };
+    let Some(real) = (unsafe { REAL_SYSCALL.function::<SyscallFn>() }) else {
+        return -1;
+    };
     if number == libc::SYS_close {
         layer::closing(a1 as c_int);
     }
@@ -80,13 +77,14 @@ pub unsafe extern "C" fn _Exit(status: c_int) -> ! {
 
 unsafe fn exit_detour(symbol: &RealSymbol, status: c_int) -> ! {
     layer::flush_before_exit();
-    let address = symbol.get();
-    if address.is_null() {
-        // SAFETY: exit_group never returns.
-        unsafe { libc::syscall(libc::SYS_exit_group, status as c_long) };
-        unreachable!("exit_group returned");
-    }
     // SAFETY: the symbol is libc's _exit, which never returns.
-    let real: ExitFn = unsafe { std::mem::transmute(address) };
-    unsafe { real(status) }
+    match unsafe { symbol.function::<ExitFn>() } {
+        // SAFETY: as above.
+        Some(real) => unsafe { real(status) },
+        None => {
+            // SAFETY: exit_group never returns.
+            unsafe { libc::syscall(libc::SYS_exit_group, status as c_long) };
+            unreachable!("exit_group returned");
+        }
+    }
 }

@@ -452,35 +452,35 @@ impl Assembler {
 
     /// The service read `data` (one or more slices) from `fd`.
     pub fn received_parts(&mut self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
-        if data.len() == 0 {
-            return;
-        }
-        let Some(conn_id) = self.conn_id(fd) else {
-            return;
-        };
-        let Some(conn) = self.conns.get(&conn_id) else {
-            return;
-        };
-        match conn.direction {
-            Direction::Inbound => self.inbound_received(conn_id, tid, data, now_ns),
-            Direction::Outbound => self.outbound_received(conn_id, tid, data, now_ns),
-        }
+        self.moved(fd, tid, data, now_ns, Side::Read);
     }
 
     /// The service wrote `data` (one or more slices) to `fd`.
     pub fn sent_parts(&mut self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        self.moved(fd, tid, data, now_ns, Side::Write);
+    }
+
+    fn moved(&mut self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64, side: Side) {
         if data.len() == 0 {
             return;
         }
-        let Some(conn_id) = self.conn_id(fd) else {
+        let Some(direction) = self
+            .conn_id(fd)
+            .and_then(|id| Some((id, self.conns.get(&id)?.direction)))
+        else {
             return;
         };
-        let Some(conn) = self.conns.get(&conn_id) else {
-            return;
-        };
-        match conn.direction {
-            Direction::Inbound => self.inbound_sent(conn_id, tid, data, now_ns),
-            Direction::Outbound => self.outbound_sent(conn_id, tid, data, now_ns),
+        match (direction, side) {
+            ((conn, Direction::Inbound), Side::Read) => {
+                self.inbound_received(conn, tid, data, now_ns)
+            }
+            ((conn, Direction::Inbound), Side::Write) => self.inbound_sent(conn, tid, data, now_ns),
+            ((conn, Direction::Outbound), Side::Read) => {
+                self.outbound_received(conn, tid, data, now_ns)
+            }
+            ((conn, Direction::Outbound), Side::Write) => {
+                self.outbound_sent(conn, tid, data, now_ns)
+            }
         }
     }
 

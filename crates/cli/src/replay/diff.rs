@@ -267,39 +267,13 @@ fn json_paths(
                 } else {
                     format!("{path}[{}]", Value::String(key.clone()))
                 };
-                match (r.get(key), a.get(key)) {
-                    (Some(rv), Some(av)) => json_paths(rv, av, &child, out, total),
-                    (Some(rv), None) => json_paths_report(
-                        out,
-                        total,
-                        format!("{child}: recorded {}, missing in actual", json_preview(rv)),
-                    ),
-                    (None, Some(av)) => json_paths_report(
-                        out,
-                        total,
-                        format!("{child}: not recorded, actual {}", json_preview(av)),
-                    ),
-                    (None, None) => {}
-                }
+                json_child(r.get(key), a.get(key), &child, out, total);
             }
         }
         (Value::Array(r), Value::Array(a)) => {
             for index in 0..r.len().max(a.len()) {
                 let child = format!("{path}[{index}]");
-                match (r.get(index), a.get(index)) {
-                    (Some(rv), Some(av)) => json_paths(rv, av, &child, out, total),
-                    (Some(rv), None) => json_paths_report(
-                        out,
-                        total,
-                        format!("{child}: recorded {}, missing in actual", json_preview(rv)),
-                    ),
-                    (None, Some(av)) => json_paths_report(
-                        out,
-                        total,
-                        format!("{child}: not recorded, actual {}", json_preview(av)),
-                    ),
-                    (None, None) => {}
-                }
+                json_child(r.get(index), a.get(index), &child, out, total);
             }
         }
         (r, a) if r != a => json_paths_report(
@@ -308,6 +282,30 @@ fn json_paths(
             format!("{path}: {} -> {}", json_preview(r), json_preview(a)),
         ),
         _ => {}
+    }
+}
+
+/// One member or element present in the recorded value, the actual one, or both.
+fn json_child(
+    recorded: Option<&Value>,
+    actual: Option<&Value>,
+    child: &str,
+    out: &mut Vec<String>,
+    total: &mut usize,
+) {
+    match (recorded, actual) {
+        (Some(rv), Some(av)) => json_paths(rv, av, child, out, total),
+        (Some(rv), None) => json_paths_report(
+            out,
+            total,
+            format!("{child}: recorded {}, missing in actual", json_preview(rv)),
+        ),
+        (None, Some(av)) => json_paths_report(
+            out,
+            total,
+            format!("{child}: not recorded, actual {}", json_preview(av)),
+        ),
+        (None, None) => {}
     }
 }
 

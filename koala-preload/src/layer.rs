@@ -8,11 +8,11 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use koala_config::Config;
-use koala_recorder::{Bytes, Direction, Identity, Recorder};
+use koala_recorder::{Bytes, Direction, ProcessIdentity, Recorder};
 use koala_replayer::Replayer;
 use koala_runtime::errno::SavedErrno;
 use koala_runtime::guard::{Busy, is_internal_thread};
@@ -26,10 +26,6 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 static OWNER_PID: AtomicU32 = AtomicU32::new(0);
 static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
 static REPLAYER: OnceLock<&'static Replayer> = OnceLock::new();
-/// Replay was asked for but could not start at all: connects are refused.
-static REPLAY_BROKEN: AtomicBool = AtomicBool::new(false);
-static PROGRAM: OnceLock<String> = OnceLock::new();
-static MAX_PAYLOAD_BYTES: AtomicUsize = AtomicUsize::new(16 << 20);
 
 /// How long exit may wait for the last sessions to reach the disk.
 const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,32 +48,17 @@ pub fn init() {
         tracing::error!("{error}");
     }
     OWNER_PID.store(pid, Ordering::Relaxed);
-    MAX_PAYLOAD_BYTES.store(config.max_payload_bytes, Ordering::Relaxed);
-    let _ = PROGRAM.set(program.clone());
     if config.mode.record {
-        let identity = Identity {
-            pid,
-            program,
+        let identity = ProcessIdentity {
+            program: program.into(),
             start_secs: clock::now_ns() / 1_000_000_000,
         };
-        match Recorder::start(&config, identity) {
-            Ok(recorder) => {
-                let _ = RECORDER.set(recorder);
-            }
-            Err(error) => tracing::error!(%error, "cannot start recording"),
-        }
+        let _ = RECORDER.set(Recorder::start(&config, identity, pid));
     }
     if config.mode.replay {
-        match Replayer::start(&config) {
-            Ok(replayer) => {
-                let _ = REPLAYER.set(replayer);
-            }
-            Err(error) => {
-                // Fail closed: never let the service reach its real dependencies.
-                REPLAY_BROKEN.store(true, Ordering::Relaxed);
-                tracing::error!(%error, "cannot start replay: outbound connections will be refused")
-            }
-        }
+        // Fails closed: if its servers cannot start, every redirected
+        // connect is refused, never sent to the real dependencies.
+        let _ = REPLAYER.set(Replayer::start(&config));
     }
     if !config.mode.is_active() {
         tracing::error!("KOALA_MODE is set but names no mode: the library stays passive");
@@ -141,11 +122,6 @@ pub fn flush_before_exit() {
         }
         koala_log::flush(Duration::from_millis(500));
     });
-}
-
-/// KOALA_MAX_PAYLOAD_BYTES: bounds what sendfile reads back.
-pub fn max_payload_bytes() -> usize {
-    MAX_PAYLOAD_BYTES.load(Ordering::Relaxed)
 }
 
 #[inline]
@@ -215,18 +191,62 @@ pub fn observe(fd: i32) -> Option<Observed> {
     }
 }
 
-/// [`observe`] for a call about to send on `fd`: in replay mode the
-/// redirected connection's shared slot is updated *before* the real call,
-/// so the outbound server knows which replay the bytes belong to.
-#[inline]
-pub fn observe_send(fd: i32) -> Option<Observed> {
-    let observed = observe(fd)?;
-    if observed.kind == FdKind::Outbound
-        && let Some(replayer) = replayer()
-    {
-        contain("send", || replayer.before_send(fd, thread::current_tid()));
+/// What a call about to send on `fd` is, decided once before the real call.
+pub enum Sending {
+    /// Not observed: only the real call.
+    Pass,
+    /// A helper hint: consumed, never sent.
+    Hint,
+    /// Bytes on an observed connection, handed over after the real call.
+    Observed(Observed),
+}
+
+impl Sending {
+    pub fn observed(self) -> Option<Observed> {
+        match self {
+            Sending::Observed(observed) => Some(observed),
+            _ => None,
+        }
     }
-    Some(observed)
+}
+
+/// Classifies a send on `fd` (to `destination`, when given). Files and
+/// pipes return after one relaxed load. On an observed outbound connection
+/// in replay mode, its shared slot is updated *before* the real call, so
+/// the outbound server knows which replay the bytes belong to. Hints come
+/// from host threads only: the library's own UDP sockets send for real.
+#[inline]
+pub fn sending(fd: i32, destination: *const libc::sockaddr, len: libc::socklen_t) -> Sending {
+    if !is_active() {
+        return Sending::Pass;
+    }
+    let kind = fdkind::get(fd);
+    if !matches!(
+        kind,
+        FdKind::Inbound | FdKind::Outbound | FdKind::Udp | FdKind::Hint | FdKind::Unknown
+    ) {
+        return Sending::Pass;
+    }
+    let Some(busy) = Busy::enter() else {
+        return Sending::Pass;
+    };
+    // First sight of this fd number: classify it once (never a connection).
+    let kind = match kind {
+        FdKind::Unknown => fdkind::get_or_classify(fd),
+        kind => kind,
+    };
+    match kind {
+        FdKind::Inbound | FdKind::Outbound => {
+            if kind == FdKind::Outbound
+                && let Some(replayer) = replayer()
+            {
+                contain("send", || replayer.before_send(fd, thread::current_tid()));
+            }
+            Sending::Observed(Observed { _busy: busy, kind })
+        }
+        FdKind::Udp | FdKind::Hint if is_hint(kind, destination, len) => Sending::Hint,
+        _ => Sending::Pass,
+    }
 }
 
 /// Which way bytes moved on an observed connection.
@@ -256,15 +276,21 @@ impl Observed {
     }
 
     /// `sendfile` sent `count` bytes of `in_fd` starting at `offset` (or,
-    /// if `None`, ending at its file position): read them back ourselves.
-    pub fn sent_file(&self, fd: i32, in_fd: i32, offset: Option<i64>, count: usize, limit: usize) {
+    /// if `None`, ending at its file position): when recording, read them
+    /// back ourselves, up to KOALA_MAX_PAYLOAD_BYTES.
+    pub fn sent_file(&self, fd: i32, in_fd: i32, offset: Option<i64>, count: usize) {
         contain("sendfile", || {
+            let Some(recorder) = recorder() else {
+                // Replay alone needs only the fact that the service wrote.
+                self.moved(fd, Way::Sent, &[]);
+                return;
+            };
             let start = match offset {
                 Some(start) => start,
                 // SAFETY: lseek on the host's fd only reads its position.
                 None => (unsafe { libc::lseek(in_fd, 0, libc::SEEK_CUR) }) - count as i64,
             };
-            let mut bytes = vec![0u8; count.min(limit)];
+            let mut bytes = vec![0u8; count.min(recorder.max_payload_bytes())];
             let mut filled = 0;
             while filled < bytes.len() {
                 // SAFETY: reading into our own buffer; pread leaves the file position alone.
@@ -305,21 +331,10 @@ pub fn enter() -> Option<Busy> {
 
 // ---- helper hints ------------------------------------------------------------
 
-/// Whether a send on `fd` (to `destination`, when given) is a helper hint:
-/// a datagram to 127.127.127.127:127 on a UDP socket, or any send on a UDP
-/// socket connected there. Costs one load for everything but UDP sockets.
-#[inline]
-pub fn is_hint(fd: i32, destination: *const libc::sockaddr, len: libc::socklen_t) -> bool {
-    if !is_active() {
-        return false;
-    }
-    let kind = match fdkind::get(fd) {
-        FdKind::Unknown => fdkind::get_or_classify(fd),
-        kind => kind,
-    };
-    if !matches!(kind, FdKind::Udp | FdKind::Hint) || is_internal_thread() {
-        return false;
-    }
+/// Whether a send on a UDP socket of `kind` (to `destination`, when given)
+/// is a helper hint: a datagram to 127.127.127.127:127, or any send on a
+/// socket connected there.
+fn is_hint(kind: FdKind, destination: *const libc::sockaddr, len: libc::socklen_t) -> bool {
     // SAFETY: the caller passes `len` readable bytes at `destination` (or null).
     let to = unsafe { sockaddr::from_raw(destination, len) };
     match kind {
@@ -420,7 +435,7 @@ fn forget_stale(fd: i32) {
     if fdkind::get(fd).is_connection() {
         contain("stale fd", || {
             if let Some(recorder) = recorder() {
-                recorder.fd_closed(fd, clock::now_ns());
+                recorder.fd_closed(fd);
             }
         });
     }
@@ -471,19 +486,7 @@ pub fn redirect(
     fd: i32,
     destination: SocketAddr,
 ) -> Option<(libc::sockaddr_storage, libc::socklen_t)> {
-    let Some(replayer) = replayer() else {
-        let refuse = SocketAddr::new(
-            if destination.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            },
-            0,
-        );
-        return REPLAY_BROKEN
-            .load(Ordering::Relaxed)
-            .then(|| sockaddr::to_raw(&refuse));
-    };
+    let replayer = replayer()?;
     let mut target = None;
     contain("redirect", || {
         target = replayer.redirect(fd, destination);
@@ -543,7 +546,7 @@ pub fn closing(fd: i32) {
     if kind.is_connection() {
         contain("close", || {
             if let Some(recorder) = recorder() {
-                recorder.fd_closed(fd, clock::now_ns());
+                recorder.fd_closed(fd);
             }
         });
     }
@@ -569,9 +572,9 @@ pub fn duplicated(old_fd: i32, new_fd: i32) {
         fdkind::set(new_fd, kind);
         if let Some(recorder) = recorder() {
             if kind.is_connection() {
-                recorder.fd_duplicated(old_fd, new_fd, clock::now_ns());
+                recorder.fd_duplicated(old_fd, new_fd);
             } else if replaced.is_connection() {
-                recorder.fd_closed(new_fd, clock::now_ns());
+                recorder.fd_closed(new_fd);
             }
         }
     });
@@ -593,15 +596,19 @@ pub fn shut_down(fd: i32, how: i32) {
 
 // ---- fork --------------------------------------------------------------------
 
-/// State carried across the real fork().
+/// State carried across the real fork(): the library's locks, held by the
+/// forking thread so the child never inherits one held by a thread it
+/// does not have, and released on both sides.
 pub struct ForkState {
     recorder: Option<koala_recorder::recorder::ForkGuard>,
+    replayer: Option<koala_replayer::attribution::ForkGuard>,
     parent_tid: u32,
 }
 
 pub fn before_fork() -> ForkState {
     ForkState {
         recorder: RECORDER.get().map(|r| r.prepare_fork()),
+        replayer: replayer().map(|r| r.prepare_fork()),
         parent_tid: thread::current_tid(),
     }
 }
@@ -609,20 +616,17 @@ pub fn before_fork() -> ForkState {
 pub fn after_fork(state: ForkState, pid: libc::pid_t) {
     let ForkState {
         recorder: guard,
+        replayer: _released_on_return,
         parent_tid,
     } = state;
     if pid != 0 {
-        if let (Some(recorder), Some(guard)) = (RECORDER.get(), guard) {
-            recorder.after_fork_in_parent(guard);
-        }
         return;
     }
     contain("fork", || {
         thread::forget_cached_tid();
         let child_pid = thread::current_pid();
         OWNER_PID.store(child_pid, Ordering::Relaxed);
-        let program = PROGRAM.get().map(String::as_str).unwrap_or("unknown");
-        koala_log::after_fork_in_child(program, child_pid);
+        koala_log::after_fork_in_child(child_pid);
         if let (Some(recorder), Some(guard)) = (RECORDER.get(), guard) {
             recorder.after_fork_in_child(guard, parent_tid, thread::current_tid(), child_pid);
         }

@@ -33,12 +33,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 
-use koala_session::{EndReason, Kind, Session};
+use koala_session::{EndReason, Kind};
 
-use crate::record::{FinishedExchange, FinishedSession, ProcessIdentity};
+use crate::record::{FinishedExchange, FinishedSession};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -56,19 +55,9 @@ pub struct Limits {
     pub idle_ns: u64,
 }
 
-/// Who is recording: stamped on every session.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    pub pid: u32,
-    pub program: String,
-    /// Process start, Unix seconds: makes session ids unique across pid reuse.
-    pub start_secs: u64,
-}
-
 /// Counters of what the recorder did besides writing sessions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub sessions_finished: u64,
     /// Background records written (calls made outside any session).
     pub background_records: u64,
     /// Virtual threads (helper hints) whose calls never met a client
@@ -218,10 +207,9 @@ struct CallRecord {
 
 struct OpenSession {
     tid: u32,
-    /// `None` for a background record, and for a virtual thread's calls
-    /// before its thread writes a response.
+    /// `None` for the background record (`Assembler::background`), and for
+    /// a virtual thread's calls before its thread writes a response.
     inbound: Option<InboundSide>,
-    background: bool,
     request: Buf,
     response: Buf,
     calls: Vec<CallId>,
@@ -250,7 +238,9 @@ struct ThreadState {
 }
 
 pub struct Assembler {
-    identity: Identity,
+    /// Stamped on each finished session; changes in a forked child. (What
+    /// the whole process shares is added by the writer.)
+    pid: u32,
     limits: Limits,
     /// fd → connection; 0 = none (connection ids start at 1).
     fd_conns: Vec<ConnId>,
@@ -272,9 +262,10 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    pub fn new(identity: Identity, limits: Limits) -> Self {
+    /// The assembler of process `pid`.
+    pub fn new(pid: u32, limits: Limits) -> Self {
         Assembler {
-            identity,
+            pid,
             limits,
             fd_conns: Vec::new(),
             conns: IdMap::default(),
@@ -295,21 +286,8 @@ impl Assembler {
         &self.stats
     }
 
-    pub fn open_sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// Sessions finished by the events so far; the caller writes them.
-    /// Sessions finished so far, in the session model (tests, tools).
-    pub fn take_finished(&mut self) -> Vec<Session> {
-        let identity = self.process_identity();
-        self.finished
-            .drain(..)
-            .map(|s| s.to_session(&identity))
-            .collect()
-    }
-
-    /// Hands each finished session to `sink`, keeping the buffer's capacity.
+    /// Hands each session finished by the events so far to `sink` (the
+    /// caller writes them), keeping the buffer's capacity.
     pub fn drain_finished(&mut self, sink: impl FnMut(FinishedSession)) {
         self.finished.drain(..).for_each(sink);
     }
@@ -322,14 +300,6 @@ impl Assembler {
                 buffer.clear();
                 self.spare.push(buffer);
             }
-        }
-    }
-
-    /// Program and start time, shared by every session of the process.
-    pub fn process_identity(&self) -> ProcessIdentity {
-        ProcessIdentity {
-            program: Arc::from(self.identity.program.as_str()),
-            start_secs: self.identity.start_secs,
         }
     }
 
@@ -352,7 +322,7 @@ impl Assembler {
         tid: u32,
         now_ns: u64,
     ) {
-        self.forget_fd(fd, now_ns);
+        self.forget_fd(fd);
         let Ok(index) = usize::try_from(fd) else {
             return;
         };
@@ -380,8 +350,12 @@ impl Assembler {
     }
 
     /// `new_fd` now refers to the same connection as `old_fd` (dup family).
-    pub fn duplicate_fd(&mut self, old_fd: i32, new_fd: i32, now_ns: u64) {
-        self.forget_fd(new_fd, now_ns);
+    /// `dup2(fd, fd)` changes nothing.
+    pub fn duplicate_fd(&mut self, old_fd: i32, new_fd: i32) {
+        if old_fd == new_fd {
+            return;
+        }
+        self.forget_fd(new_fd);
         let Some(conn_id) = self.conn_id(old_fd) else {
             return;
         };
@@ -399,7 +373,7 @@ impl Assembler {
 
     /// `fd` was closed (or its number is being handed out again). When the
     /// last fd of an inbound connection goes, its session ends.
-    pub fn forget_fd(&mut self, fd: i32, _now_ns: u64) {
+    pub fn forget_fd(&mut self, fd: i32) {
         let Some(conn_id) = self.conn_id(fd) else {
             return;
         };
@@ -440,16 +414,6 @@ impl Assembler {
 
     // ---- bytes -------------------------------------------------------
 
-    /// The service read `data` from `fd`.
-    pub fn received(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
-        self.received_parts(fd, tid, Bytes(&[data]), now_ns);
-    }
-
-    /// The service wrote `data` to `fd`.
-    pub fn sent(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
-        self.sent_parts(fd, tid, Bytes(&[data]), now_ns);
-    }
-
     /// The service read `data` (one or more slices) from `fd`.
     pub fn received_parts(&mut self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
         self.moved(fd, tid, data, now_ns, Side::Read);
@@ -464,23 +428,17 @@ impl Assembler {
         if data.len() == 0 {
             return;
         }
-        let Some(direction) = self
-            .conn_id(fd)
-            .and_then(|id| Some((id, self.conns.get(&id)?.direction)))
-        else {
+        let Some(conn) = self.conn_id(fd) else {
+            return;
+        };
+        let Some(direction) = self.conns.get(&conn).map(|c| c.direction) else {
             return;
         };
         match (direction, side) {
-            ((conn, Direction::Inbound), Side::Read) => {
-                self.inbound_received(conn, tid, data, now_ns)
-            }
-            ((conn, Direction::Inbound), Side::Write) => self.inbound_sent(conn, tid, data, now_ns),
-            ((conn, Direction::Outbound), Side::Read) => {
-                self.outbound_received(conn, tid, data, now_ns)
-            }
-            ((conn, Direction::Outbound), Side::Write) => {
-                self.outbound_sent(conn, tid, data, now_ns)
-            }
+            (Direction::Inbound, Side::Read) => self.inbound_received(conn, tid, data, now_ns),
+            (Direction::Inbound, Side::Write) => self.inbound_sent(conn, tid, data, now_ns),
+            (Direction::Outbound, Side::Read) => self.outbound_received(conn, tid, data, now_ns),
+            (Direction::Outbound, Side::Write) => self.outbound_sent(conn, tid, data, now_ns),
         }
     }
 
@@ -573,7 +531,7 @@ impl Assembler {
                 self.conns.get_mut(&conn_id).expect("caller checked").call = call_ref;
             }
         }
-        self.touch(Some(session), now_ns);
+        self.touch(session, now_ns);
     }
 
     fn outbound_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
@@ -588,7 +546,7 @@ impl Assembler {
                     self.stats.truncated_payloads += 1;
                 }
                 let session = call.session;
-                self.touch(Some(session), now_ns);
+                self.touch(session, now_ns);
             }
             CallRef::OverLimit { .. } => {
                 self.conns.get_mut(&conn_id).expect("caller checked").call =
@@ -629,7 +587,7 @@ impl Assembler {
     ) -> Option<CallId> {
         let mut session = session;
         if self.sessions[&session].calls.len() >= self.limits.max_calls_per_session {
-            if !self.sessions[&session].background {
+            if self.background != Some(session) {
                 self.stats.calls_over_limit += 1;
                 return None;
             }
@@ -660,9 +618,8 @@ impl Assembler {
             return key;
         }
         let key = self.next_id();
-        let mut record = OpenSession::new(tid, None, now_ns);
-        record.background = true;
-        self.sessions.insert(key, record);
+        self.sessions
+            .insert(key, OpenSession::new(tid, None, now_ns));
         self.background = Some(key);
         key
     }
@@ -679,8 +636,8 @@ impl Assembler {
         calls.insert(at, call_id);
     }
 
-    fn touch(&mut self, session: Option<SessionKey>, now_ns: u64) {
-        if let Some(open) = session.and_then(|s| self.sessions.get_mut(&s)) {
+    fn touch(&mut self, session: SessionKey, now_ns: u64) {
+        if let Some(open) = self.sessions.get_mut(&session) {
             open.last_activity_ns = now_ns;
             open.touched_since_fork = true;
         }
@@ -814,12 +771,13 @@ impl Assembler {
         let Some(open) = self.sessions.remove(&key) else {
             return;
         };
-        if self.background == Some(key) {
+        let background = self.background == Some(key);
+        if background {
             self.background = None;
         }
         // A virtual thread that never wrote to a client: its calls were
         // made for no session we can name, so they are background traffic.
-        if open.inbound.is_none() && !open.background {
+        if open.inbound.is_none() && !background {
             self.stats.sessions_without_inbound += 1;
             if !open.calls.is_empty() {
                 let record = self.background_record(open.tid, open.last_activity_ns);
@@ -829,10 +787,11 @@ impl Assembler {
             }
             return;
         }
-        let calls: Vec<CallRecord> = open
+        let calls: Vec<FinishedExchange> = open
             .calls
             .iter()
             .filter_map(|id| self.calls.remove(id))
+            .map(|c| exchange(c.local, c.peer, c.request, c.response))
             .collect();
         if let Some(inbound) = &open.inbound
             && let Some(conn) = self.conns.get_mut(&inbound.conn)
@@ -845,13 +804,10 @@ impl Assembler {
             return;
         }
         let (kind, inbound) = match open.inbound {
-            Some(side) => {
-                self.stats.sessions_finished += 1;
-                (
-                    Kind::Session,
-                    exchange(side.local, side.peer, open.request, open.response),
-                )
-            }
+            Some(side) => (
+                Kind::Session,
+                exchange(side.local, side.peer, open.request, open.response),
+            ),
             None if calls.is_empty() => return,
             None => {
                 self.stats.background_records += 1;
@@ -862,14 +818,11 @@ impl Assembler {
         self.finished.push(FinishedSession {
             kind,
             seq: self.sessions_written,
-            pid: self.identity.pid,
+            pid: self.pid,
             tid: open.tid,
             end: reason,
             inbound,
-            calls: calls
-                .into_iter()
-                .map(|c| exchange(c.local, c.peer, c.request, c.response))
-                .collect(),
+            calls,
         });
     }
 
@@ -879,7 +832,7 @@ impl Assembler {
     /// the child only if the child adds bytes to them; the forking thread
     /// keeps its state under its new id.
     pub fn after_fork_in_child(&mut self, parent_tid: u32, child_tid: u32, child_pid: u32) {
-        self.identity.pid = child_pid;
+        self.pid = child_pid;
         self.sessions_written = 0;
         for open in self.sessions.values_mut() {
             open.inherited = true;
@@ -903,7 +856,6 @@ impl OpenSession {
             response: Buf::default(),
             calls: Vec::new(),
             last_activity_ns: now_ns,
-            background: false,
             inherited: false,
             touched_since_fork: true,
         }

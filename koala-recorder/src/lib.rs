@@ -14,5 +14,6 @@ pub mod record;
 pub mod recorder;
 pub mod writer;
 
-pub use assembler::{Assembler, Bytes, Direction, Identity, Limits, Stats};
+pub use assembler::{Assembler, Bytes, Direction, Limits, Stats};
+pub use record::ProcessIdentity;
 pub use recorder::Recorder;

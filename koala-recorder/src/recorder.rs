@@ -21,14 +21,13 @@ use std::time::{Duration, Instant};
 use koala_config::Config;
 use koala_session::EndReason;
 
-use crate::assembler::{Assembler, Bytes, Direction, Identity, Limits, Stats};
+use crate::assembler::{Assembler, Bytes, Direction, Limits, Stats};
 use crate::record::{FinishedSession, ProcessIdentity};
 use crate::writer;
 
 /// Counters shared with the writer thread.
 #[derive(Default)]
 pub struct Counters {
-    pub enqueued: AtomicU64,
     pub dropped_queue_full: AtomicU64,
     pub written: AtomicU64,
     pub write_errors: AtomicU64,
@@ -55,10 +54,12 @@ pub struct Recorder {
     inner: Mutex<Inner>,
     pub counters: Counters,
     dir: PathBuf,
-    program: String,
     /// What the writer stamps on every session line.
     pub(crate) identity: ProcessIdentity,
+    /// The assembler's pid, readable without its lock (for the file name).
     pid: AtomicU64,
+    /// KOALA_MAX_PAYLOAD_BYTES, also read by the sendfile hook.
+    max_payload_bytes: usize,
     queue_capacity: usize,
     queue_max_bytes: usize,
     /// Set after an internal panic: recording stops, the host goes on.
@@ -76,22 +77,19 @@ pub(crate) struct Taken {
 impl Recorder {
     /// Creates the process-wide recorder; its writer thread starts with the
     /// first connection.
-    pub fn start(config: &Config, identity: Identity) -> std::io::Result<&'static Recorder> {
+    pub fn start(config: &Config, identity: ProcessIdentity, pid: u32) -> &'static Recorder {
         let limits = Limits {
             max_payload_bytes: config.max_payload_bytes,
             max_calls_per_session: config.max_calls_per_session,
             idle_ns: config.session_idle.as_nanos() as u64,
         };
-        let recorder: &'static Recorder = Box::leak(Box::new(Recorder {
+        Box::leak(Box::new(Recorder {
             dir: config.record_to.clone(),
-            program: identity.program.clone(),
-            identity: ProcessIdentity {
-                program: std::sync::Arc::from(identity.program.as_str()),
-                start_secs: identity.start_secs,
-            },
-            pid: AtomicU64::new(identity.pid as u64),
+            identity,
+            pid: AtomicU64::new(u64::from(pid)),
+            max_payload_bytes: config.max_payload_bytes,
             inner: Mutex::new(Inner {
-                assembler: Assembler::new(identity, limits),
+                assembler: Assembler::new(pid, limits),
                 outbox: Outbox::default(),
                 flush_requests: Vec::new(),
                 writer: None,
@@ -100,8 +98,7 @@ impl Recorder {
             queue_capacity: config.queue_capacity,
             queue_max_bytes: config.queue_max_bytes,
             disabled: AtomicBool::new(false),
-        }));
-        Ok(recorder)
+        }))
     }
 
     /// Starts the writer thread (at the first connection, and in a forked
@@ -117,9 +114,14 @@ impl Recorder {
     pub fn session_file_path(&self) -> PathBuf {
         self.dir.join(format!(
             "{}-{}.jsonl",
-            self.program,
+            self.identity.program,
             self.pid.load(Ordering::Relaxed)
         ))
+    }
+
+    /// The most bytes kept per request or response (KOALA_MAX_PAYLOAD_BYTES).
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
     }
 
     pub fn is_disabled(&self) -> bool {
@@ -165,7 +167,6 @@ impl Recorder {
             }
             outbox.bytes += size;
             outbox.sessions.push(session);
-            self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
         });
     }
 
@@ -220,12 +221,12 @@ impl Recorder {
         self.enqueue_finished(&mut inner);
     }
 
-    pub fn fd_duplicated(&self, old_fd: i32, new_fd: i32, now_ns: u64) {
-        self.with_assembler(|a| a.duplicate_fd(old_fd, new_fd, now_ns));
+    pub fn fd_duplicated(&self, old_fd: i32, new_fd: i32) {
+        self.with_assembler(|a| a.duplicate_fd(old_fd, new_fd));
     }
 
-    pub fn fd_closed(&self, fd: i32, now_ns: u64) {
-        self.with_assembler(|a| a.forget_fd(fd, now_ns));
+    pub fn fd_closed(&self, fd: i32) {
+        self.with_assembler(|a| a.forget_fd(fd));
     }
 
     pub fn write_side_shut(&self, fd: i32) {
@@ -321,6 +322,7 @@ impl Recorder {
             sessions_dropped_queue_full = c.dropped_queue_full.load(Ordering::Relaxed),
             sessions_lost_write_error = c.write_errors.load(Ordering::Relaxed),
             sessions_without_inbound = stats.sessions_without_inbound,
+            sessions_left_to_parent = stats.sessions_left_to_parent,
             background_records = stats.background_records,
             late_bytes = stats.late_bytes,
             calls_over_limit = stats.calls_over_limit,
@@ -349,10 +351,6 @@ impl Recorder {
         }
     }
 
-    pub fn after_fork_in_parent(&self, guard: ForkGuard) {
-        drop(guard);
-    }
-
     /// In the child: new pid, a new writer, sessions left to the parent
     /// unless the child continues them.
     pub fn after_fork_in_child(
@@ -371,7 +369,6 @@ impl Recorder {
             .assembler
             .after_fork_in_child(parent_tid, child_tid, child_pid);
         for counter in [
-            &self.counters.enqueued,
             &self.counters.dropped_queue_full,
             &self.counters.written,
             &self.counters.write_errors,

@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::record::FinishedSession;
-
 use crate::recorder::{Recorder, Taken};
 
 /// How often the writer wakes to drain the queue when nobody pokes it.
@@ -50,10 +49,8 @@ pub(crate) fn run(recorder: &'static Recorder) {
         if sweep {
             recorder.report_drops_if_any();
         }
-        if last_flush.elapsed() >= FLUSH_EVERY
-            || !flushes.is_empty()
-            || batch.bytes.len() >= BATCH_BYTES
-        {
+        // (A batch that reached BATCH_BYTES was written in the loop above.)
+        if last_flush.elapsed() >= FLUSH_EVERY || !flushes.is_empty() {
             last_flush = Instant::now();
             file.write_batch(recorder, &mut batch);
         }
@@ -128,7 +125,7 @@ impl SessionFile {
 
 /// Creates the directory (0700) if needed and opens the file for appending
 /// (0600), close-on-exec at a high fd number.
-pub(crate) fn open_session_file(path: &Path) -> io::Result<File> {
+fn open_session_file(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)

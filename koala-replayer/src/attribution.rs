@@ -28,7 +28,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use koala_runtime::fdkind::MAX_TRACKED_FD;
 
@@ -215,9 +215,30 @@ pub fn forget(fd: i32) {
     }
 }
 
+/// The virtual-thread lock, held across `fork` (see [`lock_for_fork`]).
+pub struct ForkGuard {
+    _held: Option<MutexGuard<'static, Option<VirtualThreads>>>,
+}
+
 /// Held across fork so the child never inherits the lock held elsewhere.
-pub fn lock_for_fork() -> impl Drop {
-    virtual_threads()
+/// Waits at most 100 ms: a signal handler forking on a thread that holds
+/// it must not hang the host (the child then risks the lock, nothing more).
+pub fn lock_for_fork() -> ForkGuard {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    loop {
+        match VIRTUAL.try_lock() {
+            Ok(held) => return ForkGuard { _held: Some(held) },
+            Err(TryLockError::Poisoned(poisoned)) => {
+                return ForkGuard {
+                    _held: Some(poisoned.into_inner()),
+                };
+            }
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::hint::spin_loop()
+            }
+            Err(TryLockError::WouldBlock) => return ForkGuard { _held: None },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -103,7 +103,8 @@ pub(crate) struct HttpHead<'a> {
     pub len: usize,
 }
 
-/// Length of the line starting at `start` including its `\n`, or `NeedMore`.
+/// Where the line starting at `start` ends (the position after its `\n`);
+/// `None` while the `\n` has not arrived.
 fn line_end(bytes: &[u8], start: usize) -> Option<usize> {
     let rest = bytes.get(start..)?;
     rest.iter()
@@ -287,9 +288,12 @@ pub(crate) fn http_request_head(bytes: &[u8]) -> Step<HttpHead<'_>> {
 enum BodyLength {
     Fixed(usize),
     Chunked,
-    /// Unknown from the head (non-chunked transfer coding, or a response
-    /// read until the connection closes).
+    /// A transfer coding other than chunked is last: the body runs until
+    /// the connection closes.
     UntilClose,
+    /// Neither `Transfer-Encoding` nor `Content-Length`: a request has no
+    /// body, a response's runs until the connection closes.
+    Unspecified,
 }
 
 fn header_values<'a>(head: &'a HttpHead<'_>, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
@@ -300,8 +304,8 @@ fn header_values<'a>(head: &'a HttpHead<'_>, name: &'a [u8]) -> impl Iterator<It
 }
 
 /// Body length from `Transfer-Encoding` and `Content-Length` (RFC 9112 §6.3);
-/// `Invalid` for conflicting or malformed lengths.
-fn body_length(head: &HttpHead<'_>) -> Step<BodyLength> {
+/// `None` for conflicting or malformed lengths.
+fn body_length(head: &HttpHead<'_>) -> Option<BodyLength> {
     let mut last_coding: Option<&[u8]> = None;
     for value in header_values(head, b"transfer-encoding") {
         for coding in value.split(|&byte| byte == b',') {
@@ -313,7 +317,7 @@ fn body_length(head: &HttpHead<'_>) -> Step<BodyLength> {
     }
     if let Some(coding) = last_coding {
         // Transfer-Encoding overrides Content-Length.
-        return Step::Done(if coding.eq_ignore_ascii_case(b"chunked") {
+        return Some(if coding.eq_ignore_ascii_case(b"chunked") {
             BodyLength::Chunked
         } else {
             BodyLength::UntilClose
@@ -322,20 +326,22 @@ fn body_length(head: &HttpHead<'_>) -> Step<BodyLength> {
     let mut length: Option<usize> = None;
     for value in header_values(head, b"content-length") {
         for item in value.split(|&byte| byte == b',') {
-            let item = trim_whitespace(item);
-            let Some(parsed) = parse_decimal(item) else {
-                return Step::Invalid;
-            };
+            let parsed = parse_decimal(trim_whitespace(item))?;
             match length {
-                Some(previous) if previous != parsed => return Step::Invalid,
+                Some(previous) if previous != parsed => return None,
                 _ => length = Some(parsed),
             }
         }
     }
-    Step::Done(BodyLength::Fixed(length.unwrap_or(0)))
+    Some(length.map_or(BodyLength::Unspecified, BodyLength::Fixed))
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<usize> {
+/// Whether the body after `head` is chunked (the last transfer coding).
+pub(crate) fn is_chunked(head: &HttpHead<'_>) -> bool {
+    matches!(body_length(head), Some(BodyLength::Chunked))
+}
+
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<usize> {
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -431,7 +437,7 @@ fn message_end(bytes: &[u8], head_len: usize, length: BodyLength) -> Completenes
             None => Completeness::Unknown,
         },
         BodyLength::Chunked => walk_chunked(bytes, head_len, |_| {}).into_completeness(),
-        BodyLength::UntilClose => Completeness::Unknown,
+        BodyLength::UntilClose | BodyLength::Unspecified => Completeness::Unknown,
     }
 }
 
@@ -449,9 +455,10 @@ pub fn http_request(bytes: &[u8]) -> Completeness {
         Step::Invalid => return Completeness::Unknown,
     };
     match body_length(&head) {
-        Step::Done(BodyLength::UntilClose) | Step::Invalid => Completeness::Unknown,
-        Step::Done(length) => message_end(bytes, head.len, length),
-        Step::NeedMore => Completeness::NeedMore,
+        // A request never runs to connection close: no length, no body.
+        Some(BodyLength::Unspecified) => Completeness::Complete(head.len),
+        Some(length) => message_end(bytes, head.len, length),
+        None => Completeness::Unknown,
     }
 }
 
@@ -481,21 +488,10 @@ pub fn http_response(bytes: &[u8], head_request: bool) -> Completeness {
     if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         return Completeness::Complete(head.len);
     }
-    let length = match body_length(&head) {
-        Step::Done(BodyLength::UntilClose) => return Completeness::Unknown,
-        Step::Done(length) => length,
-        Step::NeedMore => return Completeness::NeedMore,
-        Step::Invalid => return Completeness::Unknown,
-    };
-    match length {
-        // A response without Content-Length or chunking runs to close.
-        BodyLength::Fixed(0) if !has_content_length(&head) => Completeness::Unknown,
-        length => message_end(bytes, head.len, length),
+    match body_length(&head) {
+        Some(length) => message_end(bytes, head.len, length),
+        None => Completeness::Unknown,
     }
-}
-
-fn has_content_length(head: &HttpHead<'_>) -> bool {
-    header_values(head, b"content-length").next().is_some()
 }
 
 // ---------------------------------------------------------------------------
@@ -503,7 +499,7 @@ fn has_content_length(head: &HttpHead<'_>) -> bool {
 
 /// The line starting at `at` up to its `\r\n`: its content and the position
 /// after it. A bare `\n` is not a RESP line ending.
-fn resp_line(bytes: &[u8], at: usize, max_len: Option<usize>) -> Step<(&[u8], usize)> {
+pub(crate) fn resp_line(bytes: &[u8], at: usize, max_len: Option<usize>) -> Step<(&[u8], usize)> {
     let rest = bytes.get(at..).unwrap_or_default();
     match rest.windows(2).position(|pair| pair == b"\r\n") {
         Some(len) if max_len.is_some_and(|max| len > max) => Step::Invalid,
@@ -836,35 +832,31 @@ mod tests {
         assert_eq!(frame(message), Complete(message.len()));
     }
 
-    fn http_request_frames(bytes: &[u8]) -> Completeness {
-        http_request(bytes)
-    }
-
     // HTTP requests -----------------------------------------------------------
 
     #[test]
     fn http_request_without_body() {
         assert_frames(
-            http_request_frames,
+            http_request,
             b"GET /items/17?x=1 HTTP/1.1\r\nHost: api\r\nAccept: */*\r\n\r\n",
         );
-        assert_frames(http_request_frames, b"DELETE /x HTTP/1.0\r\n\r\n");
+        assert_frames(http_request, b"DELETE /x HTTP/1.0\r\n\r\n");
         // Bare LF line endings are tolerated.
-        assert_frames(http_request_frames, b"GET / HTTP/1.1\nHost: api\n\n");
+        assert_frames(http_request, b"GET / HTTP/1.1\nHost: api\n\n");
     }
 
     #[test]
     fn http_request_with_content_length() {
         assert_frames(
-            http_request_frames,
+            http_request,
             b"POST /orders HTTP/1.1\r\nHost: api\r\ncontent-length: 11\r\n\r\n{\"id\": 17}\n",
         );
         assert_frames(
-            http_request_frames,
+            http_request,
             b"PUT /x HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc",
         );
         assert_frames(
-            http_request_frames,
+            http_request,
             b"POST /empty HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
         );
     }
@@ -873,7 +865,7 @@ mod tests {
     fn http_request_chunked() {
         let request = b"POST /upload HTTP/1.1\r\nHost: files\r\nTransfer-Encoding: gzip, Chunked\r\nContent-Length: 999\r\n\r\n\
                         5;name=value\r\nhello\r\n6\r\n world\r\nA\r\n0123456789\r\n0\r\nChecksum: abc\r\n\r\n";
-        assert_frames(http_request_frames, request);
+        assert_frames(http_request, request);
         let body_start = request
             .windows(4)
             .position(|window| window == b"\r\n\r\n")

@@ -141,7 +141,7 @@ pub fn read_request<R: Read>(
     })
 }
 
-pub fn reason(status: u16) -> &'static str {
+fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
@@ -216,31 +216,47 @@ mod tests {
 
     #[test]
     fn bad_requests_get_a_status_and_a_reason() {
-        assert_eq!(rejected(b"POST /v1/replay HTTP/1.1\r\n\r\n").0, 411);
-        assert_eq!(
-            rejected(b"POST /v1/replay HTTP/1.1\r\nContent-Length: 99\r\n\r\n").0,
-            413
-        );
-        assert_eq!(
-            rejected(b"POST /v1/replay HTTP/1.1\r\nContent-Length: x\r\n\r\n").0,
-            400
-        );
-        assert_eq!(rejected(b"GARBAGE\r\n\r\n").0, 400);
-        assert_eq!(rejected(b"GET / SPDY/3\r\n\r\n").0, 505);
-        assert_eq!(
-            rejected(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").0,
-            411
-        );
-        assert_eq!(
-            rejected(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab").0,
-            400
-        );
         let huge = [
             b"GET / HTTP/1.1\r\nX: ".as_slice(),
             &vec![b'a'; MAX_HEAD_BYTES],
             b"\r\n\r\n",
         ]
         .concat();
-        assert_eq!(rejected(&huge).0, 431);
+        let cases: [(&[u8], u16, &str); 8] = [
+            (b"POST /v1/replay HTTP/1.1\r\n\r\n", 411, "Content-Length"),
+            (
+                b"POST /v1/replay HTTP/1.1\r\nContent-Length: 99\r\n\r\n",
+                413,
+                "99 bytes",
+            ),
+            (
+                b"POST /v1/replay HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                400,
+                "bad Content-Length",
+            ),
+            (b"GARBAGE\r\n\r\n", 400, "malformed request line"),
+            (b"GET / SPDY/3\r\n\r\n", 505, "SPDY/3"),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                411,
+                "Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab",
+                400,
+                "body cut short",
+            ),
+            (&huge, 431, "larger than"),
+        ];
+        for (raw, status, reason) in cases {
+            let (got_status, message) = rejected(raw);
+            assert_eq!(got_status, status, "{message}");
+            assert!(message.contains(reason), "{status}: {message:?}");
+            assert_ne!(
+                super::reason(status),
+                "Error",
+                "no reason phrase for {status}"
+            );
+        }
     }
 }

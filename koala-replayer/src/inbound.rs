@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use koala_session::replay::{ApiError, Durations, ReplayResult, Status};
+use koala_session::replay::{ApiError, BackgroundLoaded, Durations, ReplayResult, Status};
 use koala_session::{Payload, Session, read_session_line};
 
 use crate::framing::{self, Completeness};
@@ -130,7 +130,7 @@ fn background(body: &[u8], replayer: &Replayer) -> Result<Vec<u8>, Failure> {
         records.push(record);
     }
     let loaded = replayer.registry().add_background(&records);
-    json(&serde_json::json!({ "loaded": loaded }))
+    json(&BackgroundLoaded { loaded })
 }
 
 /// `POST /v1/replay`.
@@ -191,22 +191,16 @@ fn drive(
             )
         })
         .and_then(|()| read_response(&mut stream, replay, replayer, sent_at));
-    replayer.tables.set_inbound(port, 0);
+    replayer.server_tables().set_inbound(port, 0);
     let (response, end, first_byte) = result?;
+    let response_ms = ms(sent_at.elapsed());
     let durations = Durations {
-        total_ms: 0.0,
+        total_ms: ms(replay.started.elapsed()),
         connect_ms: ms(connected),
         first_byte_ms: first_byte.map_or(0.0, ms),
-        response_ms: ms(sent_at.elapsed()),
+        response_ms,
     };
-    Ok((
-        response,
-        end,
-        Durations {
-            total_ms: ms(replay.started.elapsed()),
-            ..durations
-        },
-    ))
+    Ok((response, end, durations))
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -292,7 +286,7 @@ fn connect_tagged(
 ) -> std::io::Result<(TcpStream, u16)> {
     let stream = TcpStream::connect_timeout(&sut, CONNECT_TIMEOUT)?;
     let port = stream.local_addr()?.port();
-    replayer.tables.set_inbound(port, id);
+    replayer.server_tables().set_inbound(port, id);
     stream.set_nodelay(true)?;
     Ok((stream, port))
 }

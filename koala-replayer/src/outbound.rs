@@ -37,7 +37,7 @@ fn serve(mut stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-    let tables = &replayer.tables;
+    let tables = replayer.server_tables();
     let registry = replayer.registry();
     let port = peer.port();
     let destination = wait_for_slot(replayer, port, accepted_at).map(|d| d.to_string());
@@ -81,7 +81,9 @@ fn wait_for_slot(replayer: &Replayer, port: u16, accepted_at: u64) -> Option<std
     let since = accepted_at.saturating_sub(SLOT_FRESHNESS.as_nanos() as u64);
     let deadline = std::time::Instant::now() + SLOT_WAIT;
     loop {
-        let destination = replayer.tables.outbound_destination_since(port, since);
+        let destination = replayer
+            .server_tables()
+            .outbound_destination_since(port, since);
         if destination.is_some() || std::time::Instant::now() >= deadline {
             return destination;
         }
@@ -134,7 +136,7 @@ fn frame(pending: &[u8], replayer: &Replayer, port: u16) -> (Option<usize>, Opti
     // request, otherwise after KOALA_REPLAY_IDLE_MS of silence.
     let recorded = replayer
         .registry()
-        .recorded_requests(replayer.tables.outbound_replay(port));
+        .recorded_requests(replayer.server_tables().outbound_replay(port));
     let recorded: Vec<&[u8]> = recorded.iter().map(Vec::as_slice).collect();
     match framing::recorded_prefix(pending, &recorded) {
         Completeness::Complete(length) => (Some(length), None),

@@ -10,7 +10,7 @@ use koala_session::replay::{MissingCall, ReplayedCall};
 use koala_session::{Exchange, Payload, Session};
 
 use crate::attribution::TENTATIVE;
-use crate::matching::{MatchConfig, MatchOutcome, SessionMatcher};
+use crate::matching::{MatchConfig, SessionMatcher};
 
 /// One session being replayed.
 pub struct Replay {
@@ -131,33 +131,25 @@ impl Registry {
         let certain = self
             .replay(replay_id)
             .filter(|_| replay_id & TENTATIVE == 0);
-        let calls: Vec<Vec<u8>> = match certain {
-            Some(replay) => replay
-                .session
-                .calls
+        // Empty requests (greetings) can frame nothing: not copied.
+        let requests = |calls: &[Exchange]| {
+            calls
                 .iter()
-                .map(|c| c.request.as_bytes().to_vec())
-                .collect(),
+                .map(|call| call.request.as_bytes())
+                .filter(|request| !request.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>()
+        };
+        match certain {
+            Some(replay) => requests(&replay.session.calls),
             None => {
-                let pool = lock(&self.background);
-                let mut all: Vec<Vec<u8>> = pool
-                    .calls
-                    .iter()
-                    .map(|c| c.request.as_bytes().to_vec())
-                    .collect();
+                let mut all = requests(&lock(&self.background).calls);
                 for replay in lock(&self.active).values() {
-                    all.extend(
-                        replay
-                            .session
-                            .calls
-                            .iter()
-                            .map(|c| c.request.as_bytes().to_vec()),
-                    );
+                    all.extend(requests(&replay.session.calls));
                 }
                 all
             }
-        };
-        calls.into_iter().filter(|r| !r.is_empty()).collect()
+        }
     }
 
     /// A connection to `destination` was accepted for replay `replay_id`:
@@ -256,8 +248,8 @@ impl Registry {
     }
 
     /// Among the replays in flight, the one whose session matches the
-    /// request best (trial matches on copies: nothing is consumed); on a
-    /// tie, the `guess` (a virtual thread's claim).
+    /// request best (trial matches: nothing is consumed); on a tie, the
+    /// `guess` (a virtual thread's claim).
     fn best_in_flight(
         &self,
         request: &[u8],
@@ -271,10 +263,7 @@ impl Registry {
         }
         let mut best: Option<(f64, bool, Arc<Replay>)> = None;
         for replay in active {
-            let trial: MatchOutcome =
-                lock(&replay.matcher)
-                    .clone()
-                    .match_request(request, destination, conn);
+            let trial = lock(&replay.matcher).trial_match(request, destination, conn);
             if trial.matched.is_none() {
                 continue;
             }
@@ -490,6 +479,29 @@ mod tests {
         // A right guess is used as is.
         let answer = registry.answer(a.id | TENTATIVE, b"GET item:17", Some(REDIS), 2);
         assert_eq!(answer.response.as_deref(), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn recorded_requests_of_a_replay_or_of_everything_loaded() {
+        let registry = Registry::new(MatchConfig::default());
+        let greeting = call("127.0.0.1:3306", "", "hello");
+        registry.add_background(&[session(
+            Kind::Background,
+            vec![greeting.clone(), call(REDIS, "PING", "+PONG")],
+        )]);
+        let a = registry.begin(session(
+            Kind::Session,
+            vec![greeting, call(REDIS, "GET a", "a")],
+        ));
+        registry.begin(session(Kind::Session, vec![call(REDIS, "GET b", "b")]));
+        // Greetings (empty requests) are left out.
+        assert_eq!(registry.recorded_requests(a.id), [b"GET a".to_vec()]);
+        let mut everything = registry.recorded_requests(0);
+        everything.sort();
+        assert_eq!(everything, [&b"GET a"[..], b"GET b", b"PING"]);
+        let mut guessed = registry.recorded_requests(a.id | TENTATIVE);
+        guessed.sort();
+        assert_eq!(guessed, everything);
     }
 
     #[test]

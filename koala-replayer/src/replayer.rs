@@ -25,7 +25,8 @@ use crate::{inbound, outbound};
 pub const TABLE_VARIABLE: &str = "KOALA_REPLAY_TABLE";
 
 pub struct Replayer {
-    pub tables: SharedTables,
+    /// `None` only when they could not be created; then `refusing` is set.
+    tables: Option<SharedTables>,
     /// The servers' state: only in the process that runs them.
     registry: Option<Registry>,
     pub inbound_addr: SocketAddr,
@@ -36,15 +37,18 @@ pub struct Replayer {
     pub timeout: Duration,
     pub unmatched: UnmatchedPolicy,
     pub started: Instant,
-    /// The servers could not start: redirected connects are refused.
+    /// The tables or the servers could not start: redirected connects are
+    /// refused, never sent to the real dependencies.
     refusing: AtomicBool,
 }
 
 impl Replayer {
     /// Joins an ancestor's tables, or creates them and starts the servers.
     /// Must run before the host starts threads (the library's constructor):
-    /// it may set `KOALA_REPLAY_TABLE` in the environment.
-    pub fn start(config: &Config) -> Result<&'static Replayer, String> {
+    /// it may set `KOALA_REPLAY_TABLE` in the environment. Never fails:
+    /// whatever cannot start is logged and leaves a replayer that refuses
+    /// every redirected connect (replay fails closed).
+    pub fn start(config: &Config) -> &'static Replayer {
         let make = |tables, registry| Replayer {
             tables,
             registry,
@@ -62,7 +66,7 @@ impl Replayer {
             match SharedTables::open(Path::new(&path)) {
                 Ok(tables) if serves_elsewhere(tables.server_pid()) => {
                     tracing::debug!(table = ?path, server = tables.server_pid(), "replay: joined the servers of an ancestor process");
-                    return Ok(Box::leak(Box::new(make(tables, None))));
+                    return Box::leak(Box::new(make(Some(tables), None)));
                 }
                 Ok(tables) => {
                     // This process ran the servers before it exec'd (a launcher
@@ -77,8 +81,18 @@ impl Replayer {
                 }
             }
         }
-        let tables =
-            SharedTables::create().map_err(|e| format!("cannot create the replay tables: {e}"))?;
+        let refusing = |tables, error: &dyn std::fmt::Display| -> &'static Replayer {
+            tracing::error!(%error, "replay servers not started: outbound connections will be refused");
+            let replayer = make(tables, None);
+            replayer.refusing.store(true, Ordering::Relaxed);
+            Box::leak(Box::new(replayer))
+        };
+        let tables = match SharedTables::create() {
+            Ok(tables) => tables,
+            Err(error) => {
+                return refusing(None, &format!("cannot create the replay tables: {error}"));
+            }
+        };
         tables.set_server_pid(std::process::id());
         if let Some(path) = tables.path() {
             // SAFETY: called from the library's constructor, before the
@@ -94,14 +108,7 @@ impl Replayer {
             .and_then(|inbound| Ok((inbound, listen(config.outbound_addr, "outbound")?)));
         let (inbound_listener, outbound_listener) = match listeners {
             Ok(listeners) => listeners,
-            Err(error) => {
-                // Fail closed: without the outbound server, the service's
-                // connects are refused, never sent to its real dependencies.
-                tracing::error!(%error, "replay servers not started: outbound connections will be refused");
-                let replayer = make(tables, None);
-                replayer.refusing.store(true, Ordering::Relaxed);
-                return Ok(Box::leak(Box::new(replayer)));
-            }
+            Err(error) => return refusing(Some(tables), &error),
         };
         let registry = Registry::new(MatchConfig::default());
         if let Some(path) = &config.replay_background {
@@ -115,7 +122,7 @@ impl Replayer {
                 }
             }
         }
-        let replayer: &'static Replayer = Box::leak(Box::new(make(tables, Some(registry))));
+        let replayer: &'static Replayer = Box::leak(Box::new(make(Some(tables), Some(registry))));
         let inbound = koala_runtime::thread::spawn_internal("koala-inbound", move || {
             inbound::run(inbound_listener, replayer)
         });
@@ -127,7 +134,7 @@ impl Replayer {
             replayer.refusing.store(true, Ordering::Relaxed);
         }
         tracing::info!(inbound = %config.inbound_addr, outbound = %config.outbound_addr, sut = %config.sut_addr, "replay servers started");
-        Ok(replayer)
+        replayer
     }
 
     /// The servers' state. Only the server threads call this, and they
@@ -138,15 +145,29 @@ impl Replayer {
             .expect("server threads run only where the registry exists")
     }
 
-    pub fn runs_servers(&self) -> bool {
-        self.registry.is_some()
+    /// The shared tables. Only the server threads call this, and they run
+    /// only where the tables were created.
+    pub(crate) fn server_tables(&self) -> &SharedTables {
+        self.tables
+            .as_ref()
+            .expect("server threads run only where the tables exist")
     }
 
-    /// At exit: the tables' file goes (mappings stay valid).
+    /// At exit of the process that created the tables: their file goes
+    /// (mappings stay valid). Forked children share the memory, not the
+    /// duty: their exit leaves the file to the descendants still exec'ing.
     pub fn at_exit(&self) {
-        if self.runs_servers() {
-            self.tables.remove_file();
+        if let Some(tables) = &self.tables
+            && tables.server_pid() == std::process::id()
+        {
+            tables.remove_file();
         }
+    }
+
+    /// Held across `fork` by the forking thread, so the child never
+    /// inherits the virtual-thread lock held by a thread it does not have.
+    pub fn prepare_fork(&self) -> attribution::ForkGuard {
+        attribution::lock_for_fork()
     }
 
     // ---- events from the hooks ------------------------------------------
@@ -159,16 +180,16 @@ impl Replayer {
 
     /// The calling thread read (`wrote`: wrote) inbound connection `fd`.
     pub fn inbound_io(&self, fd: i32, wrote: bool, tid: u32) {
-        let replay = attribution::replay_of(fd, |port| self.tables.inbound(port));
+        let Some(tables) = &self.tables else { return };
+        let replay = attribution::replay_of(fd, |port| tables.inbound(port));
         attribution::inbound_io(replay, wrote, tid);
     }
 
     /// Before the service sends on outbound `fd`: tell the outbound server
     /// which replay the bytes belong to.
     pub fn before_send(&self, fd: i32, tid: u32) {
-        if let Some(port) = attribution::slot_of(fd) {
-            self.tables
-                .set_outbound_replay(port, attribution::current(tid));
+        if let (Some(port), Some(tables)) = (attribution::slot_of(fd), &self.tables) {
+            tables.set_outbound_replay(port, attribution::current(tid));
         }
     }
 
@@ -222,9 +243,8 @@ impl Replayer {
             return;
         }
         let port = koala_runtime::sockaddr::local_addr(fd).map(|a| a.port());
-        if let Some(port) = port.filter(|&p| p != 0) {
-            self.tables
-                .set_outbound(port, attribution::current(tid), destination);
+        if let (Some(port), Some(tables)) = (port.filter(|&p| p != 0), &self.tables) {
+            tables.set_outbound(port, attribution::current(tid), destination);
             attribution::redirected(fd, Some(port));
         }
     }
@@ -233,8 +253,8 @@ impl Replayer {
     /// connection's slot is cleared, so an empty slot means "not written
     /// yet" to the outbound server.
     pub fn forget(&self, fd: i32) {
-        if let Some(port) = attribution::slot_of(fd) {
-            self.tables.clear_outbound(port);
+        if let (Some(port), Some(tables)) = (attribution::slot_of(fd), &self.tables) {
+            tables.clear_outbound(port);
         }
         attribution::forget(fd);
     }

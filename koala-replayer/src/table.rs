@@ -6,8 +6,9 @@
 //! lives in shared memory, keyed by TCP port:
 //!
 //! - `inbound[p]`: the inbound server connects to the service from local
-//!   port `p` and writes the replay id there *before* connecting; the
-//!   service's accept hook (in whatever process accepts) reads it.
+//!   port `p` and writes the replay id there *before* sending the request;
+//!   the service's hooks (in whatever process accepted) read it at the
+//!   connection's first read.
 //! - `outbound[p]`: the service's connect hook writes the replay id and the
 //!   original destination of a redirected connection from local port `p`
 //!   as soon as connect() assigned the port, before the service can send,

@@ -196,7 +196,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "KOALA_REPLAY_BACKGROUND",
         "(unset)",
-        "replay: session files or a directory whose background records answer start-up traffic",
+        "replay: a session file or a directory of them whose background records answer start-up traffic",
     ),
     (
         "KOALA_REPLAY_UNMATCHED",
@@ -511,26 +511,70 @@ mod tests {
         let (_, errors) = parse(&[("KOALA_OUTBOUND_BYPASS", "nope")]);
         assert_eq!(errors.len(), 1);
     }
+
+    /// `VARIABLES` (what `koala env` and the docs show) states the defaults
+    /// the code applies: setting a variable to its listed default changes
+    /// nothing. Defaults that are a description, not a value, are checked
+    /// by hand.
+    #[test]
+    fn listed_defaults_are_the_defaults() {
+        let (defaults, _) = parse(&[]);
+        for (name, default, _) in VARIABLES {
+            if default.starts_with(['(', '<']) {
+                continue;
+            }
+            let (config, errors) = parse(&[(name, default)]);
+            assert!(errors.is_empty(), "{name}={default}: {errors:?}");
+            assert_eq!(config, defaults, "{name}={default} is not the default");
+        }
+        assert_eq!(defaults.mode, Mode::default());
+        assert!(defaults.outbound_bypass.is_empty());
+        assert_eq!(defaults.replay_background, None);
+        let (config, _) = parse(&[("KOALA_MODE", "record")]);
+        assert_eq!(
+            config.log_target,
+            LogTarget::File(PathBuf::from("./koala-sessions/koala.log"))
+        );
+    }
 }
 
 #[cfg(test)]
 mod docs_tests {
     use super::VARIABLES;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
-    /// docs/environment.md documents exactly the variables the code reads.
+    /// docs/environment.md documents exactly the variables the code reads,
+    /// each with the default `VARIABLES` lists.
     #[test]
     fn the_environment_doc_lists_every_variable() {
         let doc = include_str!("../../../docs/environment.md");
-        let documented: BTreeSet<&str> = doc
+        // `| `KOALA_X` | default | meaning |`, backticks dropped.
+        let documented: BTreeMap<String, String> = doc
             .lines()
-            .filter_map(|line| line.strip_prefix("| `KOALA_"))
-            .filter_map(|rest| rest.split('`').next())
+            .filter(|line| line.starts_with("| `KOALA_"))
+            .map(|line| {
+                let cells: Vec<String> = line
+                    .split('|')
+                    .map(|cell| cell.trim().replace('`', ""))
+                    .collect();
+                (cells[1].clone(), cells[2].clone())
+            })
             .collect();
-        let read: BTreeSet<&str> = VARIABLES
-            .iter()
-            .map(|(name, _, _)| name.trim_start_matches("KOALA_"))
-            .collect();
-        assert_eq!(documented, read);
+        let read: BTreeSet<&str> = VARIABLES.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(
+            documented
+                .keys()
+                .map(String::as_str)
+                .collect::<BTreeSet<_>>(),
+            read
+        );
+        for (name, default, _) in VARIABLES {
+            let listed = default.trim_start_matches('(').trim_end_matches(')');
+            assert!(
+                documented[*name].starts_with(listed),
+                "{name}: the doc says the default is {:?}, the code {listed:?}",
+                documented[*name]
+            );
+        }
     }
 }

@@ -16,10 +16,10 @@ pub const HINT_ADDRESS: SocketAddr =
 /// Longest hint accepted; real hints are a few dozen bytes.
 pub const MAX_HINT_BYTES: usize = 4096;
 
-pub const DELEGATE: &str = "to-koala!set-delegated-from-thread-id";
-pub const SHUTDOWN: &str = "to-koala!thread-shutdown";
+const DELEGATE: &str = "to-koala!set-delegated-from-thread-id";
+const SHUTDOWN: &str = "to-koala!thread-shutdown";
 /// Commands of the original koala that this one rejects (logged).
-pub const NOT_SUPPORTED: &[&str] = &[
+const NOT_SUPPORTED: &[&str] = &[
     "to-koala!get-trace-header",
     "to-koala!get-trace-header-key",
     "to-koala!set-trace-header-key",
@@ -177,17 +177,13 @@ mod tests {
         );
         // A body number wins: flags may hold real sendto flags (MSG_DONTWAIT).
         assert_eq!(
-            parse(
-                b"to-koala!set-delegated-from-thread-id\n9",
-                libc_msg_dontwait()
-            ),
+            parse(b"to-koala!set-delegated-from-thread-id\n9", MSG_DONTWAIT),
             Ok(Hint::Delegate { virtual_id: 9 })
         );
     }
 
-    fn libc_msg_dontwait() -> i32 {
-        0x40
-    }
+    /// libc's MSG_DONTWAIT (this crate does not depend on libc).
+    const MSG_DONTWAIT: i32 = 0x40;
 
     #[test]
     fn bad_hints_say_what_is_wrong() {

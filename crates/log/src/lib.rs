@@ -37,6 +37,8 @@ static DRAIN_STARTED: AtomicBool = AtomicBool::new(false);
 
 struct Settings {
     target: LogTarget,
+    /// For the line prefix, also after fork.
+    program: String,
 }
 
 static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
@@ -50,6 +52,7 @@ pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Res
     if SETTINGS
         .set(Settings {
             target: target.clone(),
+            program: program.to_owned(),
         })
         .is_err()
     {
@@ -63,11 +66,11 @@ pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Res
 
 /// In a forked child: a new channel and drain thread, and the new pid in
 /// the line prefix.
-pub fn after_fork_in_child(program: &str, pid: u32) {
-    if SETTINGS.get().is_none() {
+pub fn after_fork_in_child(pid: u32) {
+    let Some(settings) = SETTINGS.get() else {
         return;
-    }
-    set_prefix(format!("koala[{program}:{pid}] "));
+    };
+    set_prefix(format!("koala[{}:{pid}] ", settings.program));
     new_channel();
     DRAIN_STARTED.store(false, Ordering::Release);
 }

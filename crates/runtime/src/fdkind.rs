@@ -98,7 +98,7 @@ pub fn get_or_classify(fd: i32) -> FdKind {
 /// Asks the kernel what `fd` is. Sockets created before the library loaded
 /// (or through calls it does not hook) are connected TCP of unknown
 /// direction: they are ignored rather than guessed.
-pub fn classify(fd: i32) -> FdKind {
+fn classify(fd: i32) -> FdKind {
     // SAFETY: plain syscalls on an fd number with valid out-pointers; a
     // closed fd just fails.
     unsafe {
@@ -113,7 +113,8 @@ pub fn classify(fd: i32) -> FdKind {
         let kind = sockopt(fd, libc::SO_TYPE);
         match (domain, kind) {
             (Some(libc::AF_INET | libc::AF_INET6), Some(libc::SOCK_STREAM)) => {
-                if sockopt(fd, libc::SO_ACCEPTCONN) == Some(1) || !is_connected(fd) {
+                let connected = crate::sockaddr::peer_addr(fd).is_some();
+                if sockopt(fd, libc::SO_ACCEPTCONN) == Some(1) || !connected {
                     FdKind::TcpSocket
                 } else {
                     FdKind::OtherSocket
@@ -149,19 +150,6 @@ fn sockopt(fd: i32, option: i32) -> Option<i32> {
         )
     };
     (rc == 0).then_some(value)
-}
-
-fn is_connected(fd: i32) -> bool {
-    // SAFETY: storage/len are valid out-pointers.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        libc::getpeername(
-            fd,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        ) == 0
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ static HIGH_FD_BASE: AtomicI32 = AtomicI32::new(0);
 /// The lowest number the library's own fds are moved to: 128 below the soft
 /// RLIMIT_NOFILE, capped at 8192 so the kernel's fd table is not grown
 /// needlessly in hosts with huge limits.
-pub fn high_fd_base() -> i32 {
+fn high_fd_base() -> i32 {
     let cached = HIGH_FD_BASE.load(Ordering::Relaxed);
     if cached > 0 {
         return cached;

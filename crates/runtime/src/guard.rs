@@ -17,7 +17,7 @@ thread_local! {
 }
 
 /// Marks the calling thread as one of the library's own.
-pub fn mark_current_thread_internal() {
+pub(crate) fn mark_current_thread_internal() {
     FLAGS.with(|f| f.set(f.get() | INTERNAL));
 }
 

@@ -75,8 +75,14 @@ mod tests {
     #[test]
     fn tid_is_cached_per_thread() {
         let main = current_tid();
+        // SAFETY: gettid cannot fail.
+        assert_eq!(main, unsafe { libc::gettid() } as u32);
+        assert_eq!(TID.with(Cell::get), main, "cached by the first call");
         assert_eq!(main, current_tid());
         let other = std::thread::spawn(current_tid).join().unwrap();
         assert_ne!(main, other);
+        forget_cached_tid();
+        assert_eq!(TID.with(Cell::get), 0, "forgotten");
+        assert_eq!(current_tid(), main, "read again");
     }
 }

@@ -76,15 +76,12 @@ pub fn read_sessions_file(
 pub fn session_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SessionFileError> {
     let mut files = Vec::new();
     for path in paths {
-        let metadata = fs::metadata(path).map_err(|source| SessionFileError {
+        let file_error = |source| SessionFileError {
             path: path.clone(),
             source,
-        })?;
-        if metadata.is_dir() {
-            let entries = fs::read_dir(path).map_err(|source| SessionFileError {
-                path: path.clone(),
-                source,
-            })?;
+        };
+        if fs::metadata(path).map_err(file_error)?.is_dir() {
+            let entries = fs::read_dir(path).map_err(file_error)?;
             let mut found: Vec<PathBuf> = entries
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|ext| ext == "jsonl") && p.is_file())
@@ -140,6 +137,19 @@ mod tests {
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }
+        for field in [
+            "local",
+            "peer",
+            "request",
+            "response",
+            "request_ns",
+            "response_ns",
+        ] {
+            assert!(
+                value["inbound"].get(field).is_some(),
+                "missing inbound.{field}"
+            );
+        }
         assert_eq!(value["end"], "close");
         for reason in [
             EndReason::NextRequest,
@@ -147,6 +157,7 @@ mod tests {
             EndReason::Idle,
             EndReason::Hint,
             EndReason::Exit,
+            EndReason::Full,
         ] {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }

@@ -96,6 +96,13 @@ pub struct Status {
     pub background_records: u64,
 }
 
+/// `POST /v1/background` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackgroundLoaded {
+    /// Records whose calls joined the background pool.
+    pub loaded: usize,
+}
+
 /// The body of every 4xx/5xx answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {

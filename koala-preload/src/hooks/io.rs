@@ -2,13 +2,14 @@
 //! `__*_chk` variants, which fortified C programs call instead) and the
 //! write/send family, including sendfile.
 //!
-//! Each one: `observe(fd)` (one relaxed load for files and pipes) → the
-//! real call → hand the bytes that actually moved to the layer → return the
-//! real result, errno untouched.
+//! Each one: `observe(fd)`, or `sending(fd, ..)` for sends (one relaxed
+//! load for files and pipes) → the real call, unless the send is a helper
+//! hint, which is consumed instead → hand the bytes that actually moved to
+//! the layer → return the real result, errno untouched.
 
 use libc::{c_int, c_void, iovec, msghdr, off_t, size_t, sockaddr, socklen_t, ssize_t};
 
-use crate::layer::{self, Observed, Way};
+use crate::layer::{self, Observed, Sending, Way};
 use crate::real::hook;
 
 /// Recording reads the bytes the kernel copied, so flags that leave the
@@ -305,14 +306,14 @@ unsafe fn consume_hint_iov(iov: *const iovec, count: c_int, flags: c_int) -> ssi
 }
 
 unsafe fn write_detour(real: WriteFn, fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    if layer::is_hint(fd, std::ptr::null(), 0) {
+    let sending = layer::sending(fd, std::ptr::null(), 0);
+    if let Sending::Hint = sending {
         // SAFETY: the caller's buffer of `count` bytes.
         return consume_hint(unsafe { bytes(buf, count as ssize_t) }, 0);
     }
-    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    moved(observed, fd, Way::Sent, n, buf);
+    moved(sending.observed(), fd, Way::Sent, n, buf);
     n
 }
 
@@ -323,14 +324,14 @@ unsafe fn send_detour(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
-    if layer::is_hint(fd, std::ptr::null(), 0) {
+    let sending = layer::sending(fd, std::ptr::null(), 0);
+    if let Sending::Hint = sending {
         // SAFETY: the caller's buffer of `len` bytes.
         return consume_hint(unsafe { bytes(buf, len as ssize_t) }, flags);
     }
-    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
-    moved(observed, fd, Way::Sent, n, buf);
+    moved(sending.observed(), fd, Way::Sent, n, buf);
     n
 }
 
@@ -343,44 +344,46 @@ unsafe fn sendto_detour(
     addr: *const sockaddr,
     addr_len: socklen_t,
 ) -> ssize_t {
-    if layer::is_hint(fd, addr, addr_len) {
+    let sending = layer::sending(fd, addr, addr_len);
+    if let Sending::Hint = sending {
         // SAFETY: the caller's buffer of `len` bytes.
         return consume_hint(unsafe { bytes(buf, len as ssize_t) }, flags);
     }
-    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
-    moved(observed, fd, Way::Sent, n, buf);
+    moved(sending.observed(), fd, Way::Sent, n, buf);
     n
 }
 
 unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
-    if layer::is_hint(fd, std::ptr::null(), 0) {
+    let sending = layer::sending(fd, std::ptr::null(), 0);
+    if let Sending::Hint = sending {
         // SAFETY: the caller's iovecs.
         return unsafe { consume_hint_iov(iov, iovcnt, 0) };
     }
-    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel took the first n bytes across iov.
-    unsafe { moved_iov(observed, fd, Way::Sent, n, iov, iovcnt) };
+    unsafe { moved_iov(sending.observed(), fd, Way::Sent, n, iov, iovcnt) };
     n
 }
 
 unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    // SAFETY: msg is null or the caller's valid msghdr.
-    if !msg.is_null()
-        && layer::is_hint(fd, unsafe { (*msg).msg_name.cast() }, unsafe {
+    let sending = if msg.is_null() {
+        Sending::Pass
+    } else {
+        // SAFETY: the caller's valid msghdr.
+        layer::sending(fd, unsafe { (*msg).msg_name.cast() }, unsafe {
             (*msg).msg_namelen
         })
-    {
+    };
+    if let Sending::Hint = sending {
         // SAFETY: the caller's iovecs.
         return unsafe { consume_hint_iov((*msg).msg_iov, (*msg).msg_iovlen as c_int, flags) };
     }
-    let observed = layer::observe_send(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, msg, flags) };
-    let observed = observed.filter(|_| !msg.is_null());
+    let observed = sending.observed();
     // SAFETY: the kernel took the first n bytes across msg's iovecs.
     unsafe {
         moved_iov(
@@ -402,13 +405,14 @@ unsafe fn sendfile_detour(
     offset: *mut off_t,
     count: size_t,
 ) -> ssize_t {
-    let observed = layer::observe_send(out_fd);
+    // A hint is never sent with sendfile: that one goes out for real.
+    let observed = layer::sending(out_fd, std::ptr::null(), 0).observed();
     // SAFETY: offset is null or the caller's valid pointer.
     let start = (observed.is_some() && !offset.is_null()).then(|| unsafe { *offset });
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(out_fd, in_fd, offset, count) };
     if let Some(observed) = observed.filter(|_| n > 0) {
-        observed.sent_file(out_fd, in_fd, start, n as usize, layer::max_payload_bytes());
+        observed.sent_file(out_fd, in_fd, start, n as usize);
     }
     n
 }

@@ -1,10 +1,41 @@
 //! Session assembly from synthetic event sequences.
 
 use super::*;
-use koala_session::{Exchange, Payload};
+use crate::record::ProcessIdentity;
+use koala_session::{Exchange, Payload, Session};
 
 const MS: u64 = 1_000_000;
 const IDLE_NS: u64 = 1000 * MS;
+
+/// Single-slice byte events, and finished sessions in the session model.
+impl Assembler {
+    /// The service read `data` from `fd`.
+    fn received(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
+        self.received_parts(fd, tid, Bytes(&[data]), now_ns);
+    }
+
+    /// The service wrote `data` to `fd`.
+    fn sent(&mut self, fd: i32, tid: u32, data: &[u8], now_ns: u64) {
+        self.sent_parts(fd, tid, Bytes(&[data]), now_ns);
+    }
+
+    /// Sessions finished so far, as the writer's line would read back for
+    /// program `svc` started at second 7.
+    fn take_finished(&mut self) -> Vec<Session> {
+        let identity = ProcessIdentity {
+            program: "svc".into(),
+            start_secs: 7,
+        };
+        self.finished
+            .drain(..)
+            .map(|s| s.to_session(&identity))
+            .collect()
+    }
+
+    fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
 
 fn assembler() -> Assembler {
     assembler_with(Limits {
@@ -15,14 +46,7 @@ fn assembler() -> Assembler {
 }
 
 fn assembler_with(limits: Limits) -> Assembler {
-    Assembler::new(
-        Identity {
-            pid: 42,
-            program: "svc".into(),
-            start_secs: 7,
-        },
-        limits,
-    )
+    Assembler::new(42, limits)
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -81,7 +105,7 @@ fn keep_alive_yields_one_session_per_request() {
     );
     assert_eq!(s.end, Some(EndReason::NextRequest));
     a.sent(5, 10, b"HTTP/1.1 200 OK\r\n\r\nbody-b", 7);
-    a.forget_fd(5, 8);
+    a.forget_fd(5);
     let second = a.take_finished();
     assert_eq!(second.len(), 1);
     assert_eq!(text(&second[0].inbound.request), "GET /b HTTP/1.1\r\n\r\n");
@@ -114,8 +138,8 @@ fn a_pooled_connection_gives_each_call_to_the_sending_threads_session() {
     a.received(9, 12, b"\r\n", 11);
     a.sent(6, 12, b"resp-b", 12);
     a.sent(5, 11, b"resp-a", 13);
-    a.forget_fd(5, 14);
-    a.forget_fd(6, 15);
+    a.forget_fd(5);
+    a.forget_fd(6);
     let finished = a.take_finished();
     assert_eq!(finished.len(), 2);
     let (sa, sb) = (&finished[0], &finished[1]);
@@ -159,7 +183,7 @@ fn several_calls_keep_the_order_they_were_made_in() {
     a.sent(8, 10, b"q3-more", 9);
     a.received(8, 10, b"r3", 10);
     a.sent(5, 10, b"resp", 11);
-    a.forget_fd(5, 12);
+    a.forget_fd(5);
     let finished = a.take_finished();
     assert_eq!(
         calls(&finished[0]),
@@ -177,7 +201,7 @@ fn a_greeting_on_a_connection_opened_in_the_session_is_an_empty_request_call() {
     a.sent(9, 10, b"login", 5);
     a.received(9, 10, b"ok", 6);
     a.sent(5, 10, b"resp", 7);
-    a.forget_fd(5, 8);
+    a.forget_fd(5);
     let finished = a.take_finished();
     assert_eq!(
         calls(&finished[0]),
@@ -207,7 +231,7 @@ fn a_start_up_handshake_is_background_traffic() {
     a.sent(9, 10, b"query", 8);
     a.received(9, 10, b"rows", 9);
     a.sent(5, 10, b"resp", 10);
-    a.forget_fd(5, 11);
+    a.forget_fd(5);
     let finished = a.take_finished();
     assert_eq!(finished.len(), 1);
     assert_eq!(calls(&finished[0]), [("query", "rows")]);
@@ -227,12 +251,14 @@ fn a_greeting_after_its_session_ended_is_background_traffic() {
     a.received(5, 10, b"req", 2);
     connect(&mut a, 9, 10, 40000, 3306, 3);
     a.sent(5, 10, b"resp", 4);
-    a.forget_fd(5, 5);
+    a.forget_fd(5);
     assert!(a.take_finished()[0].calls.is_empty());
     a.received(9, 10, b"hello", 6);
     a.close_all(EndReason::Exit);
     let background = a.take_finished();
     assert_eq!(calls(&background[0]), [("", "hello")]);
+    assert!(background[0].is_background());
+    assert!(background[0].calls[0].is_greeting());
 }
 
 #[test]
@@ -274,7 +300,7 @@ fn a_reused_fd_number_after_a_missed_close_starts_afresh() {
     assert_eq!(text(&finished[0].inbound.response), "resp-1");
     a.received(5, 10, b"req-2", 5);
     a.sent(5, 10, b"resp-2", 6);
-    a.forget_fd(5, 7);
+    a.forget_fd(5);
     let finished = a.take_finished();
     assert_eq!(text(&finished[0].inbound.request), "req-2");
     assert_eq!(finished[0].inbound.peer, "127.0.0.1:5009");
@@ -285,10 +311,15 @@ fn a_reused_fd_number_after_a_missed_close_starts_afresh() {
     accept(&mut a, 6, 5010, 10);
     a.received(6, 11, b"req-3", 11);
     a.sent(6, 11, b"resp-3", 12);
-    a.forget_fd(6, 13);
+    a.forget_fd(6);
     let finished = a.take_finished();
     assert_eq!(text(&finished[0].inbound.request), "req-3");
     assert!(finished[0].calls.is_empty());
+    a.close_all(EndReason::Exit);
+    let background = a.take_finished();
+    assert_eq!(background.len(), 1);
+    assert!(background[0].is_background());
+    assert_eq!(calls(&background[0]), [("orphan", "")]);
 }
 
 #[test]
@@ -306,7 +337,7 @@ fn an_idle_session_is_written_after_the_idle_time() {
     // The connection stays open: the next request starts a new session.
     a.received(5, 10, b"req-2", 2000 * MS);
     a.sent(5, 10, b"resp-2", 2001 * MS);
-    a.forget_fd(5, 2002 * MS);
+    a.forget_fd(5);
     assert_eq!(text(&a.take_finished()[0].inbound.request), "req-2");
 }
 
@@ -320,6 +351,14 @@ fn activity_on_a_call_keeps_the_session_alive() {
     a.received(9, 10, b"yes", 1200 * MS);
     a.close_idle(1500 * MS);
     assert!(a.take_finished().is_empty());
+    // Idle since the send, but not since the response.
+    a.close_idle(600 * MS + IDLE_NS);
+    assert!(a.take_finished().is_empty());
+    a.close_idle(1200 * MS + IDLE_NS);
+    let finished = a.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].end, Some(EndReason::Idle));
+    assert_eq!(calls(&finished[0]), [("slow?", "yes")]);
 }
 
 #[test]
@@ -327,14 +366,16 @@ fn duplicated_fds_share_the_connection() {
     let mut a = assembler();
     accept(&mut a, 5, 5000, 1);
     a.received(5, 10, b"req", 2);
-    a.duplicate_fd(5, 7, 3);
-    a.forget_fd(5, 4);
+    a.duplicate_fd(5, 5);
+    assert!(a.take_finished().is_empty(), "dup2(fd, fd) changes nothing");
+    a.duplicate_fd(5, 7);
+    a.forget_fd(5);
     assert!(
         a.take_finished().is_empty(),
         "fd 7 still holds the connection"
     );
     a.sent(7, 10, b"resp", 5);
-    a.forget_fd(7, 6);
+    a.forget_fd(7);
     let finished = a.take_finished();
     assert_eq!(text(&finished[0].inbound.response), "resp");
 }
@@ -376,7 +417,7 @@ fn payloads_are_cut_at_the_limit_and_flagged() {
     a.sent(9, 10, b"call-2", 7);
     a.received(9, 10, b"r2", 8);
     a.sent(5, 10, b"ok", 9);
-    a.forget_fd(5, 10);
+    a.forget_fd(5);
     let finished = a.take_finished();
     assert_eq!(text(&finished[0].inbound.request), "01234567");
     assert!(finished[0].inbound.truncated);
@@ -395,7 +436,7 @@ fn vectored_bytes_are_appended_in_order_and_cut_at_the_limit() {
     accept(&mut a, 5, 5000, 1);
     a.received_parts(5, 10, Bytes(&[b"GET ", b"", b"/x"]), 2);
     a.sent_parts(5, 10, Bytes(&[b"HTTP/1.1 ", b"200 OK\r\n"]), 3);
-    a.forget_fd(5, 4);
+    a.forget_fd(5);
     let finished = a.take_finished();
     assert_eq!(text(&finished[0].inbound.request), "GET /x");
     assert_eq!(
@@ -417,7 +458,7 @@ fn buffers_handed_back_are_reused_and_big_ones_dropped() {
     accept(&mut a, 5, 5000, 1);
     a.received(5, 10, b"req", 2);
     a.sent(5, 10, b"resp", 3);
-    a.forget_fd(5, 4);
+    a.forget_fd(5);
     let mut finished = Vec::new();
     a.drain_finished(|s| finished.push(s));
     let request = &finished[0].inbound.request;
@@ -441,7 +482,7 @@ fn bytes_arriving_after_their_session_was_written_are_counted() {
     connect(&mut a, 9, 10, 40000, 8080, 3);
     a.sent(9, 10, b"fire-and-forget", 4);
     a.sent(5, 10, b"resp", 5);
-    a.forget_fd(5, 6);
+    a.forget_fd(5);
     assert_eq!(a.take_finished().len(), 1);
     a.received(9, 10, b"late", 7);
     assert_eq!(a.stats().late_bytes, 4);
@@ -503,8 +544,8 @@ fn interleaved_event_loop(a: &mut Assembler, hints: bool) -> Vec<Session> {
         a.delegate(LOOP, 2);
     }
     a.sent(6, LOOP, b"resp-b", 9);
-    a.forget_fd(5, 10);
-    a.forget_fd(6, 11);
+    a.forget_fd(5);
+    a.forget_fd(6);
     a.take_finished()
 }
 
@@ -528,8 +569,26 @@ fn without_hints_interleaved_calls_follow_the_last_request_read() {
         "a's call came before b was read"
     );
     // b's call is attributed right here only because it came after b was
-    // read; a call of a's made after that would land in b's session.
+    // read; a call of a's made after that lands in b's session:
     assert_eq!(calls(&finished[1]), [("GET b", "vb")]);
+    const LOOP: u32 = 10;
+    let mut a = assembler();
+    accept(&mut a, 5, 5001, 1);
+    accept(&mut a, 6, 5002, 1);
+    connect(&mut a, 8, LOOP, 40001, 6379, 1);
+    a.received(5, LOOP, b"req-a", 2);
+    a.received(6, LOOP, b"req-b", 3);
+    a.sent(8, LOOP, b"GET a", 4); // a's coroutine, after b was read
+    a.received(8, LOOP, b"va", 5);
+    a.sent(5, LOOP, b"resp-a", 6);
+    a.sent(6, LOOP, b"resp-b", 7);
+    a.forget_fd(5);
+    a.forget_fd(6);
+    let finished = a.take_finished();
+    assert_eq!(text(&finished[0].inbound.request), "req-a");
+    assert!(finished[0].calls.is_empty(), "a's session misses its call");
+    assert_eq!(text(&finished[1].inbound.request), "req-b");
+    assert_eq!(calls(&finished[1]), [("GET a", "va")]);
 }
 
 #[test]
@@ -574,8 +633,8 @@ fn a_read_while_delegated_does_not_capture_the_virtual_thread() {
     a.sent(5, LOOP, b"resp-a", 8);
     a.delegate(LOOP, 2);
     a.sent(6, LOOP, b"resp-b", 9);
-    a.forget_fd(5, 10);
-    a.forget_fd(6, 11);
+    a.forget_fd(5);
+    a.forget_fd(6);
     let finished = a.take_finished();
     assert_eq!(text(&finished[0].inbound.request), "req-a");
     assert_eq!(calls(&finished[0]), [("GET a", "va")]);
@@ -595,6 +654,7 @@ fn a_shutdown_hint_cuts_one_way_requests() {
     let requests: Vec<&str> = finished.iter().map(|s| text(&s.inbound.request)).collect();
     assert_eq!(requests, ["msg-1", "msg-2"]);
     assert!(finished.iter().all(|s| s.inbound.response.is_empty()));
+    assert!(finished.iter().all(|s| s.end == Some(EndReason::Hint)));
 }
 
 #[test]

@@ -22,13 +22,15 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn identity() -> Identity {
-    Identity {
-        pid: 4242,
+fn identity() -> ProcessIdentity {
+    ProcessIdentity {
         program: "unit".into(),
         start_secs: 1,
     }
 }
+
+/// The pid the session file is named after.
+const PID: u32 = 4242;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -39,13 +41,13 @@ fn one_session(recorder: &'static Recorder, fd: i32, body: &str) {
     recorder.connection_opened(fd, Direction::Inbound, addr(80), addr(5000), 1, 1);
     recorder.received(fd, 1, Bytes(&[format!("req {body}").as_bytes()]), 2);
     recorder.sent(fd, 1, Bytes(&[format!("resp {body}").as_bytes()]), 3);
-    recorder.fd_closed(fd, 4);
+    recorder.fd_closed(fd);
 }
 
 #[test]
 fn sessions_reach_a_private_jsonl_file() {
     let dir = temp_dir("file");
-    let recorder = Recorder::start(&config(&dir, &[]), identity()).unwrap();
+    let recorder = Recorder::start(&config(&dir, &[]), identity(), PID);
     one_session(recorder, 5, "one");
     one_session(recorder, 5, "two");
     // Still open at exit: written with end = exit.
@@ -76,8 +78,11 @@ fn sessions_reach_a_private_jsonl_file() {
 fn a_full_queue_drops_and_counts_sessions_instead_of_blocking() {
     let dir = temp_dir("drop");
     // A byte budget smaller than any session: every session is dropped.
-    let recorder =
-        Recorder::start(&config(&dir, &[("KOALA_QUEUE_MAX_BYTES", "1")]), identity()).unwrap();
+    let recorder = Recorder::start(
+        &config(&dir, &[("KOALA_QUEUE_MAX_BYTES", "1")]),
+        identity(),
+        PID,
+    );
     for i in 0..10 {
         one_session(recorder, 5, &i.to_string());
     }
@@ -86,7 +91,7 @@ fn a_full_queue_drops_and_counts_sessions_instead_of_blocking() {
         recorder.counters.dropped_queue_full.load(Ordering::Relaxed),
         10
     );
-    assert_eq!(recorder.counters.enqueued.load(Ordering::Relaxed), 0);
+    assert_eq!(recorder.counters.written.load(Ordering::Relaxed), 0);
     assert!(
         !dir.join("unit-4242.jsonl").exists(),
         "nothing to write, no file"
@@ -96,8 +101,11 @@ fn a_full_queue_drops_and_counts_sessions_instead_of_blocking() {
 #[test]
 fn a_small_queue_never_loses_track_of_a_session() {
     let dir = temp_dir("count");
-    let recorder =
-        Recorder::start(&config(&dir, &[("KOALA_QUEUE_CAPACITY", "2")]), identity()).unwrap();
+    let recorder = Recorder::start(
+        &config(&dir, &[("KOALA_QUEUE_CAPACITY", "2")]),
+        identity(),
+        PID,
+    );
     for i in 0..200 {
         one_session(recorder, 5, &i.to_string());
     }
@@ -123,8 +131,8 @@ fn idle_sessions_are_written_by_the_writer_thread() {
     let recorder = Recorder::start(
         &config(&dir, &[("KOALA_SESSION_IDLE_MS", "50")]),
         identity(),
-    )
-    .unwrap();
+        PID,
+    );
     let now = koala_runtime::clock::now_ns();
     recorder.connection_opened(5, Direction::Inbound, addr(80), addr(5000), 1, now);
     recorder.received(5, 1, Bytes(&[b"req"]), now);

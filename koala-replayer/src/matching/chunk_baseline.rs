@@ -8,7 +8,8 @@
 //! connection's cursor (the index last matched on it) scores +1 per chunk
 //! found in it, in order; when there is no cursor the first chunk scores the
 //! number of chunks instead (the first-chunk bonus). The highest score wins,
-//! ties going to the first candidate after the cursor. The score divided by
+//! ties going to the candidate that reached it first (chunks in order, each
+//! over the candidates in recorded order). The score divided by
 //! the number of chunks must reach 0.85 when there is a cursor, 0.1
 //! otherwise; when nothing is found the search is repeated without a cursor.
 //! Nothing is consumed: a recorded call can be served any number of times.
@@ -16,8 +17,6 @@
 use std::collections::HashMap;
 
 use koala_session::Exchange;
-
-use super::{MatchConfig, SessionMatcher};
 
 const CHUNK_LEN: usize = 16;
 
@@ -41,18 +40,17 @@ impl ChunkMatcher {
 
     pub fn match_request(&mut self, request: &[u8], conn: u64) -> Option<usize> {
         let cursor = self.cursors.remove(&conn);
-        let mut matched = self.search(request, cursor);
-        if matched.is_none() && cursor.is_some() {
-            matched = self.search(request, None);
-        }
-        if let Some((index, _)) = matched {
+        let matched = self
+            .search(request, cursor)
+            .or_else(|| cursor.and_then(|_| self.search(request, None)));
+        if let Some(index) = matched {
             self.cursors.insert(conn, index);
         }
-        matched.map(|(index, _)| index)
+        matched
     }
 
     /// One scoring pass over the candidates after `cursor`.
-    fn search(&self, request: &[u8], cursor: Option<usize>) -> Option<(usize, f64)> {
+    fn search(&self, request: &[u8], cursor: Option<usize>) -> Option<usize> {
         let chunks = cut_to_chunks(request);
         let mut remaining: Vec<&[u8]> = self.requests.iter().map(Vec::as_slice).collect();
         let mut scores = vec![0usize; self.requests.len()];
@@ -83,7 +81,7 @@ impl ChunkMatcher {
         }
         let mark = best_score as f64 / chunks.len() as f64;
         let threshold = if cursor.is_some() { 0.85 } else { 0.1 };
-        (mark >= threshold).then_some((best_index, mark))
+        (mark >= threshold).then_some(best_index)
     }
 }
 
@@ -133,11 +131,7 @@ fn cut_to_chunks(request: &[u8]) -> Vec<&[u8]> {
 #[cfg(test)]
 mod comparison {
     use super::*;
-    use crate::matching::tests::{call, call_on, http_post_json};
-
-    fn ours(calls: &[Exchange]) -> SessionMatcher {
-        SessionMatcher::new(calls, MatchConfig::default())
-    }
+    use crate::matching::tests::{call, call_on, http_post_json, matcher as ours};
 
     #[test]
     fn chunks_skip_a_binary_prefix_of_long_requests() {

@@ -236,19 +236,14 @@ impl SessionMatcher {
             let request = call.request.as_bytes();
             let kind = if !request.is_empty() {
                 CallKind::Request
-            } else if !call.response.is_empty() {
+            } else if call.is_greeting() {
                 CallKind::Greeting
             } else {
                 CallKind::Empty
             };
             let mut normalized = match kind {
                 CallKind::Request => normalize(request, &matcher.config.volatile_headers),
-                _ => Normalized {
-                    bytes: Vec::new(),
-                    header_range: 0..0,
-                    key: Vec::new(),
-                    scored_from: 0,
-                },
+                CallKind::Greeting | CallKind::Empty => Normalized::default(),
             };
             let (scored, header_range) = normalized.scored();
             tokenize(scored, &header_range, &mut tokens);
@@ -291,6 +286,16 @@ impl SessionMatcher {
     /// `conn` identifies the connection the request came on; the previous
     /// call served on it breaks ties (see [`MatchConfig::connection_affinity`]).
     pub fn match_request(&mut self, request: &[u8], peer: Option<&str>, conn: u64) -> MatchOutcome {
+        let outcome = self.trial_match(request, peer, conn);
+        if let Some(index) = outcome.matched {
+            self.mark_served(index, conn);
+        }
+        outcome
+    }
+
+    /// What [`match_request`](Self::match_request) would answer, without
+    /// serving anything: for choosing among sessions.
+    pub fn trial_match(&self, request: &[u8], peer: Option<&str>, conn: u64) -> MatchOutcome {
         let normalized = normalize(request, &self.config.volatile_headers);
         if normalized.bytes.is_empty() {
             return MatchOutcome::unmatched(None);
@@ -315,7 +320,7 @@ impl SessionMatcher {
             .copied()
             .filter(|&index| self.calls[index].times_served == 0 && self.peer_matches(index, peer));
         if let Some(index) = self.first_by_affinity(identical_unserved, conn) {
-            return self.serve(index, 1.0, conn, false);
+            return self.outcome(index, 1.0, false);
         }
 
         let scored = self.score_candidates(&normalized, &identical, peer);
@@ -336,19 +341,19 @@ impl SessionMatcher {
             // repeats that call: serving a sibling would be a wrong answer.
             let shadowed = best_served_rank > best.ranked + SCORE_EPSILON;
             if best.score + SCORE_EPSILON >= self.config.min_score && !shadowed {
-                return self.serve(best.index, best.score, conn, false);
+                return self.outcome(best.index, best.score, false);
             }
         }
         if self.config.allow_reuse
             && let Some(index) = self.reusable(&identical, peer)
         {
-            return self.serve(index, 1.0, conn, false);
+            return self.outcome(index, 1.0, false);
         }
         if let (UnmatchedPolicy::ServeClosest { floor }, Some(best)) =
             (&self.config.unmatched, best_unserved)
             && best.score + SCORE_EPSILON >= *floor
         {
-            return self.serve(best.index, best.score, conn, true);
+            return self.outcome(best.index, best.score, true);
         }
         let closest = scored
             .iter()
@@ -380,16 +385,8 @@ impl SessionMatcher {
             self.greetings.iter().copied().find(|&index| {
                 self.calls[index].times_served == 0 && self.peer_matches(index, peer)
             })?;
-        self.calls[index].times_served += 1;
-        self.last_served_on.insert(conn, index);
+        self.mark_served(index, conn);
         Some(index)
-    }
-
-    /// Whether the call at `index` has been served at least once.
-    pub fn is_served(&self, index: usize) -> bool {
-        self.calls
-            .get(index)
-            .is_some_and(|call| call.times_served > 0)
     }
 
     /// Forgets the per-connection context of a closed connection.
@@ -564,17 +561,20 @@ impl SessionMatcher {
         scored
     }
 
-    fn serve(&mut self, index: usize, score: f64, conn: u64, forced: bool) -> MatchOutcome {
-        let call = &mut self.calls[index];
-        let reused = call.times_served > 0;
-        call.times_served += 1;
-        self.last_served_on.insert(conn, index);
+    /// The outcome of serving the call at `index`.
+    fn outcome(&self, index: usize, score: f64, forced: bool) -> MatchOutcome {
         MatchOutcome {
             matched: Some(index),
             score,
             closest: Some((index, score)),
-            reused,
+            reused: self.calls[index].times_served > 0,
             forced,
         }
+    }
+
+    /// Consumes the call at `index`; it becomes `conn`'s last served call.
+    fn mark_served(&mut self, index: usize, conn: u64) {
+        self.calls[index].times_served += 1;
+        self.last_served_on.insert(conn, index);
     }
 }

@@ -10,7 +10,7 @@ use std::ops::Range;
 use crate::framing::{self, Step};
 
 /// A request prepared for matching.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Normalized {
     /// Canonical bytes: the exact index key and what scoring compares.
     pub bytes: Vec<u8>,
@@ -61,7 +61,8 @@ pub(crate) fn normalize(request: &[u8], volatile_headers: &[String]) -> Normaliz
 ///   fields sorted by name (stable);
 /// - volatile headers (`volatile_headers`, lower-case names) and framing
 ///   headers (`content-length`, `transfer-encoding`) are dropped;
-/// - a chunked body is de-chunked.
+/// - a chunked body (last transfer coding `chunked`, as in framing) is
+///   de-chunked.
 ///
 /// The operation key is the method and the path (the target before `?`).
 fn normalize_http(request: &[u8], volatile_headers: &[String]) -> Option<Normalized> {
@@ -71,6 +72,7 @@ fn normalize_http(request: &[u8], volatile_headers: &[String]) -> Option<Normali
     let mut parts = head.start_line.splitn(3, |&byte| byte == b' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
 
+    let chunked = framing::is_chunked(&head);
     let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(head.headers.len());
     for &(name, value) in &head.headers {
         if name.is_empty() {
@@ -83,15 +85,6 @@ fn normalize_http(request: &[u8], volatile_headers: &[String]) -> Option<Normali
         }
         fields.push((name.to_ascii_lowercase(), value.to_vec()));
     }
-    let chunked = fields
-        .iter()
-        .filter(|(name, _)| name == b"transfer-encoding")
-        .any(|(_, value)| {
-            value
-                .to_ascii_lowercase()
-                .windows(7)
-                .any(|window| window == b"chunked")
-        });
     fields.retain(|(name, _)| {
         name != b"content-length"
             && name != b"transfer-encoding"
@@ -166,16 +159,22 @@ fn push_normalized_target<'a>(out: &mut Vec<u8>, target: &'a [u8]) -> &'a [u8] {
     path
 }
 
-/// Reads one RESP bulk string (`$len\r\ndata\r\n`) at `at`.
-fn resp_bulk(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let rest = bytes.get(at..)?.strip_prefix(b"$")?;
-    let line_len = rest.windows(2).position(|pair| pair == b"\r\n")?;
-    let digits = &rest[..line_len];
-    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+/// The RESP line after the type byte `kind` at `at`: its content and the
+/// position after it.
+fn resp_typed_line(bytes: &[u8], at: usize, kind: u8) -> Option<(&[u8], usize)> {
+    if bytes.get(at) != Some(&kind) {
         return None;
     }
-    let len: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    let data_start = at + 1 + line_len + 2;
+    match framing::resp_line(bytes, at + 1, None) {
+        Step::Done(line) => Some(line),
+        Step::NeedMore | Step::Invalid => None,
+    }
+}
+
+/// Reads one RESP bulk string (`$len\r\ndata\r\n`) at `at`.
+fn resp_bulk(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let (digits, data_start) = resp_typed_line(bytes, at, b'$')?;
+    let len = framing::parse_decimal(digits)?;
     let data = bytes.get(data_start..data_start.checked_add(len)?)?;
     Some((data, data_start + len + 2))
 }
@@ -184,16 +183,12 @@ fn resp_bulk(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
 /// argument, which for nearly every command is the key operated on; and
 /// where the bytes after them start.
 fn resp_key(request: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let rest = request.strip_prefix(b"*")?;
-    let line_len = rest.windows(2).position(|pair| pair == b"\r\n")?;
-    let count = std::str::from_utf8(&rest[..line_len])
-        .ok()?
-        .parse::<u32>()
-        .ok()?;
+    let (digits, first) = resp_typed_line(request, 0, b'*')?;
+    let count = framing::parse_decimal(digits)?;
     if count == 0 {
         return None;
     }
-    let (command, next) = resp_bulk(request, 1 + line_len + 2)?;
+    let (command, next) = resp_bulk(request, first)?;
     let mut key = b"resp ".to_vec();
     key.extend(command.iter().map(u8::to_ascii_uppercase));
     if count < 2 {

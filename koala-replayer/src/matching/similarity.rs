@@ -12,12 +12,12 @@ pub(crate) const CONTENT_SECTION_WEIGHT: u32 = 8;
 /// Per-byte weight of a word (a run of letters in text): names of
 /// operations, fields, tables, which say what a request asks for.
 pub(crate) const WORD_BYTE_WEIGHT: u32 = 12;
-/// Per-byte weight of punctuation, spaces and line endings: structure.
+/// Per-byte weight of punctuation, spaces and line endings (structure), and
+/// of letters amid binary bytes (not taken for names).
 pub(crate) const STRUCTURE_BYTE_WEIGHT: u32 = 2;
 /// Per-byte weight of a value (a run of letters and digits with at least
-/// one digit), of letters amid binary bytes, and of non-printable bytes:
-/// ids, but also timestamps, nonces, hashes and signatures, which change
-/// from run to run.
+/// one digit) and of non-printable bytes: ids, but also timestamps, nonces,
+/// hashes and signatures, which change from run to run.
 pub(crate) const VALUE_BYTE_WEIGHT: u32 = 1;
 /// Largest middle part (tokens × tokens) aligned exactly; past it the
 /// middle is compared as a multiset of tokens (order ignored).

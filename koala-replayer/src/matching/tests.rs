@@ -118,8 +118,17 @@ impl Rng {
     }
 }
 
-fn matcher(calls: &[Exchange]) -> SessionMatcher {
+pub(super) fn matcher(calls: &[Exchange]) -> SessionMatcher {
     SessionMatcher::new(calls, MatchConfig::default())
+}
+
+impl SessionMatcher {
+    /// Whether the call at `index` has been served at least once.
+    fn is_served(&self, index: usize) -> bool {
+        self.calls
+            .get(index)
+            .is_some_and(|call| call.times_served > 0)
+    }
 }
 
 /// Responses served for `requests` asked in order on connection `conn`.
@@ -414,10 +423,8 @@ fn http_chunked_body_matches_its_content_length_recording() {
     let recorded = "POST /upload HTTP/1.1\r\nHost: files\r\nContent-Length: 11\r\n\r\nhello world";
     let replayed = "POST /upload HTTP/1.1\r\nHost: files\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
     let mut matcher = matcher(&[call(recorded, "stored")]);
-    assert_eq!(
-        matcher.match_request(replayed.as_bytes(), None, 1).score,
-        1.0
-    );
+    let outcome = matcher.match_request(replayed.as_bytes(), None, 1);
+    assert_eq!((outcome.matched, outcome.score), (Some(0), 1.0));
 }
 
 #[test]
@@ -440,13 +447,16 @@ fn volatile_headers_are_configurable() {
         "GET /me HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer aaaaaaaaaaaaaaaa\r\n\r\n";
     let replayed =
         "GET /me HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer bbbbbbbbbbbbbbbb\r\n\r\n";
+    // By default the token counts: a near-miss, not identical.
+    let by_default = self::matcher(&[call(recorded, "me")])
+        .match_request(replayed.as_bytes(), None, 1)
+        .score;
+    assert!(by_default < 1.0, "{by_default}");
     let mut config = MatchConfig::default();
     config.volatile_headers.push("authorization".to_owned());
     let mut matcher = SessionMatcher::new(&[call(recorded, "me")], config);
-    assert_eq!(
-        matcher.match_request(replayed.as_bytes(), None, 1).score,
-        1.0
-    );
+    let outcome = matcher.match_request(replayed.as_bytes(), None, 1);
+    assert_eq!((outcome.matched, outcome.score), (Some(0), 1.0));
 }
 
 #[test]
@@ -931,6 +941,22 @@ fn connection_affinity_keeps_recorded_connections_together() {
 }
 
 #[test]
+fn a_trial_match_answers_like_a_match_and_serves_nothing() {
+    let request = "GET /status HTTP/1.1\r\nHost: jobs\r\n\r\n";
+    let calls = vec![call(request, "pending"), call(request, "done")];
+    let mut matcher = matcher(&calls);
+    let trial = matcher.trial_match(request.as_bytes(), None, 1);
+    assert_eq!(trial.matched, Some(0));
+    assert_eq!(matcher.unserved(), vec![0, 1]);
+    assert_eq!(matcher.match_request(request.as_bytes(), None, 1), trial);
+    // After both are served the trial reports the reuse, still serving nothing.
+    matcher.match_request(request.as_bytes(), None, 1);
+    let trial = matcher.trial_match(request.as_bytes(), None, 1);
+    assert_eq!((trial.matched, trial.reused), (Some(1), true));
+    assert_eq!(matcher.match_request(request.as_bytes(), None, 1), trial);
+}
+
+#[test]
 fn closed_connections_lose_their_context() {
     let request = mysql_query("SELECT 1");
     let calls = vec![
@@ -1163,8 +1189,9 @@ fn few_candidates_are_scored_among_many() {
     let asked = http_post_json("/api/items", &body(4321, 1_900_000_000_000));
     let normalized = normalize(asked.as_bytes(), &matcher.config.volatile_headers);
     let scored = matcher.score_candidates(&normalized, &[], None);
+    // Fewer than `max_scored`: scoring stops once no bound can rank higher.
     assert!(
-        !scored.is_empty() && scored.len() <= matcher.config.max_scored,
+        !scored.is_empty() && scored.len() < matcher.config.max_scored,
         "{}",
         scored.len()
     );

@@ -39,7 +39,8 @@ enum Command {
         /// Directory for session files (KOALA_RECORD_TO).
         #[arg(long, value_name = "DIR", default_value = "./koala-sessions")]
         to: PathBuf,
-        /// libkoala.so to load (default: next to this koala binary, or $KOALA_LIB).
+        /// libkoala.so to load (default: $KOALA_LIB, else libkoala.so next to
+        /// this koala binary).
         #[arg(long, value_name = "PATH")]
         lib: Option<PathBuf>,
         /// The command to run, after `--`.

@@ -7,13 +7,9 @@ use std::process::{Command, ExitCode};
 pub fn run(dir: &Path, lib: Option<&Path>, command: &[String]) -> Result<ExitCode, String> {
     let lib = crate::library::locate(lib)?;
     let (program, args) = command.split_first().ok_or("no command given after --")?;
-    let preload = match std::env::var("LD_PRELOAD") {
-        Ok(existing) if !existing.is_empty() => format!("{} {existing}", lib.display()),
-        _ => lib.display().to_string(),
-    };
     let error = Command::new(program)
         .args(args)
-        .env("LD_PRELOAD", preload)
+        .env("LD_PRELOAD", crate::library::preload(&lib))
         .env("KOALA_MODE", "record")
         .env("KOALA_RECORD_TO", dir)
         .exec();

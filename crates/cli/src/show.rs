@@ -77,9 +77,16 @@ fn print_exchange(label: &str, exchange: &Exchange, route: &str, full: bool) {
         ""
     };
     println!("    {label:<18} {route}{took}{cut}");
+    // Printable ASCII as is, every other byte escaped: binary stays on one line.
     if full {
-        println!("      request  {}", escape(exchange.request.as_bytes()));
-        println!("      response {}", escape(exchange.response.as_bytes()));
+        println!(
+            "      request  {}",
+            exchange.request.as_bytes().escape_ascii()
+        );
+        println!(
+            "      response {}",
+            exchange.response.as_bytes().escape_ascii()
+        );
     } else {
         println!("      request  {}", preview(&exchange.request));
         println!("      response {}", preview(&exchange.response));
@@ -109,18 +116,9 @@ fn preview(payload: &Payload) -> String {
     let more = if line.len() < bytes.len() { " …" } else { "" };
     format!(
         "{}{more}  ({} B)",
-        escape(line.strip_suffix(b"\r").unwrap_or(line)),
+        line.strip_suffix(b"\r").unwrap_or(line).escape_ascii(),
         bytes.len()
     )
-}
-
-/// Printable ASCII as is, everything else escaped, so binary stays on one line.
-fn escape(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|&b| std::ascii::escape_default(b))
-        .map(char::from)
-        .collect()
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ impl Client {
     /// Sends one request and reads its answer. A request that fails on a
     /// reused connection before any byte of the answer arrived is sent once
     /// more on a new connection (the server may close idle connections).
-    pub fn request(
+    fn request(
         &mut self,
         method: &str,
         path: &str,
@@ -162,11 +162,10 @@ impl Client {
                 stale: true,
             });
         }
-        let (response, keep) =
-            read_response(conn, method == "HEAD").map_err(|(e, started)| Failure {
-                message: io_message("reading the answer", &e, timeout),
-                stale: !started,
-            })?;
+        let (response, keep) = read_response(conn).map_err(|(e, started)| Failure {
+            message: io_message("reading the answer", &e, timeout),
+            stale: !started,
+        })?;
         if !keep {
             self.conn = None;
         }
@@ -191,10 +190,7 @@ fn io_message(doing: &str, error: &io::Error, timeout: Duration) -> String {
 
 /// Reads one HTTP/1.x response. Returns it and whether the connection can be
 /// used again; on error, whether any byte had been read.
-fn read_response<R: BufRead>(
-    reader: &mut R,
-    head_request: bool,
-) -> Result<(Response, bool), (io::Error, bool)> {
+fn read_response<R: BufRead>(reader: &mut R) -> Result<(Response, bool), (io::Error, bool)> {
     let mut head = Vec::new();
     let mut lines = Vec::new();
     loop {
@@ -263,7 +259,7 @@ fn read_response<R: BufRead>(
         }
     }
     let mut body = Vec::new();
-    let no_body = head_request || status / 100 == 1 || status == 204 || status == 304;
+    let no_body = status / 100 == 1 || status == 204 || status == 304;
     if no_body {
     } else if chunked {
         read_chunked(reader, &mut body).map_err(|e| (e, started))?;
@@ -314,7 +310,7 @@ mod tests {
     use std::thread;
 
     fn parse(bytes: &[u8]) -> Result<(Response, bool), (io::Error, bool)> {
-        read_response(&mut BufReader::new(bytes), false)
+        read_response(&mut BufReader::new(bytes))
     }
 
     #[test]
@@ -387,6 +383,10 @@ mod tests {
         });
         let mut client = Client::new(addr, Duration::from_secs(5));
         assert_eq!(client.get("/v1/status").unwrap().body, b"one");
+        assert!(
+            client.conn.is_some(),
+            "the connection is kept for the next request"
+        );
         let response = client.post("/v1/replay", b"{\"id\":1}").unwrap();
         assert_eq!(response.body, b"{\"id\":1}");
         server.join().unwrap();

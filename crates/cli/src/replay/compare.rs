@@ -121,11 +121,7 @@ fn status_code(status_line: &str) -> Option<u16> {
 fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) => text.to_string(),
-        Err(_) => bytes
-            .iter()
-            .flat_map(|&b| std::ascii::escape_default(b))
-            .map(char::from)
-            .collect(),
+        Err(_) => bytes.escape_ascii().to_string(),
     }
 }
 

@@ -105,11 +105,7 @@ pub fn escape(text: &str) -> String {
 pub fn escape_bytes(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) => escape(text),
-        Err(_) => bytes
-            .iter()
-            .flat_map(|&b| std::ascii::escape_default(b))
-            .map(char::from)
-            .collect(),
+        Err(_) => bytes.escape_ascii().to_string(),
     }
 }
 
@@ -178,6 +174,12 @@ pub fn first_difference(recorded: &[u8], actual: &[u8]) -> usize {
 
 /// The first differing offset of two texts, with context from each side.
 pub fn offset_diff(recorded: &str, actual: &str) -> Vec<String> {
+    offset_diff_as(["recorded", "actual"], recorded, actual)
+}
+
+/// [`offset_diff`] with other names for the two sides; names of up to 8
+/// characters keep the columns aligned.
+pub fn offset_diff_as(names: [&str; 2], recorded: &str, actual: &str) -> Vec<String> {
     let mut at = first_difference(recorded.as_bytes(), actual.as_bytes());
     // The common prefix is identical on both sides: one boundary fits both.
     while !recorded.is_char_boundary(at) || !actual.is_char_boundary(at) {
@@ -213,12 +215,13 @@ pub fn offset_diff(recorded: &str, actual: &str) -> Vec<String> {
         };
         format!("{lead}{before}{shown}{tail}")
     };
-    let caret = " ".repeat(lead.chars().count() + before.chars().count());
+    let label = |name: &str| format!("  {:<9} ", format!("{name}:"));
+    let caret = " ".repeat(label("").len() + lead.chars().count() + before.chars().count());
     vec![
         format!("first difference at byte {at} (line {line}, column {column})"),
-        format!("  recorded: {}", side(recorded)),
-        format!("  actual:   {}", side(actual)),
-        format!("            {caret}^"),
+        format!("{}{}", label(names[0]), side(recorded)),
+        format!("{}{}", label(names[1]), side(actual)),
+        format!("{caret}^"),
     ]
 }
 
@@ -488,25 +491,20 @@ pub fn hex_diff(recorded: &[u8], actual: &[u8]) -> Vec<String> {
     let last = (row + HEX_ROWS_AFTER).min(last_row);
     let mut lines = vec![format!("first difference at byte {at} (0x{at:x})")];
     for index in first..=last {
-        let slice = |bytes: &[u8]| -> Option<Vec<u8>> {
-            let start = index * 16;
-            (start < bytes.len()).then(|| bytes[start..(start + 16).min(bytes.len())].to_vec())
+        let start = index * 16;
+        // The row of one side, if it reaches this far.
+        let row = |bytes: &[u8]| {
+            (start < bytes.len())
+                .then(|| hex_row(start, &bytes[start..(start + 16).min(bytes.len())]))
         };
-        let (r, a) = (slice(recorded), slice(actual));
+        let (r, a) = (row(recorded), row(actual));
         if r == a {
-            if let Some(bytes) = r {
-                lines.push(format!("  {}", hex_row(index * 16, &bytes)));
-            }
+            lines.extend(r.map(|row| format!("  {row}")));
             continue;
         }
-        lines.push(match r {
-            Some(bytes) => format!("- {}", hex_row(index * 16, &bytes)),
-            None => format!("- {:08x}  (end)", index * 16),
-        });
-        lines.push(match a {
-            Some(bytes) => format!("+ {}", hex_row(index * 16, &bytes)),
-            None => format!("+ {:08x}  (end)", index * 16),
-        });
+        let end = || format!("{start:08x}  (end)");
+        lines.push(format!("- {}", r.unwrap_or_else(end)));
+        lines.push(format!("+ {}", a.unwrap_or_else(end)));
     }
     lines
 }
@@ -606,6 +604,16 @@ mod tests {
         // Multi-byte characters are never split.
         let lines = offset_diff("héllo", "hèllo");
         assert_eq!(lines[0], "first difference at byte 1 (line 1, column 2)");
+        // Other names keep the columns, and the text is left as it is.
+        let lines = offset_diff_as(["closest", "request"], "recorded: a", "recorded: b");
+        assert_eq!(
+            lines[1..],
+            [
+                "  closest:  recorded: a",
+                "  request:  recorded: b",
+                "                      ^"
+            ]
+        );
     }
 
     #[test]

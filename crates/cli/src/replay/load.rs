@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use koala_session::{read_session_line, session_files};
+use koala_session::{Session, read_session_line, session_files};
 
 /// One non-blank line of a session file.
 #[derive(Debug)]
@@ -144,12 +144,14 @@ fn read_items(index: usize, path: &Path, file: &File, items: &mut Vec<Item>) -> 
     }
 }
 
+/// A line as read from a session file, parsed: UTF-8, then a session.
+pub fn parse_line(line: &[u8]) -> Result<Session, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not valid UTF-8: {e}"))?;
+    read_session_line(text)
+}
+
 fn classify(line: &[u8]) -> ItemKind {
-    let text = match std::str::from_utf8(line) {
-        Ok(text) => text,
-        Err(e) => return ItemKind::Bad(format!("not valid UTF-8: {e}")),
-    };
-    match read_session_line(text) {
+    match parse_line(line) {
         Ok(session) if session.is_background() => ItemKind::Background,
         Ok(session) => ItemKind::Session {
             id: session.id,

@@ -18,7 +18,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,8 +31,6 @@ use report::Run;
 use runner::{Plan, Stopped};
 use service::Service;
 
-/// Default `--inbound` without a command: `$KOALA_INBOUND_ADDR`, else this.
-const DEFAULT_INBOUND: &str = "127.0.0.1:2514";
 /// `POST /v1/background` bodies are cut at about this size.
 const BACKGROUND_BATCH_BYTES: usize = 8 << 20;
 
@@ -133,8 +131,8 @@ pub struct ReplayArgs {
     /// (KOALA_MODE=record,replay).
     #[arg(long, value_name = "DIR", requires = "command")]
     pub record_to: Option<PathBuf>,
-    /// With CMD: libkoala.so to load (default: next to this koala binary,
-    /// or $KOALA_LIB).
+    /// With CMD: libkoala.so to load (default: $KOALA_LIB, else
+    /// libkoala.so next to this koala binary).
     #[arg(long, value_name = "PATH", requires = "command")]
     pub lib: Option<PathBuf>,
     /// With CMD: seconds to wait for the service to be ready.
@@ -234,7 +232,7 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             }
         }
         let mut env: Vec<(&str, OsString)> = vec![
-            ("LD_PRELOAD", preload(&lib)),
+            ("LD_PRELOAD", crate::library::preload(&lib)),
             ("KOALA_INBOUND_ADDR", inbound.to_string().into()),
             ("KOALA_OUTBOUND_ADDR", outbound.to_string().into()),
             ("KOALA_SUT_ADDR", sut_addr.to_string().into()),
@@ -368,41 +366,37 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
     } else {
         EXIT_FAILED
     };
-    for (path, written) in [
-        (
-            &args.report,
-            args.report
-                .as_deref()
-                .map(|path| report::write_json(path, &run, &summary)),
-        ),
-        (
-            &args.junit,
-            args.junit
-                .as_deref()
-                .map(|path| report::write_junit(path, &run, &summary)),
-        ),
-    ] {
-        match written {
-            Some(Ok(())) => eprintln!(
-                "koala: wrote {}",
-                path.as_deref().unwrap_or(Path::new("")).display()
-            ),
-            Some(Err(message)) => {
+    let written = [
+        args.report
+            .as_deref()
+            .map(|path| (path, report::write_json(path, &run, &summary))),
+        args.junit
+            .as_deref()
+            .map(|path| (path, report::write_junit(path, &run, &summary))),
+    ];
+    for (path, result) in written.into_iter().flatten() {
+        match result {
+            Ok(()) => eprintln!("koala: wrote {}", path.display()),
+            Err(message) => {
                 eprintln!("koala: {message}");
                 code = EXIT_SETUP;
             }
-            None => {}
         }
     }
     Ok(ExitCode::from(code))
 }
 
+/// `--inbound` without CMD: `$KOALA_INBOUND_ADDR` read as the library reads
+/// it, else the library's default. A bad value stops koala rather than
+/// silently meaning the default.
 fn default_inbound() -> Result<SocketAddr, String> {
-    match std::env::var("KOALA_INBOUND_ADDR") {
-        Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
-            format!("KOALA_INBOUND_ADDR={text:?} is not ip:port (or pass --inbound ADDR)")
-        }),
-        _ => Ok(DEFAULT_INBOUND.parse().expect("a valid address")),
+    let (config, errors) = koala_config::Config::from_env();
+    match errors.iter().find(|e| e.variable == "KOALA_INBOUND_ADDR") {
+        Some(error) => Err(format!(
+            "KOALA_INBOUND_ADDR={:?} is not ip:port (or pass --inbound ADDR)",
+            error.value
+        )),
+        None => Ok(config.inbound_addr),
     }
 }
 
@@ -436,7 +430,7 @@ fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term
         return;
     }
     let mut client = Client::new(inbound, timeout);
-    let mut total = 0u64;
+    let mut total = 0;
     let mut batch = Vec::new();
     let mut send = |batch: &mut Vec<u8>| -> Result<(), String> {
         let response = client.post("/v1/background", batch)?;
@@ -448,9 +442,9 @@ fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term
                 String::from_utf8_lossy(&response.body).trim()
             ));
         }
-        let loaded: serde_json::Value =
+        let answer: koala_session::replay::BackgroundLoaded =
             serde_json::from_slice(&response.body).map_err(|e| format!("invalid answer: {e}"))?;
-        total += loaded["loaded"].as_u64().unwrap_or(0);
+        total += answer.loaded;
         Ok(())
     };
     let mut result = Ok(());
@@ -537,16 +531,6 @@ fn free_port_except(taken: &[SocketAddr]) -> Result<SocketAddr, String> {
         }
     }
     Err("cannot find a free loopback port".into())
-}
-
-/// LD_PRELOAD with the library first, keeping what was there.
-fn preload(lib: &Path) -> OsString {
-    let mut value = OsString::from(lib);
-    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-        value.push(" ");
-        value.push(existing);
-    }
-    value
 }
 
 /// The background records in a private temporary .jsonl file, removed when
@@ -646,16 +630,5 @@ mod tests {
         for bad in ["0", "-1", "nan", "inf", "soon", "1e9"] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_library_goes_first_in_ld_preload() {
-        let value = preload(Path::new("/opt/koala/libkoala.so"));
-        assert!(
-            value
-                .to_str()
-                .unwrap()
-                .starts_with("/opt/koala/libkoala.so")
-        );
     }
 }

@@ -2,6 +2,7 @@
 
 use koala_session::replay::{ApiError, ReplayResult};
 use koala_session::{Exchange, Session};
+use serde::Serialize;
 
 use super::compare::{Difference, compare};
 use super::diff::{self, escape, preview};
@@ -30,7 +31,7 @@ impl Verdict {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CallCounts {
     pub matched: usize,
     pub unmatched: usize,
@@ -172,21 +173,19 @@ pub fn evaluate(
             result.unmatched.len() - CALLS_SHOWN
         ));
     }
-    {
-        for missing in result.missing.iter().take(CALLS_SHOWN) {
-            lines.push(format!(
-                "missing: recorded call {} to {} was not made: {}",
-                missing.index + 1,
-                missing.peer,
-                preview(missing.request.as_bytes(), CALL_PREVIEW_CHARS)
-            ));
-        }
-        if result.missing.len() > CALLS_SHOWN {
-            lines.push(format!(
-                "… {} more missing call(s)",
-                result.missing.len() - CALLS_SHOWN
-            ));
-        }
+    for missing in result.missing.iter().take(CALLS_SHOWN) {
+        lines.push(format!(
+            "missing: recorded call {} to {} was not made: {}",
+            missing.index + 1,
+            missing.peer,
+            preview(missing.request.as_bytes(), CALL_PREVIEW_CHARS)
+        ));
+    }
+    if result.missing.len() > CALLS_SHOWN {
+        lines.push(format!(
+            "… {} more missing call(s)",
+            result.missing.len() - CALLS_SHOWN
+        ));
     }
     Outcome {
         verdict,
@@ -231,17 +230,14 @@ fn describe(difference: &Difference, lines: &mut Vec<String>) {
         )),
         Difference::NotHttp => lines.push("  the actual response is not HTTP/1.x".into()),
         Difference::NoResponse => lines.push("  the service sent no response".into()),
-        Difference::Body { recorded, actual } => {
+        Difference::Body { recorded, actual } | Difference::Bytes { recorded, actual } => {
+            let what = match difference {
+                Difference::Body { .. } => "body differs: ",
+                _ => "",
+            };
             let body = diff::payload_diff(recorded, actual, BODY_DIFF_LINES);
             if let Some((first, rest)) = body.split_first() {
-                lines.push(format!("  body differs: {first}"));
-                lines.extend(rest.iter().map(|line| format!("    {line}")));
-            }
-        }
-        Difference::Bytes { recorded, actual } => {
-            let body = diff::payload_diff(recorded, actual, BODY_DIFF_LINES);
-            if let Some((first, rest)) = body.split_first() {
-                lines.push(format!("  {first}"));
+                lines.push(format!("  {what}{first}"));
                 lines.extend(rest.iter().map(|line| format!("    {line}")));
             }
         }
@@ -288,16 +284,11 @@ fn describe_unmatched(
             // Both previews show it.
             lines.push(format!("  first difference at byte {at}"));
         } else if let (Ok(r), Ok(a)) = (std::str::from_utf8(r), std::str::from_utf8(a)) {
-            lines.extend(diff::offset_diff(r, a).into_iter().map(|line| {
-                format!(
-                    "  {}",
-                    line.replacen("recorded:", "closest: ", 1).replacen(
-                        "actual:  ",
-                        "request: ",
-                        1
-                    )
-                )
-            }));
+            lines.extend(
+                diff::offset_diff_as(["closest", "request"], r, a)
+                    .into_iter()
+                    .map(|line| format!("  {line}")),
+            );
         } else {
             lines.extend(
                 diff::hex_diff(r, a)

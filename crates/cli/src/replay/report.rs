@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::diff::escape;
-use super::load::{ItemKind, Loaded};
+use super::load::{Item, ItemKind, Loaded};
 use super::outcome::{CallCounts, Outcome, Verdict};
 
 /// Version of the JSON report's layout.
@@ -37,29 +37,46 @@ pub struct Summary {
     pub failed: usize,
     pub errors: usize,
     pub calls: CallCounts,
-    /// Sessions the inbound server answered (pass or fail).
-    pub answered: usize,
     /// Sessions per second, over every session posted.
     pub throughput: f64,
     /// p50, p99 and max of the replay round trips, in ms.
     pub latency: Option<(f64, f64, f64)>,
 }
 
+/// An item with an outcome: a replayed session or a bad line.
+struct Entry<'a> {
+    item: &'a Item,
+    /// The session id; `None` for a bad line.
+    id: Option<&'a str>,
+    /// `file:line`.
+    location: String,
+    outcome: &'a Outcome,
+}
+
+impl Entry<'_> {
+    /// The session id, or `file:line` for a bad line.
+    fn name(&self) -> &str {
+        self.id.unwrap_or(&self.location)
+    }
+}
+
 impl Run<'_> {
-    /// (id, location, outcome) of every item with an outcome, in file order.
-    fn entries(&self) -> impl Iterator<Item = (String, String, &Outcome)> {
+    /// Every item with an outcome, in file order.
+    fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
         self.loaded
             .items
             .iter()
             .zip(self.outcomes)
             .filter_map(|(item, outcome)| {
-                let outcome = outcome.as_ref()?;
-                let location = self.loaded.location(item);
-                let id = match &item.kind {
-                    ItemKind::Session { id, .. } => id.clone(),
-                    _ => location.clone(),
-                };
-                Some((id, location, outcome))
+                Some(Entry {
+                    item,
+                    id: match &item.kind {
+                        ItemKind::Session { id, .. } => Some(id.as_str()),
+                        _ => None,
+                    },
+                    location: self.loaded.location(item),
+                    outcome: outcome.as_ref()?,
+                })
             })
     }
 
@@ -67,15 +84,12 @@ impl Run<'_> {
         let mut summary = Summary::default();
         let mut latencies = Vec::new();
         let mut posted = 0;
-        for (_, _, outcome) in self.entries() {
+        for Entry { outcome, .. } in self.entries() {
             summary.total += 1;
             match outcome.verdict {
                 Verdict::Pass => summary.passed += 1,
                 Verdict::Fail => summary.failed += 1,
                 Verdict::Error => summary.errors += 1,
-            }
-            if outcome.verdict != Verdict::Error {
-                summary.answered += 1;
             }
             if let Some(ms) = outcome.latency_ms {
                 posted += 1;
@@ -119,7 +133,8 @@ pub fn print_details(
 ) -> io::Result<()> {
     let mut shown = 0;
     let mut hidden = 0;
-    for (id, location, outcome) in run.entries() {
+    for entry in run.entries() {
+        let outcome = entry.outcome;
         if outcome.verdict == Verdict::Pass {
             continue;
         }
@@ -134,10 +149,9 @@ pub fn print_details(
             "ERROR"
         };
         // Ids and server messages may hold anything: escaped for the terminal.
-        if id == location {
-            writeln!(out, "{label} {}", escape(&location))?;
-        } else {
-            writeln!(out, "{label} {}  ({})", escape(&id), escape(&location))?;
+        match entry.id {
+            Some(id) => writeln!(out, "{label} {}  ({})", escape(id), escape(&entry.location))?,
+            None => writeln!(out, "{label} {}", escape(&entry.location))?,
         }
         if !outcome.reason.is_empty() {
             writeln!(out, "  {}", escape(&outcome.reason))?;
@@ -163,8 +177,8 @@ pub fn print_details(
         )?;
     }
     let mut notes = 0;
-    for (id, location, outcome) in run.entries() {
-        if outcome.verdict != Verdict::Pass || outcome.calls.missing == 0 {
+    for entry in run.entries() {
+        if entry.outcome.verdict != Verdict::Pass || entry.outcome.calls.missing == 0 {
             continue;
         }
         notes += 1;
@@ -172,9 +186,9 @@ pub fn print_details(
             writeln!(
                 out,
                 "note  {}  ({}): passed, but {} recorded call(s) were not made",
-                escape(&id),
-                escape(&location),
-                outcome.calls.missing
+                escape(entry.name()),
+                escape(&entry.location),
+                entry.outcome.calls.missing
             )?;
         }
     }
@@ -223,10 +237,11 @@ pub fn print_summary(out: &mut impl Write, run: &Run, summary: &Summary) -> io::
     }
     writeln!(out)?;
     if run.interrupted {
+        // Bad lines have outcomes too, but are not sessions.
+        let replayed = run.entries().filter(|entry| entry.id.is_some()).count();
         writeln!(
             out,
-            "INTERRUPTED: {} of {} session(s) replayed",
-            summary.passed + summary.failed + summary.errors,
+            "INTERRUPTED: {replayed} of {} session(s) replayed",
             run.loaded.session_count()
         )?;
     } else if summary.failed == 0 && summary.errors == 0 {
@@ -245,36 +260,24 @@ pub fn print_summary(out: &mut impl Write, run: &Run, summary: &Summary) -> io::
 /// ReplayResult or error, and explanation.
 pub fn report_json(run: &Run, summary: &Summary) -> Value {
     let sessions: Vec<Value> = run
-        .loaded
-        .items
-        .iter()
-        .zip(run.outcomes)
-        .filter_map(|(item, outcome)| {
-            let outcome = outcome.as_ref()?;
-            let id = match &item.kind {
-                ItemKind::Session { id, .. } => Value::String(id.clone()),
-                _ => Value::Null,
-            };
+        .entries()
+        .map(|entry| {
+            let outcome = entry.outcome;
             let error = (outcome.verdict == Verdict::Error)
                 .then(|| json!({"message": outcome.reason, "http_status": outcome.http_status}));
-            Some(json!({
-                "id": id,
-                "file": run.loaded.files[item.file].display().to_string(),
-                "line": item.line,
-                "location": run.loaded.location(item),
+            json!({
+                "id": entry.id,
+                "file": run.loaded.files[entry.item.file].display().to_string(),
+                "line": entry.item.line,
+                "location": entry.location,
                 "verdict": outcome.verdict.as_str(),
                 "reason": outcome.reason,
                 "latency_ms": outcome.latency_ms,
-                "calls": {
-                    "matched": outcome.calls.matched,
-                    "unmatched": outcome.calls.unmatched,
-                    "missing": outcome.calls.missing,
-                    "reused": outcome.calls.reused,
-                },
+                "calls": outcome.calls,
                 "diff": outcome.diff.join("\n"),
                 "error": error,
                 "result": outcome.result,
-            }))
+            })
         })
         .collect();
     let latency = summary
@@ -295,12 +298,7 @@ pub fn report_json(run: &Run, summary: &Summary) -> Value {
                 "failed": summary.failed,
                 "errors": summary.errors,
             },
-            "calls": {
-                "matched": summary.calls.matched,
-                "unmatched": summary.calls.unmatched,
-                "missing": summary.calls.missing,
-                "reused": summary.calls.reused,
-            },
+            "calls": summary.calls,
             "throughput_per_s": summary.throughput,
             "latency_ms": latency,
         },
@@ -338,20 +336,17 @@ pub fn junit_xml(run: &Run, summary: &Summary) -> String {
         run.elapsed.as_secs_f64(),
         iso8601(run.started).trim_end_matches('Z'),
     );
-    for (item, outcome) in run.loaded.items.iter().zip(run.outcomes) {
-        let Some(outcome) = outcome else { continue };
-        let location = run.loaded.location(item);
-        let name = match &item.kind {
-            ItemKind::Session { id, .. } => id.clone(),
-            _ => location.clone(),
-        };
+    for entry in run.entries() {
+        let outcome = entry.outcome;
+        let file = xml_escape(
+            &run.loaded.files[entry.item.file].display().to_string(),
+            true,
+        );
         let _ = write!(
             xml,
-            "    <testcase name=\"{}\" classname=\"{}\" file=\"{}\" line=\"{}\" time=\"{}\"",
-            xml_escape(&name, true),
-            xml_escape(&run.loaded.files[item.file].display().to_string(), true),
-            xml_escape(&run.loaded.files[item.file].display().to_string(), true),
-            item.line,
+            "    <testcase name=\"{}\" classname=\"{file}\" file=\"{file}\" line=\"{}\" time=\"{}\"",
+            xml_escape(entry.name(), true),
+            entry.item.line,
             seconds(outcome.latency_ms)
         );
         let (tag, kind) = match outcome.verdict {
@@ -362,7 +357,7 @@ pub fn junit_xml(run: &Run, summary: &Summary) -> String {
             Verdict::Fail => ("failure", "mismatch"),
             Verdict::Error => ("error", "replay error"),
         };
-        let mut body = format!("{location}\n{}\n", outcome.reason);
+        let mut body = format!("{}\n{}\n", entry.location, outcome.reason);
         for line in &outcome.diff {
             body.push_str(line);
             body.push('\n');
@@ -535,6 +530,38 @@ mod tests {
         let report = report_json(&run, &summary);
         assert_eq!(report["sessions"][1]["id"], "b\u{1b}]]>");
         assert_eq!(report["sessions"][2]["verdict"], "pass");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_run_counts_sessions_not_bad_lines() {
+        use super::super::load::tests::{session, temp_dir};
+        use koala_session::Kind;
+        let dir = temp_dir("interrupted");
+        let line = |id| session(id, "127.0.0.1:1", Kind::Session).to_json_line();
+        let lines = [line("a"), "{broken".into(), line("b"), line("c")];
+        std::fs::write(dir.join("s.jsonl"), lines.join("\n")).unwrap();
+        let loaded = Loaded::read(std::slice::from_ref(&dir)).unwrap();
+        let bad_line = Outcome::error("bad session line: ...".into(), None, None);
+        // `c` was not replayed before the interrupt.
+        let outcomes = vec![Some(failing(1)), Some(bad_line), Some(failing(1)), None];
+        let run = Run {
+            loaded: &loaded,
+            outcomes: &outcomes,
+            inbound: "127.0.0.1:2514".into(),
+            sut: None,
+            concurrency: 1,
+            started: UNIX_EPOCH,
+            elapsed: Duration::from_secs(1),
+            interrupted: true,
+        };
+        let mut out = Vec::new();
+        print_summary(&mut out, &run, &run.summary()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("INTERRUPTED: 2 of 3 session(s) replayed\n"),
+            "{text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

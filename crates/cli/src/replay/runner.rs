@@ -7,10 +7,8 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use koala_session::read_session_line;
-
 use super::client::{Client, Connections};
-use super::load::{Item, ItemKind, Loaded};
+use super::load::{self, Item, ItemKind, Loaded};
 use super::outcome::{self, Outcome, Settings, Verdict};
 use super::progress::{Term, bar_text};
 use super::service::{self, Service};
@@ -160,10 +158,7 @@ fn replay_one(client: &mut Client, plan: &Plan, item: &Item) -> Outcome {
     };
     // The line was checked when loaded; it is parsed again here to keep
     // only one session's payloads in memory per worker.
-    let session = match std::str::from_utf8(&line)
-        .map_err(|e| e.to_string())
-        .and_then(read_session_line)
-    {
+    let session = match load::parse_line(&line) {
         Ok(session) => session,
         Err(message) => return Outcome::error(format!("bad session line: {message}"), None, None),
     };

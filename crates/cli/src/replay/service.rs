@@ -20,7 +20,7 @@ use super::client::Client;
 use super::progress::Term;
 
 /// After SIGTERM, how long the service may take to exit before SIGKILL.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of the service's stderr kept to explain an early exit.
 const TAIL_LINES: usize = 20;
 
@@ -211,16 +211,16 @@ impl Service {
     /// Like [`exited`](Self::exited), waiting up to `timeout` for an exit
     /// that may be under way: a service closes its sockets (and the replays
     /// fail) a moment before the kernel reports it gone.
-    pub fn exited_within(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited() {
                 return Some(status);
             }
-            if std::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -290,7 +290,7 @@ impl Drop for Service {
     }
 }
 
-pub fn describe_status(status: ExitStatus) -> String {
+fn describe_status(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
@@ -437,22 +437,27 @@ mod tests {
         let term = Arc::new(Term::new(false));
         let log =
             std::env::temp_dir().join(format!("koala-service-stop-{}.log", std::process::id()));
-        // The shell ignores SIGTERM: SIGKILL must follow.
+        // The shell ignores SIGTERM, and so does the child it leaves in
+        // the background: SIGKILL must follow, for both.
         let mut service = Service::start(
             &[
                 "sh".into(),
                 "-c".into(),
-                "trap '' TERM; echo ready; while :; do sleep 1; done".into(),
+                "trap '' TERM; sleep 1000 & echo $!; while :; do sleep 1; done".into(),
             ],
             &[],
             Some(&log),
             term,
         )
         .unwrap();
-        // Once the trap is set.
-        while service.stdout_tail.lock().unwrap().text().is_empty() {
+        // Once the trap is set and the child runs.
+        let child: libc::pid_t = loop {
+            let first = service.stdout_tail.lock().unwrap().lines.front().cloned();
+            if let Some(line) = first {
+                break line.parse().unwrap();
+            }
             thread::sleep(Duration::from_millis(5));
-        }
+        };
         let started = Instant::now();
         let status = service.stop().unwrap();
         let took = started.elapsed();
@@ -461,6 +466,19 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Gone, or dead and waiting for its new parent to reap it.
+        let dead = || match std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|fields| fields.trim_start().starts_with('Z')),
+            Err(_) => true,
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !dead() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(dead(), "the service's child {child} survived stop()");
         std::fs::remove_file(&log).unwrap();
     }
 

@@ -171,14 +171,6 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
-/// `$CARGO_TARGET_DIR`, else `<workspace>/target`.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| koala_tests::workspace_root().join("target"))
-}
-
 /// Runs one part; a panic (a server that would not start, a tool that
 /// failed) is reported and the other parts go on.
 fn attempt<T>(part: &str, errors: &mut Vec<(String, String)>, f: impl FnOnce() -> T) -> Option<T> {
@@ -203,7 +195,7 @@ fn main() {
     let date = tools::utc_now();
     let settings = Settings::from_env();
     let root = koala_tests::workspace_root();
-    let out_dir = target_dir().join("bench");
+    let out_dir = koala_tests::target_dir().join("bench");
     fs::create_dir_all(&out_dir).expect("create target/bench");
     let machine = tools::machine();
     eprintln!(
@@ -297,8 +289,8 @@ fn main() {
         "git": tools::git_revision(&root),
         "settings": settings.json(),
         "targets": {
-            "recording_throughput_ratio": 0.97,
-            "passive_throughput_ratio": 0.99,
+            "recording_throughput_ratio": Mode::Record.target(),
+            "passive_throughput_ratio": Mode::Passive.target(),
             "applies_to": "throughput ratios; record target on redis and nginx, passive target on every workload; replay: reported only",
         },
         "recording": measured.iter().map(Measured::json).collect::<Vec<_>>(),
@@ -409,30 +401,31 @@ fn render(
         );
         for m in measured {
             for (r, row) in m.rows.iter().enumerate() {
-                let none = m.row_mode(r, 0);
                 for (i, mode) in MODES.into_iter().enumerate() {
                     let f = m.row_mode(r, i);
-                    let (ratio, rounds, p99_ratio, target, result) = if mode == Mode::None {
-                        (
-                            String::new(),
-                            String::new(),
-                            String::new(),
-                            String::new(),
-                            String::new(),
-                        )
+                    let (ratio, rounds, p99_ratio, target, result): (
+                        String,
+                        String,
+                        String,
+                        String,
+                        &str,
+                    ) = if mode == Mode::None {
+                        Default::default()
                     } else {
-                        let ratio = f.rps.median() / none.rps.median();
-                        let per_round = stats::paired_ratio(&f.rps, &none.rps);
-                        let target = m.target(mode);
+                        let ratios = m.ratios(r, mode);
                         (
-                            format!("{ratio:.3}"),
-                            format!("({:.2}–{:.2})", per_round.min(), per_round.max()),
-                            format!("{:.2}", f.p99.median() / none.p99.median()),
-                            target.map_or("-".into(), |t| format!("≥{t:.2}")),
-                            match target {
-                                Some(t) if ratio >= t => "pass".into(),
-                                Some(_) => "MISS".into(),
-                                None => "-".into(),
+                            format!("{:.3}", ratios.throughput),
+                            format!(
+                                "({:.2}–{:.2})",
+                                ratios.per_round.min(),
+                                ratios.per_round.max()
+                            ),
+                            format!("{:.2}", ratios.p99),
+                            ratios.target.map_or("-".into(), |t| format!("≥{t:.2}")),
+                            match ratios.pass {
+                                Some(true) => "pass",
+                                Some(false) => "MISS",
+                                None => "-",
                             },
                         )
                     };
@@ -530,18 +523,11 @@ fn render(
                     format!("{failed} fail {errors} err")
                 };
                 let (ratio, rounds, p99_ratio) = if record {
-                    let per_round = stats::paired_ratio(
-                        &rate,
-                        &replay::series(&level.replay, |r| r.sessions_per_s),
-                    );
+                    let per_round = level.ratio_per_round();
                     (
                         format!("{:.3}", level.ratio()),
                         format!("({:.2}–{:.2})", per_round.min(), per_round.max()),
-                        format!(
-                            "{:.2}",
-                            replay::series(runs, |r| r.p99_ms).median()
-                                / replay::series(&level.replay, |r| r.p99_ms).median()
-                        ),
+                        format!("{:.2}", level.p99_ratio()),
                     )
                 } else {
                     Default::default()

@@ -9,8 +9,9 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use koala_tests::clean_command;
+
 use crate::stats::number;
-use crate::tools::clean_command;
 
 /// One criterion benchmark's estimate.
 #[derive(Clone, Debug)]
@@ -151,7 +152,7 @@ pub fn json(estimates: &[Estimate], args: &[String], criterion_dir: &Path) -> Va
 
 /// `target/criterion`.
 pub fn criterion_dir() -> PathBuf {
-    crate::target_dir().join("criterion")
+    koala_tests::target_dir().join("criterion")
 }
 
 /// Nanoseconds as `774 ns`, `12.3 µs`, `4.56 ms`.

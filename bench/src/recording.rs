@@ -5,14 +5,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use koala_tests::{Program, Spec, TestDir, free_port, python, require_program, wait_for_children};
+use koala_tests::{
+    Program, Spec, TestDir, clean_command, free_port, python, redis_spec, require_program,
+    wait_for_children,
+};
 use serde_json::{Value, json};
 
 use crate::Settings;
 use crate::stats::{Series, number, paired_ratio};
 use crate::tools::{
-    Load, Recorded, clean_command, http_load, parse_redis_csv, parse_wrk, recorded, run_ok,
-    settle_disk,
+    Load, Recorded, http_load, parse_redis_csv, parse_wrk, recorded, run_ok, settle_disk,
 };
 
 /// How the server of one run is started.
@@ -47,7 +49,7 @@ impl Mode {
 
     /// The throughput ratio this mode must reach, for a workload with
     /// targets.
-    fn target(self) -> Option<f64> {
+    pub fn target(self) -> Option<f64> {
         match self {
             Mode::None => None,
             Mode::Passive => Some(0.99),
@@ -64,6 +66,18 @@ pub struct Run {
     pub requests: u64,
     pub errors: u64,
     pub recorded: Option<Recorded>,
+}
+
+impl Run {
+    /// A run with one row of figures.
+    fn single(load: Load, recorded: Option<Recorded>) -> Run {
+        Run {
+            requests: load.requests,
+            errors: load.errors,
+            rows: vec![load],
+            recorded,
+        }
+    }
 }
 
 /// A server under load, started once per run.
@@ -152,6 +166,19 @@ pub struct RowMode {
     pub p99: Series,
 }
 
+/// One row in one mode compared with the same row without the library.
+pub struct Ratios {
+    /// Median throughput / median throughput without the library.
+    pub throughput: f64,
+    /// Round by round.
+    pub per_round: Series,
+    /// Median p99 / median p99 without the library.
+    pub p99: f64,
+    pub target: Option<f64>,
+    /// Did the throughput ratio reach the target (`None`: no target)?
+    pub pass: Option<bool>,
+}
+
 impl Measured {
     pub fn row_mode(&self, row: usize, mode: usize) -> RowMode {
         let mut out = RowMode {
@@ -170,6 +197,21 @@ impl Measured {
         match mode {
             Mode::Record if !self.record_target => None,
             mode => mode.target(),
+        }
+    }
+
+    /// Row `row` in `mode` against the same row without the library.
+    pub fn ratios(&self, row: usize, mode: Mode) -> Ratios {
+        let none = self.row_mode(row, 0);
+        let figures = self.row_mode(row, MODES.iter().position(|m| *m == mode).unwrap());
+        let throughput = figures.rps.median() / none.rps.median();
+        let target = self.target(mode);
+        Ratios {
+            throughput,
+            per_round: paired_ratio(&figures.rps, &none.rps),
+            p99: figures.p99.median() / none.p99.median(),
+            target,
+            pass: target.map(|t| throughput >= t),
         }
     }
 
@@ -201,26 +243,22 @@ impl Measured {
     pub fn json(&self) -> Value {
         let mut rows = Vec::new();
         for (r, row) in self.rows.iter().enumerate() {
-            let none = self.row_mode(r, 0);
             let mut modes = serde_json::Map::new();
             for (m, mode) in MODES.into_iter().enumerate() {
                 let figures = self.row_mode(r, m);
-                let ratio = figures.rps.median() / none.rps.median();
-                let p99_ratio = figures.p99.median() / none.p99.median();
-                let target = self.target(mode);
                 let mut entry = json!({
                     "throughput_rps": figures.rps.json(),
                     "p99_ms": figures.p99.json(),
                 });
                 if mode != Mode::None {
-                    entry["throughput_ratio"] = number(ratio);
-                    entry["throughput_ratio_per_round"] =
-                        paired_ratio(&figures.rps, &none.rps).json();
-                    entry["p99_ratio"] = number(p99_ratio);
-                    entry["target"] = target.map_or(Value::Null, number);
-                    entry["result"] = match target {
-                        Some(t) if ratio >= t => json!("pass"),
-                        Some(_) => json!("miss"),
+                    let ratios = self.ratios(r, mode);
+                    entry["throughput_ratio"] = number(ratios.throughput);
+                    entry["throughput_ratio_per_round"] = ratios.per_round.json();
+                    entry["p99_ratio"] = number(ratios.p99);
+                    entry["target"] = ratios.target.map_or(Value::Null, number);
+                    entry["result"] = match ratios.pass {
+                        Some(true) => json!("pass"),
+                        Some(false) => json!("miss"),
                         None => Value::Null,
                     };
                 }
@@ -292,9 +330,14 @@ fn finish(mut server: Program, mode: Mode, record: &Path) -> Option<Recorded> {
     Some(rec)
 }
 
+/// Seconds of load of one run: `BENCH_DURATION`, 1 to warm up.
+fn seconds(settings: &Settings, warmup: bool) -> u32 {
+    if warmup { 1 } else { settings.duration_s }
+}
+
 /// `wrk -t 2 -c CONNECTIONS -d DURATION --latency URL` (1 s to warm up).
 fn wrk(settings: &Settings, warmup: bool, url: &str) -> Load {
-    let duration = if warmup { 1 } else { settings.duration_s };
+    let duration = seconds(settings, warmup);
     let mut command = clean_command(require_program("wrk", "wrk"));
     command.args([
         "-t",
@@ -357,24 +400,7 @@ impl Workload for Redis {
     fn run(&mut self, mode: Mode, warmup: bool) -> Run {
         let port = free_port();
         let record = record_dir(&self.dir);
-        let data = self.dir.join("redis-data");
-        fs::create_dir_all(&data).unwrap();
-        let spec = Spec::new("redis", require_program("redis-server", "redis-server")).args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-            "--dir",
-            data.to_str().unwrap(),
-        ]);
+        let spec = redis_spec(&self.dir, port);
         let mut server = mode.apply(spec, &record).spawn(&self.dir);
         server.wait_for_port(port);
         let n = self.requests(warmup);
@@ -565,13 +591,7 @@ impl Workload for Nginx {
         wait_for_children(&mut server, 2);
         let url = format!("http://127.0.0.1:{port}{}", self.path());
         let load = wrk(&self.settings, warmup, &url);
-        let recorded = finish(server, mode, &record);
-        Run {
-            requests: load.requests,
-            errors: load.errors,
-            rows: vec![load],
-            recorded,
-        }
+        Run::single(load, finish(server, mode, &record))
     }
 }
 
@@ -646,21 +666,14 @@ impl Workload for Demo {
             .args([port, self.inventory_port, self.cache_port]);
         let mut server = mode.apply(spec, &record).spawn(&self.dir);
         server.wait_for_port(port);
-        let duration = if warmup { 1 } else { self.settings.duration_s };
         let paths = DEMO_ITEMS.map(|item| format!("/price/{item}"));
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let load = http_load(
             port,
             self.settings.demo_connections,
-            Duration::from_secs(duration.into()),
+            Duration::from_secs(seconds(&self.settings, warmup).into()),
             &paths,
         );
-        let recorded = finish(server, mode, &record);
-        Run {
-            requests: load.requests,
-            errors: load.errors,
-            rows: vec![load],
-            recorded,
-        }
+        Run::single(load, finish(server, mode, &record))
     }
 }

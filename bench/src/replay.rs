@@ -5,20 +5,20 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::Command;
 use std::thread;
 use std::time::Instant;
 
+use koala_tests::replay::koala_bin;
 use koala_tests::{
-    Spec, TestDir, connect, find, free_port, http_exchange, read_sessions, redis_set,
-    require_program, start_redis,
+    Spec, TestDir, clean_command, compile_c, connect, find, free_port, http_exchange,
+    read_sessions, redis_set, start_redis,
 };
 use serde_json::{Value, json};
 
 use crate::Settings;
 use crate::recording::start_upstream;
 use crate::stats::{Series, number, paired_ratio};
-use crate::tools::{clean_command, recorded, run_ok, settle_disk};
+use crate::tools::{recorded, settle_disk};
 
 /// The recorded corpus and how to start the service again.
 pub struct Corpus {
@@ -55,12 +55,10 @@ pub struct ReplayRun {
 /// real redis and backend, then stops them.
 pub fn record_corpus(dir: &TestDir, settings: &Settings) -> Corpus {
     let service = dir.join("service");
-    run_ok(
-        clean_command(require_program("gcc", "gcc"))
-            .args(["-O2", "-Wall", "-pthread", "-o"])
-            .arg(&service)
-            .arg(crate::fixture("service.c")),
-        "gcc -O2 service.c",
+    compile_c(
+        &crate::fixture("service.c"),
+        &["-O2", "-Wall", "-pthread"],
+        &service,
     );
 
     let (mut redis, redis_port) = start_redis(dir);
@@ -144,14 +142,13 @@ pub fn record_corpus(dir: &TestDir, settings: &Settings) -> Corpus {
 
 /// `koala replay CORPUS -j N --report ... [--record-to DIR] -- service ...`.
 pub fn replay(dir: &TestDir, corpus: &Corpus, concurrency: usize, record: bool) -> ReplayRun {
-    let koala = crate::target_dir().join("release/koala");
     let report = dir.join("report.json");
     let record_to = dir.join("replay-record");
     let _ = fs::remove_file(&report);
     let _ = fs::remove_dir_all(&record_to);
     settle_disk();
     let time_wait_before = time_wait();
-    let mut command = clean_command(&koala);
+    let mut command = clean_command(koala_bin());
     command
         .arg("replay")
         .arg(&corpus.dir)
@@ -168,7 +165,7 @@ pub fn replay(dir: &TestDir, corpus: &Corpus, concurrency: usize, record: bool) 
         .arg(&corpus.service)
         .args([corpus.port, corpus.redis_port, corpus.backend_port].map(|p| p.to_string()))
         .arg(&corpus.mode);
-    let output = output_of(&mut command);
+    let output = command.output().expect("run koala replay");
     let text = fs::read_to_string(&report).unwrap_or_else(|e| {
         panic!(
             "koala replay wrote no report ({e}), {}:\n{}\n{}",
@@ -227,10 +224,6 @@ pub fn time_wait() -> u64 {
                 .and_then(|w| w[1].parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn output_of(command: &mut Command) -> std::process::Output {
-    command.output().expect("run koala replay")
 }
 
 /// Both modes at one concurrency.
@@ -323,9 +316,24 @@ pub fn measure(settings: &Settings) -> Measured {
 }
 
 impl AtConcurrency {
+    /// Median sessions/s of record+replay / of replay alone.
     pub fn ratio(&self) -> f64 {
         series(&self.record_replay, |r| r.sessions_per_s).median()
             / series(&self.replay, |r| r.sessions_per_s).median()
+    }
+
+    /// The same, round by round.
+    pub fn ratio_per_round(&self) -> Series {
+        paired_ratio(
+            &series(&self.record_replay, |r| r.sessions_per_s),
+            &series(&self.replay, |r| r.sessions_per_s),
+        )
+    }
+
+    /// Median p99 of record+replay / of replay alone.
+    pub fn p99_ratio(&self) -> f64 {
+        series(&self.record_replay, |r| r.p99_ms).median()
+            / series(&self.replay, |r| r.p99_ms).median()
     }
 }
 
@@ -363,13 +371,8 @@ impl Measured {
                     "replay": runs_json(&level.replay),
                     "record_replay": record_replay,
                     "record_replay_ratio": number(level.ratio()),
-                    "record_replay_ratio_per_round": paired_ratio(
-                        &series(&level.record_replay, |r| r.sessions_per_s),
-                        &series(&level.replay, |r| r.sessions_per_s),
-                    ).json(),
-                    "record_replay_p99_ratio": number(
-                        series(&level.record_replay, |r| r.p99_ms).median()
-                            / series(&level.replay, |r| r.p99_ms).median()),
+                    "record_replay_ratio_per_round": level.ratio_per_round().json(),
+                    "record_replay_p99_ratio": number(level.p99_ratio()),
                 })
             }).collect::<Vec<_>>(),
         })

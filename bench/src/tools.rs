@@ -13,19 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-/// A command run without the library and without the bench's own koala
-/// settings: load generators are never measured.
-pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut command = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("KOALA_") || key == "LD_PRELOAD" {
-            command.env_remove(&*key);
-        }
-    }
-    command
-}
-
 /// Runs a command to its end; panics with its output if it fails.
 pub fn run_ok(command: &mut Command, what: &str) -> Output {
     let output = command

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use koala_session::{EndReason, Exchange, Payload, Session};
 
 /// How long a program may take to start listening.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long recorded sessions may take to reach their file.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a program may take to exit after SIGTERM before SIGKILL.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read/write timeout of the test clients' sockets.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,18 +49,22 @@ pub fn fixture(name: &str) -> PathBuf {
     path
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// The library under test: `$KOALA_LIB`, else
-/// `<workspace>/target/release/libkoala.so` (`$CARGO_TARGET_DIR` honoured).
+/// `<target>/release/libkoala.so` (see [`target_dir`]).
 pub fn koala_lib() -> PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         let path = match std::env::var_os("KOALA_LIB") {
             Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => std::env::var_os("CARGO_TARGET_DIR")
-                .filter(|dir| !dir.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"))
-                .join("release/libkoala.so"),
+            _ => target_dir().join("release/libkoala.so"),
         };
         if !path.is_file() {
             panic!(
@@ -107,6 +111,24 @@ pub fn require_program(name: &str, package: &str) -> PathBuf {
         }
     }
     panic!("`{name}` is not installed: install it (e.g. `apt-get install {package}`)");
+}
+
+/// Compiles the C program `source` with `gcc FLAGS -o output source`;
+/// panics with gcc's messages when it fails.
+pub fn compile_c(source: &Path, flags: &[&str], output: &Path) {
+    let out = clean_command(require_program("gcc", "gcc"))
+        .args(flags)
+        .arg("-o")
+        .arg(output)
+        .arg(source)
+        .output()
+        .expect("run gcc");
+    assert!(
+        out.status.success(),
+        "gcc {flags:?} {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A directory of its own for one test, removed on drop unless the test
@@ -169,6 +191,19 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
+}
+
+/// A command without the test runner's own koala settings (`KOALA_*`,
+/// `LD_PRELOAD`): they must not leak into the programs it starts.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("KOALA_") || key == "LD_PRELOAD" {
+            command.env_remove(&*key);
+        }
+    }
+    command
 }
 
 /// How to start a program.
@@ -240,7 +275,7 @@ impl Spec {
     pub fn spawn(self, dir: &TestDir) -> Program {
         let stdout_path = dir.join(format!("{}.stdout", self.name));
         let stderr_path = dir.join(format!("{}.stderr", self.name));
-        let mut command = Command::new(&self.program);
+        let mut command = clean_command(&self.program);
         command
             .args(&self.args)
             .stdin(Stdio::null())
@@ -248,13 +283,6 @@ impl Spec {
             .stderr(fs::File::create(&stderr_path).expect("create stderr file"))
             .current_dir(self.cwd.as_deref().unwrap_or(dir.path()))
             .process_group(0);
-        // The test runner's own koala settings must not leak into programs.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("KOALA_") || key == "LD_PRELOAD" {
-                command.env_remove(&*key);
-            }
-        }
         if self.preload {
             command.env("LD_PRELOAD", koala_lib());
         }
@@ -419,8 +447,22 @@ pub fn is_listening(port: u16) -> bool {
     })
 }
 
+/// Asserts nothing listens on `127.0.0.1:port` and a connect is refused.
+#[track_caller]
+pub fn assert_port_closed(port: u16, what: &str) {
+    assert!(!is_listening(port), "{what} still listens on port {port}");
+    let refused = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    );
+    assert!(
+        refused.is_err(),
+        "{what}: a connection to port {port} was accepted"
+    );
+}
+
 /// The pids whose parent is `parent` (from /proc).
-pub fn child_pids(parent: u32) -> Vec<u32> {
+fn child_pids(parent: u32) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
@@ -446,7 +488,7 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
     pids
 }
 
-/// Waits until `pid` has `count` children; returns their pids.
+/// Waits until `program` has at least `count` children; returns their pids.
 pub fn wait_for_children(program: &mut Program, count: usize) -> Vec<u32> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -492,7 +534,7 @@ pub fn background_records(dir: &Path) -> Vec<Session> {
 /// Every line of the `.jsonl` files of a directory: `(file name, records)`,
 /// sorted by name. Only newline-terminated lines count (a line being written
 /// is not complete yet); a complete line that is not a valid record panics.
-pub fn record_files(dir: &Path) -> Vec<(String, Vec<Session>)> {
+pub(crate) fn record_files(dir: &Path) -> Vec<(String, Vec<Session>)> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -713,30 +755,34 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Starts a `redis-server` on a free port, with no persistence, files in
-/// `dir`. Returns the program and its port.
-pub fn start_redis(dir: &TestDir) -> (Program, u16) {
-    let port = free_port();
+/// A `redis-server` on `127.0.0.1:port`, with no persistence, its files in
+/// `dir` (not started: the bench starts it under the library too).
+pub fn redis_spec(dir: &TestDir, port: u16) -> Spec {
     let data = dir.join("redis");
     fs::create_dir_all(&data).unwrap();
-    let mut redis = Spec::new("redis", require_program("redis-server", "redis-server"))
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "no",
-            "--dir",
-            data.to_str().unwrap(),
-        ])
-        .spawn(dir);
+    Spec::new("redis", require_program("redis-server", "redis-server")).args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+        "--dir",
+        data.to_str().unwrap(),
+    ])
+}
+
+/// Starts a `redis-server` ([`redis_spec`]) on a free port. Returns the
+/// program and its port.
+pub fn start_redis(dir: &TestDir) -> (Program, u16) {
+    let port = free_port();
+    let mut redis = redis_spec(dir, port).spawn(dir);
     redis.wait_for_port(port);
     (redis, port)
 }
@@ -768,4 +814,204 @@ pub fn redis_set(port: u16, pairs: &[(String, String)]) {
         assert_bytes(&reply, b"+OK\r\n", &format!("redis reply to SET {key}"));
     }
 }
+
+// ---------------------------------------------------------------------------
+// The item services: `GET /item/<id>` makes a redis `GET item:<id>`, a
+// backend call and a redis `INCR hits:<id>` (redis_service.py,
+// replay_prefork_service.py, the hints_* services).
+
+/// Seeds redis for the item services: `item:<id>` = `value-<id>` for each id.
+pub fn seed_items(redis_port: u16, ids: &[impl AsRef<str>]) {
+    let pairs: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| {
+            let id = id.as_ref();
+            (format!("item:{id}"), format!("value-{id}"))
+        })
+        .collect();
+    redis_set(redis_port, &pairs);
+}
+
+/// `c0r0, c0r1, ...`: `per_connection` request ids for each of
+/// `connections` client connections.
+pub fn item_ids(connections: usize, per_connection: usize) -> Vec<String> {
+    (0..connections)
+        .flat_map(|c| (0..per_connection).map(move |r| format!("c{c}r{r}")))
+        .collect()
+}
+
+/// The request the tests send for item `id`.
+pub fn item_request(port: u16, id: &str) -> Vec<u8> {
+    format!("GET /item/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").into_bytes()
+}
+
+/// The last path segment of a request's target: the item id.
+pub fn request_item(request: &[u8]) -> String {
+    String::from_utf8_lossy(request)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The exact answer of the item services for item `id` with `hits`:
+/// `extra_headers` (each ending in CRLF) after Content-Length.
+pub fn item_response_with(id: &str, hits: u32, extra_headers: &str) -> Vec<u8> {
+    let body = format!("item {id}: value=value-{id} backend=backend says {id} hits={hits}\n");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The exact answer of `redis_service.py` (and the other item services
+/// that add no header) for item `id` with `hits`.
+pub fn item_response(id: &str, hits: u32) -> Vec<u8> {
+    item_response_with(id, hits, "")
+}
+
+/// The exact answer of `backend.py` and `hints_backend.py` to
+/// `GET /backend/<id>`.
+pub fn backend_response(id: &str) -> Vec<u8> {
+    let body = format!("backend says {id}\n");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// redis-server and `backend.py`, the dependencies of `redis_service.py`
+/// and `replay_prefork_service.py`, seeded for `ids`.
+pub struct Dependencies {
+    redis: Program,
+    redis_port: u16,
+    backend: Program,
+    backend_port: u16,
+}
+
+impl Dependencies {
+    /// Starts redis (seeded with [`seed_items`]) and the backend.
+    pub fn start(dir: &TestDir, ids: &[String]) -> Dependencies {
+        let (redis, redis_port) = start_redis(dir);
+        seed_items(redis_port, ids);
+        let backend_port = free_port();
+        let mut backend = Spec::python_fixture("backend", "backend.py")
+            .arg(backend_port)
+            .spawn(dir);
+        backend.wait_for_port(backend_port);
+        Dependencies {
+            redis,
+            redis_port,
+            backend,
+            backend_port,
+        }
+    }
+
+    /// The service's arguments after PORT: `REDIS_PORT BACKEND_PORT`.
+    pub fn args(&self) -> [String; 2] {
+        [self.redis_port.to_string(), self.backend_port.to_string()]
+    }
+
+    pub fn redis_peer(&self) -> String {
+        format!("127.0.0.1:{}", self.redis_port)
+    }
+
+    pub fn backend_peer(&self) -> String {
+        format!("127.0.0.1:{}", self.backend_port)
+    }
+
+    /// Stops both, and asserts their ports are closed: nothing can answer
+    /// a replayed service but the recording.
+    pub fn stop(mut self) {
+        self.redis.stop();
+        self.backend.stop();
+        assert_port_closed(self.redis_port, "redis");
+        assert_port_closed(self.backend_port, "the backend");
+    }
+}
+
+/// `hints_backend.py`: a backend whose answers to some ids the test holds
+/// back, so that a service has several requests in flight at once.
+pub struct HintsBackend {
+    _program: Program,
+    pub port: u16,
+}
+
+impl HintsBackend {
+    /// Starts it on a free port, holding its answers to `held`.
+    pub fn start(dir: &TestDir, held: &[&str]) -> HintsBackend {
+        let port = free_port();
+        let mut program = Spec::python_fixture("backend", "hints_backend.py")
+            .args([port.to_string(), held.join(",")])
+            .spawn(dir);
+        program.wait_for_port(port);
+        HintsBackend {
+            _program: program,
+            port,
+        }
+    }
+
+    /// `GET path` from the test (not recorded): the body of its 200 answer.
+    fn control(&self, path: &str) -> Vec<u8> {
+        let mut stream = connect(self.port);
+        let response = http_exchange(
+            &mut stream,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+                self.port
+            )
+            .as_bytes(),
+        );
+        assert!(
+            response.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "backend control {path}: {}",
+            String::from_utf8_lossy(&response)
+        );
+        response[find(&response, b"\r\n\r\n").unwrap() + 4..].to_vec()
+    }
+
+    /// Waits until the service's call for `id` has arrived.
+    #[track_caller]
+    pub fn wait_for_call(&self, id: &str) {
+        assert_bytes(
+            &self.control(&format!("/control/wait/{id}")),
+            format!("arrived {id}\n").as_bytes(),
+            &format!("the backend saw {id}'s call"),
+        );
+    }
+
+    /// Releases the held answer to `id`, and asserts the backend's account:
+    /// exactly the ids of `alongside` (sorted) were in flight at some moment
+    /// while `id`'s call was.
+    #[track_caller]
+    pub fn release(&self, id: &str, alongside: &[&str]) {
+        assert_bytes(
+            &self.control(&format!("/control/release/{id}")),
+            format!(
+                "released {id}; in flight alongside: {}\n",
+                alongside.join(",")
+            )
+            .as_bytes(),
+            &format!("the backend released {id}"),
+        );
+    }
+}
+
+/// The exact answer of `greeting_service.py` to `GET /hello/<id>` when the
+/// greeting server said `greeting`.
+pub fn hello_response(greeting: &str, id: &str) -> Vec<u8> {
+    let body = format!("greeting={greeting} reply=250 ok HELLO {id}\n");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 pub mod replay;

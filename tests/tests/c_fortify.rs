@@ -21,18 +21,11 @@ fn pseudo_random(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn build_server(dir: &TestDir) -> std::path::PathBuf {
-    let gcc = require_program("gcc", "gcc");
     let binary = dir.join("fortify_server");
-    let out = Command::new(gcc)
-        .args(["-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-o"])
-        .arg(&binary)
-        .arg(fixture("fortify_server.c"))
-        .output()
-        .expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    compile_c(
+        &fixture("fortify_server.c"),
+        &["-O2", "-D_FORTIFY_SOURCE=2", "-Wall"],
+        &binary,
     );
 
     // The binary must import the checked reads (else this test would not

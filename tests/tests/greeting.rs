@@ -2,6 +2,8 @@
 //! request, in the session that opened the connection, or, when the
 //! connection was opened at start-up, in the process's background record.
 
+use std::collections::BTreeSet;
+
 use koala_tests::*;
 
 const GREETING: &[u8] = b"220 koala-greeting\r\n";
@@ -43,12 +45,11 @@ fn run(test: &str, mode: &str, ids: &[&str]) -> Run {
     for id in ids {
         let request = format!("GET /hello/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
         let response = http_exchange(&mut stream, request.as_bytes());
-        let body = format!("greeting=220 koala-greeting reply=250 ok HELLO {id}\n");
-        let expected = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+        assert_bytes(
+            &response,
+            &hello_response("220 koala-greeting", id),
+            &format!("response to {id}"),
         );
-        assert_bytes(&response, expected.as_bytes(), &format!("response to {id}"));
         sent.push((
             id.to_string(),
             client.clone(),
@@ -80,6 +81,15 @@ fn run(test: &str, mode: &str, ids: &[&str]) -> Run {
     }
 }
 
+/// Asserts `call` is the greeting call: an empty request answered with
+/// [`GREETING`], no request time.
+#[track_caller]
+fn assert_greeting(call: &Exchange, peer: &str, what: &str) {
+    assert_exchange(call, peer, b"", GREETING, &format!("{what}\ngreeting"));
+    assert!(call.is_greeting(), "{what}");
+    assert_eq!(call.request_ns, 0, "{what}: a greeting has no request time");
+}
+
 fn hello(id: &str) -> Vec<u8> {
     format!("HELLO {id}\r\n").into_bytes()
 }
@@ -93,23 +103,12 @@ fn reply(id: &str) -> Vec<u8> {
 #[test]
 fn greeting_per_request() {
     let run = run("greeting_per_request", "per-request", &["g1", "g2", "g3"]);
-    let mut locals = Vec::new();
+    let mut locals = BTreeSet::new();
     for (session, (id, ..)) in run.sessions.iter().zip(&run.sent) {
         let what = show(session);
         assert_eq!(session.calls.len(), 2, "{what}");
         let greeting = &session.calls[0];
-        assert_exchange(
-            greeting,
-            &run.greeting_peer,
-            b"",
-            GREETING,
-            &format!("{what}\ngreeting"),
-        );
-        assert!(greeting.is_greeting(), "{what}");
-        assert_eq!(
-            greeting.request_ns, 0,
-            "{what}: a greeting has no request time"
-        );
+        assert_greeting(greeting, &run.greeting_peer, &what);
         let line = &session.calls[1];
         assert_exchange(
             line,
@@ -119,10 +118,13 @@ fn greeting_per_request() {
             &format!("{what}\nline"),
         );
         assert_eq!(greeting.local, line.local, "{what}: one connection");
-        locals.push(line.local.clone());
+        locals.insert(line.local.clone());
     }
-    locals.dedup();
-    assert_eq!(locals.len(), run.sent.len(), "a new connection per request");
+    assert_eq!(
+        locals.len(),
+        run.sent.len(),
+        "a new connection per request: {locals:?}"
+    );
 }
 
 /// The connection is opened and its greeting read at start-up, outside any
@@ -136,13 +138,7 @@ fn greeting_at_startup() {
     let what = show(background);
     assert_eq!(background.calls.len(), 1, "{what}: only the greeting");
     let greeting = &background.calls[0];
-    assert_exchange(
-        greeting,
-        &run.greeting_peer,
-        b"",
-        GREETING,
-        &format!("{what}\ngreeting"),
-    );
+    assert_greeting(greeting, &run.greeting_peer, &what);
     // Written when idle for a second, or at exit if the test was quicker.
     assert!(
         matches!(background.end, Some(EndReason::Idle | EndReason::Exit)),

@@ -201,10 +201,7 @@ fn hints_bad() {
     drain(&listener); // whatever was sent before we listened
 
     let (_redis, redis_port) = start_redis(&dir);
-    redis_set(
-        redis_port,
-        &["bad-1", "bad-2"].map(|id| (format!("item:{id}"), format!("value-{id}"))),
-    );
+    seed_items(redis_port, &["bad-1", "bad-2"]);
     let hints = bad_hints(&nonce);
 
     // ---- with the library: everything consumed ----------------------------

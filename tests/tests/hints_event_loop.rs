@@ -14,6 +14,7 @@
 
 use std::net::TcpStream;
 
+use koala_tests::replay::*;
 use koala_tests::*;
 
 const A: &str = "ev-a";
@@ -31,14 +32,14 @@ struct Run {
     /// Kept so a replay can use the recording; the dependencies are stopped.
     dir: TestDir,
     service_port: u16,
-    redis_port: u16,
     service_pid: u32,
     sessions: Vec<Session>,
     background: Vec<Session>,
     requests: Vec<Request>,
+    redis_port: u16,
     redis_peer: String,
-    backend_peer: String,
     backend_port: u16,
+    backend_peer: String,
 }
 
 impl Run {
@@ -64,10 +65,6 @@ impl Run {
     }
 }
 
-fn item_request(port: u16, id: &str) -> Vec<u8> {
-    format!("GET /item/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").into_bytes()
-}
-
 /// The service under test.
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
@@ -79,11 +76,8 @@ enum Server {
 
 impl Server {
     fn spec(self) -> Spec {
-        match self {
-            Server::Asyncio => Spec::python_fixture("service", "hints_event_loop_server.py"),
-            Server::Node => Spec::new("service", require_program("node", "nodejs"))
-                .arg(fixture("hints_node_server.js").display()),
-        }
+        let command = self.command();
+        Spec::new("service", &command[0]).args(&command[1..])
     }
 
     fn program(self) -> &'static str {
@@ -93,34 +87,32 @@ impl Server {
         }
     }
 
-    fn item_response(self, id: &str) -> Vec<u8> {
-        let body = format!("item {id}: value=value-{id} backend=backend says {id} hits=1\n");
-        let keep_alive = match self {
-            Server::Asyncio => "",
-            Server::Node => "Connection: keep-alive\r\nKeep-Alive: timeout=30\r\n",
-        };
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{keep_alive}\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+    /// The program and its arguments before `PORT ...`: how the test and
+    /// `koala replay ... -- CMD` start it.
+    fn command(self) -> Vec<String> {
+        match self {
+            Server::Asyncio => vec![
+                python().display().to_string(),
+                "-u".to_string(),
+                fixture("hints_event_loop_server.py").display().to_string(),
+            ],
+            Server::Node => vec![
+                require_program("node", "nodejs").display().to_string(),
+                fixture("hints_node_server.js").display().to_string(),
+            ],
+        }
     }
-}
 
-/// A control request to the backend (from the test: not recorded).
-fn backend_control(port: u16, path: &str) -> Vec<u8> {
-    let mut stream = connect(port);
-    let response = http_exchange(
-        &mut stream,
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
-    );
-    let head_end = find(&response, b"\r\n\r\n").unwrap() + 4;
-    assert!(
-        response.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "backend control {path}: {}",
-        String::from_utf8_lossy(&response)
-    );
-    response[head_end..].to_vec()
+    fn item_response(self, id: &str) -> Vec<u8> {
+        match self {
+            Server::Asyncio => item_response(id, 1),
+            Server::Node => item_response_with(
+                id,
+                1,
+                "Connection: keep-alive\r\nKeep-Alive: timeout=30\r\n",
+            ),
+        }
+    }
 }
 
 fn send(stream: &mut TcpStream, request: &[u8]) {
@@ -133,16 +125,9 @@ fn run(test: &str, server: Server, mode: &str) -> Run {
     let record = dir.join("record");
 
     let (_redis, redis_port) = start_redis(&dir);
-    redis_set(
-        redis_port,
-        &[A, B, C].map(|id| (format!("item:{id}"), format!("value-{id}"))),
-    );
-
-    let backend_port = free_port();
-    let mut backend = Spec::python_fixture("backend", "hints_backend.py")
-        .args([backend_port.to_string(), format!("{A},{B}")])
-        .spawn(&dir);
-    backend.wait_for_port(backend_port);
+    seed_items(redis_port, &[A, B, C]);
+    let backend = HintsBackend::start(&dir, &[A, B]);
+    let backend_port = backend.port;
 
     let port = free_port();
     let mut service = server
@@ -177,17 +162,9 @@ fn run(test: &str, server: Server, mode: &str) -> Run {
     // A, then B once A's backend call is held, then C once B's is held:
     // the loop has read all three requests before A or B can go on.
     start(A, &mut clients);
-    assert_bytes(
-        &backend_control(backend_port, &format!("/control/wait/{A}")),
-        format!("arrived {A}\n").as_bytes(),
-        "backend saw A's call",
-    );
+    backend.wait_for_call(A);
     start(B, &mut clients);
-    assert_bytes(
-        &backend_control(backend_port, &format!("/control/wait/{B}")),
-        format!("arrived {B}\n").as_bytes(),
-        "backend saw B's call",
-    );
+    backend.wait_for_call(B);
     start(C, &mut clients);
 
     let mut finish = |id: &str, clients: &mut Vec<(&'static str, TcpStream)>| {
@@ -203,17 +180,9 @@ fn run(test: &str, server: Server, mode: &str) -> Run {
     // C is not held: it completes while A and B wait.
     finish(C, &mut clients);
     // The backend's own account: each held call had the others in flight.
-    assert_bytes(
-        &backend_control(backend_port, &format!("/control/release/{B}")),
-        format!("released {B}; in flight alongside: {A},{C}\n").as_bytes(),
-        "backend released B",
-    );
+    backend.release(B, &[A, C]);
     finish(B, &mut clients);
-    assert_bytes(
-        &backend_control(backend_port, &format!("/control/release/{A}")),
-        format!("released {A}; in flight alongside: {B},{C}\n").as_bytes(),
-        "backend released A",
-    );
+    backend.release(A, &[B, C]);
     finish(A, &mut clients);
 
     if mode == "hints" {
@@ -241,14 +210,14 @@ fn run(test: &str, server: Server, mode: &str) -> Run {
     Run {
         dir,
         service_port: port,
-        redis_port,
         service_pid: service.pid(),
         sessions,
         background: background_records(&record),
         requests,
+        redis_port,
         redis_peer: format!("127.0.0.1:{redis_port}"),
-        backend_peer: format!("127.0.0.1:{backend_port}"),
         backend_port,
+        backend_peer: format!("127.0.0.1:{backend_port}"),
     }
 }
 
@@ -303,25 +272,17 @@ fn assert_session(run: &Run, id: &str, end: EndReason, calls: &[Call]) {
                 b":1\r\n",
                 &what,
             ),
-            Call::Backend(i) => {
-                let body = format!("backend says {i}\n");
-                assert_exchange(
-                    call,
-                    &run.backend_peer,
-                    format!(
-                        "GET /backend/{i} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
-                        run.backend_port
-                    )
-                    .as_bytes(),
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                    &what,
+            Call::Backend(i) => assert_exchange(
+                call,
+                &run.backend_peer,
+                format!(
+                    "GET /backend/{i} HTTP/1.1\r\nHost: {}\r\n\r\n",
+                    run.backend_peer
                 )
-            }
+                .as_bytes(),
+                &backend_response(i),
+                &what,
+            ),
         }
     }
     for pair in session.calls.windows(2) {
@@ -408,31 +369,19 @@ fn replay_recording(test: &str, server: Server) {
     assert_with_hints(&run);
     assert!(!is_listening(run.redis_port), "redis is stopped");
     assert!(!is_listening(run.backend_port), "the backend is stopped");
-    let program: Vec<String> = match server {
-        Server::Asyncio => vec![
-            python().display().to_string(),
-            fixture("hints_event_loop_server.py").display().to_string(),
-        ],
-        Server::Node => vec![
-            require_program("node", "nodejs").display().to_string(),
-            fixture("hints_node_server.js").display().to_string(),
-        ],
-    };
+    let recording = Recording::read(&run.dir, "record", run.service_port);
     for concurrency in ["1", "3"] {
+        let report = format!("r-{concurrency}.json");
         let mut args: Vec<String> = ["replay", "record", "--lib"].map(String::from).to_vec();
         args.push(koala_lib().display().to_string());
-        args.extend(["--concurrency", concurrency, "--"].map(String::from));
-        args.extend(program.iter().cloned());
+        args.extend(["--concurrency", concurrency, "--report", &report, "--"].map(String::from));
+        args.extend(server.command());
         args.extend([run.service_port, run.redis_port, run.backend_port].map(|p| p.to_string()));
         args.push("hints".into());
-        let replay =
-            koala_tests::replay::run_koala(&run.dir, &format!("replay-{concurrency}"), &args, &[]);
-        let out = replay.output();
-        assert_eq!(replay.code, Some(0), "--concurrency {concurrency}:\n{out}");
-        assert_eq!(replay.summary("passed"), "3", "{out}");
-        assert_eq!(replay.summary("calls matched"), "9", "{out}");
-        assert_eq!(replay.summary("unmatched"), "0", "{out}");
-        assert_eq!(replay.summary("missing"), "0", "{out}");
+        let replay = run_koala(&run.dir, &format!("replay-{concurrency}"), &args, &[]);
+        replay.assert_all_passed(3);
+        replay.assert_summary([3, 3, 0, 0], [9, 0, 0, 0]);
+        assert_report_all_replayed(&read_report(&run.dir.join(&report)), &recording);
     }
 }
 

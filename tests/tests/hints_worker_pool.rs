@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::thread;
 
 use koala_tests::*;
@@ -32,43 +31,13 @@ struct Sent {
 
 fn build_c(dir: &TestDir) -> PathBuf {
     let binary = dir.join("hints_worker_pool");
-    let out = Command::new(require_program("gcc", "gcc"))
-        .args(["-O2", "-Wall", "-Werror", "-pthread", "-I"])
-        .arg(workspace_root().join("helpers"))
-        .arg("-o")
-        .arg(&binary)
-        .arg(fixture("hints_worker_pool.c"))
-        .output()
-        .expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let include = format!("-I{}", workspace_root().join("helpers").display());
+    compile_c(
+        &fixture("hints_worker_pool.c"),
+        &["-O2", "-Wall", "-Werror", "-pthread", &include],
+        &binary,
     );
     binary
-}
-
-fn body(id: &str) -> String {
-    format!("item {id}: value=value-{id} backend=backend says {id} hits=1\n")
-}
-
-fn close_response(id: &str) -> Vec<u8> {
-    let body = body(id);
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn keep_alive_response(id: &str) -> Vec<u8> {
-    let body = body(id);
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// One request on a new connection that the service closes after its
@@ -88,48 +57,25 @@ fn request_close(port: u16, id: &str) -> (std::net::TcpStream, Sent) {
     (stream, sent)
 }
 
-/// A control request to the backend (from the test: not recorded).
-fn backend_control(port: u16, path: &str) -> Vec<u8> {
-    let mut stream = connect(port);
-    let response = http_exchange(
-        &mut stream,
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
-    );
-    assert!(
-        response.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "backend control {path}: {}",
-        String::from_utf8_lossy(&response)
-    );
-    response[find(&response, b"\r\n\r\n").unwrap() + 4..].to_vec()
-}
-
+/// The test's directory, redis seeded for `ids`, and `hints_backend.py`
+/// holding its answer to `held`.
 struct Setup {
     dir: TestDir,
-    redis: Program,
+    _redis: Program,
     redis_port: u16,
-    backend: Program,
-    backend_port: u16,
+    backend: HintsBackend,
 }
 
-fn setup(test: &str, held: &str, ids: &[&str]) -> Setup {
+fn setup(test: &str, held: &[&str], ids: &[&str]) -> Setup {
     let dir = TestDir::new(test);
     let (redis, redis_port) = start_redis(&dir);
-    let seeds: Vec<(String, String)> = ids
-        .iter()
-        .map(|id| (format!("item:{id}"), format!("value-{id}")))
-        .collect();
-    redis_set(redis_port, &seeds);
-    let backend_port = free_port();
-    let mut backend = Spec::python_fixture("backend", "hints_backend.py")
-        .args([backend_port.to_string(), held.to_string()])
-        .spawn(&dir);
-    backend.wait_for_port(backend_port);
+    seed_items(redis_port, ids);
+    let backend = HintsBackend::start(&dir, held);
     Setup {
         dir,
-        redis,
+        _redis: redis,
         redis_port,
         backend,
-        backend_port,
     }
 }
 
@@ -139,13 +85,13 @@ fn setup(test: &str, held: &str, ids: &[&str]) -> Setup {
 /// `wp-0` is released. Asserts every session exactly.
 fn run_with_hints(test: &str, service: Service, c_mode: &str) {
     let all: Vec<&str> = [HELD].iter().chain(&OTHERS).copied().collect();
-    let setup = setup(test, HELD, &all);
+    let setup = setup(test, &[HELD], &all);
     let record = setup.dir.join("record");
     let port = free_port();
     let args = [
         port.to_string(),
         setup.redis_port.to_string(),
-        setup.backend_port.to_string(),
+        setup.backend.port.to_string(),
         "2".to_string(),
     ];
     let spec = match service {
@@ -163,11 +109,7 @@ fn run_with_hints(test: &str, service: Service, c_mode: &str) {
     service_program.wait_for_port(port);
 
     let (mut held_stream, mut held_sent) = request_close(port, HELD);
-    assert_bytes(
-        &backend_control(setup.backend_port, &format!("/control/wait/{HELD}")),
-        format!("arrived {HELD}\n").as_bytes(),
-        "backend saw the held call",
-    );
+    setup.backend.wait_for_call(HELD);
     let clients: Vec<_> = [&OTHERS[..2], &OTHERS[2..]]
         .into_iter()
         .map(|ids| {
@@ -187,21 +129,15 @@ fn run_with_hints(test: &str, service: Service, c_mode: &str) {
         .into_iter()
         .flat_map(|c| c.join().expect("client thread"))
         .collect();
-    assert_bytes(
-        &backend_control(setup.backend_port, &format!("/control/release/{HELD}")),
-        format!(
-            "released {HELD}; in flight alongside: {}\n",
-            OTHERS.join(",")
-        )
-        .as_bytes(),
-        "backend: the others were served while the held call waited",
-    );
+    // The backend's account: the others were served while the held call
+    // waited.
+    setup.backend.release(HELD, &OTHERS);
     held_sent.response = read_to_close(&mut held_stream);
     sent.push(held_sent);
     for s in &sent {
         assert_bytes(
             &s.response,
-            &close_response(&s.id),
+            &item_response_with(&s.id, 1, "Connection: close\r\n"),
             &format!("response to {}\n{}", s.id, service_program.output_report()),
         );
     }
@@ -222,7 +158,7 @@ fn run_with_hints(test: &str, service: Service, c_mode: &str) {
     );
 
     let redis_peer = format!("127.0.0.1:{}", setup.redis_port);
-    let backend_peer = format!("127.0.0.1:{}", setup.backend_port);
+    let backend_peer = format!("127.0.0.1:{}", setup.backend.port);
     for s in &sent {
         let session = sessions
             .iter()
@@ -253,25 +189,19 @@ fn run_with_hints(test: &str, service: Service, c_mode: &str) {
         );
         let backend_request = match service {
             Service::Python => format!(
-                "GET /backend/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept-Encoding: identity\r\n\r\n",
-                s.id, setup.backend_port
+                "GET /backend/{} HTTP/1.1\r\nHost: {backend_peer}\r\nAccept-Encoding: identity\r\n\r\n",
+                s.id
             ),
             Service::C => format!(
-                "GET /backend/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
-                s.id, setup.backend_port
+                "GET /backend/{} HTTP/1.1\r\nHost: {backend_peer}\r\n\r\n",
+                s.id
             ),
         };
-        let backend_body = format!("backend says {}\n", s.id);
         assert_exchange(
             &session.calls[1],
             &backend_peer,
             backend_request.as_bytes(),
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{backend_body}",
-                backend_body.len()
-            )
-            .as_bytes(),
+            &backend_response(&s.id),
             &format!("{what}\nbackend"),
         );
         let incr = match service {
@@ -313,7 +243,6 @@ fn run_with_hints(test: &str, service: Service, c_mode: &str) {
             show(&background[0])
         );
     }
-    drop((setup.backend, setup.redis));
 }
 
 #[test]
@@ -343,14 +272,14 @@ fn hints_worker_pool_c_flags_form() {
 #[test]
 fn hints_worker_pool_without_hints() {
     let ids = ["wn-1", "wn-2", "wn-3"];
-    let setup = setup("hints_worker_pool_without_hints", "", &ids);
+    let setup = setup("hints_worker_pool_without_hints", &[], &ids);
     let record = setup.dir.join("record");
     let port = free_port();
     let mut service = Spec::python_fixture("service", "hints_worker_pool_service.py")
         .args([
             port.to_string(),
             setup.redis_port.to_string(),
-            setup.backend_port.to_string(),
+            setup.backend.port.to_string(),
             "1".to_string(),
             "no-hints".to_string(),
         ])
@@ -365,7 +294,7 @@ fn hints_worker_pool_without_hints() {
         let mut stream = connect(port);
         let request = format!("GET /item/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
         let response = http_exchange(&mut stream, request.as_bytes());
-        assert_bytes(&response, &keep_alive_response(id), id);
+        assert_bytes(&response, &item_response(id, 1), id);
         sent.push((stream.local_addr().unwrap().to_string(), request, response));
         streams.push(stream);
     }
@@ -374,7 +303,7 @@ fn hints_worker_pool_without_hints() {
     service.stop_cleanly();
 
     let redis_peer = format!("127.0.0.1:{}", setup.redis_port);
-    let backend_peer = format!("127.0.0.1:{}", setup.backend_port);
+    let backend_peer = format!("127.0.0.1:{}", setup.backend.port);
     let calls_of = |id: &str| {
         vec![
             (
@@ -384,8 +313,7 @@ fn hints_worker_pool_without_hints() {
             (
                 backend_peer.clone(),
                 format!(
-                    "GET /backend/{id} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept-Encoding: identity\r\n\r\n",
-                    setup.backend_port
+                    "GET /backend/{id} HTTP/1.1\r\nHost: {backend_peer}\r\nAccept-Encoding: identity\r\n\r\n"
                 )
                 .into_bytes(),
             ),

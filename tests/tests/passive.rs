@@ -101,12 +101,12 @@ fn passive() {
     let (plain, plain_out, plain_err) = run_service(&dir, "plain", greeting_port, false);
     let (passive, passive_out, passive_err) = run_service(&dir, "passive", greeting_port, true);
 
+    assert_eq!(plain.len(), IDS.len());
     for (id, response) in IDS.iter().zip(&plain) {
-        let body = format!("greeting=220 koala-greeting reply=250 ok HELLO {id}\n");
-        assert!(
-            response.ends_with(body.as_bytes()),
-            "the service answered {id}: {}",
-            String::from_utf8_lossy(response)
+        assert_bytes(
+            response,
+            &hello_response("220 koala-greeting", id),
+            &format!("the service's answer to {id}"),
         );
     }
     assert_eq!(plain.len(), passive.len());

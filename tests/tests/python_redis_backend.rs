@@ -27,25 +27,13 @@ fn python_redis_backend() {
     let dir = TestDir::new("python_redis_backend");
     let record = dir.join("record");
 
-    let (_redis, redis_port) = start_redis(&dir);
-    let ids: Vec<String> = (0..CONNECTIONS)
-        .flat_map(|c| (0..REQUESTS_PER_CONNECTION).map(move |r| format!("c{c}r{r}")))
-        .collect();
-    let seeds: Vec<(String, String)> = ids
-        .iter()
-        .map(|id| (format!("item:{id}"), format!("value-{id}")))
-        .collect();
-    redis_set(redis_port, &seeds);
-
-    let backend_port = free_port();
-    let mut backend = Spec::python_fixture("backend", "backend.py")
-        .arg(backend_port)
-        .spawn(&dir);
-    backend.wait_for_port(backend_port);
+    let ids = item_ids(CONNECTIONS, REQUESTS_PER_CONNECTION);
+    let deps = Dependencies::start(&dir, &ids);
 
     let port = free_port();
     let mut service = Spec::python_fixture("service", "redis_service.py")
-        .args([port, redis_port, backend_port])
+        .arg(port)
+        .args(deps.args())
         .record_to(&record)
         .spawn(&dir);
     service.wait_for_port(port);
@@ -62,9 +50,7 @@ fn python_redis_backend() {
                 let mut sent = Vec::new();
                 for index in 0..REQUESTS_PER_CONNECTION {
                     let id = format!("c{connection}r{index}");
-                    let request =
-                        format!("GET /item/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
-                            .into_bytes();
+                    let request = item_request(port, &id);
                     let response = http_exchange(&mut stream, &request);
                     sent.push(Sent {
                         id,
@@ -86,17 +72,9 @@ fn python_redis_backend() {
 
     // What the service answered is exactly its documented response.
     for s in &sent {
-        let body = format!(
-            "item {id}: value=value-{id} backend=backend says {id} hits=1\n",
-            id = s.id
-        );
-        let expected = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
         assert_bytes(
             &s.response,
-            expected.as_bytes(),
+            &item_response(&s.id, 1),
             &format!("response to {}", s.id),
         );
     }
@@ -128,15 +106,7 @@ fn python_redis_backend() {
 
     let by_id: BTreeMap<String, &Session> = sessions
         .iter()
-        .map(|s| {
-            let request = s.inbound.request.as_bytes();
-            let path = String::from_utf8_lossy(request)
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            (path.trim_start_matches("/item/").to_string(), s)
-        })
+        .map(|s| (request_item(s.inbound.request.as_bytes()), s))
         .collect();
     assert_eq!(
         by_id.keys().cloned().collect::<BTreeSet<_>>(),
@@ -144,8 +114,8 @@ fn python_redis_backend() {
         "one session per request id"
     );
 
-    let redis_peer = format!("127.0.0.1:{redis_port}");
-    let backend_peer = format!("127.0.0.1:{backend_port}");
+    let redis_peer = deps.redis_peer();
+    let backend_peer = deps.backend_peer();
     let mut redis_locals = BTreeSet::new();
     let mut tids_by_connection: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
     for s in &sent {
@@ -182,22 +152,16 @@ fn python_redis_backend() {
             &resp_bulk(&format!("value-{}", s.id)),
             &format!("{what}\nredis GET"),
         );
-        let backend_body = format!("backend says {}\n", s.id);
         assert_exchange(
             &session.calls[1],
             &backend_peer,
             format!(
-                "GET /backend/{} HTTP/1.1\r\nHost: 127.0.0.1:{backend_port}\r\n\
+                "GET /backend/{} HTTP/1.1\r\nHost: {backend_peer}\r\n\
                  Accept-Encoding: identity\r\n\r\n",
                 s.id
             )
             .as_bytes(),
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{backend_body}",
-                backend_body.len()
-            )
-            .as_bytes(),
+            &backend_response(&s.id),
             &format!("{what}\nbackend call"),
         );
         let incr = &session.calls[2];

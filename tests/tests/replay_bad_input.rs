@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use koala_tests::replay::*;
 use koala_tests::*;
+use serde_json::{Value, json};
 
 /// KOALA_REPLAY_TIMEOUT_MS of the service.
 const TIMEOUT_MS: u64 = 500;
@@ -33,16 +34,12 @@ impl Service {
     #[track_caller]
     fn still_fine(&mut self, after: &str) {
         let status = api_status(self.ports.inbound);
-        assert_eq!(
-            status["pid"].as_u64(),
-            Some(self.program.pid() as u64),
-            "after {after}: {status}"
-        );
+        assert_eq!(status.pid, self.program.pid(), "after {after}: {status:?}");
         let (line, session) = &self.good[self.next_good % self.good.len()];
         self.next_good += 1;
         let answer = api_post(self.ports.inbound, "/v1/replay", line.as_bytes());
         assert_eq!(answer.status, 200, "after {after}: {answer}");
-        assert_result_replays(&answer.json(), session, &format!("after {after}"));
+        assert_result_replays(&answer.result(), session, &format!("after {after}"));
         assert!(
             self.program.exited().is_none() && process_alive(self.program.pid()),
             "the service died after {after}\n{}",
@@ -84,27 +81,19 @@ fn expect_error(
     message
 }
 
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: koala\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    request
+/// The JSON of a session line with `change` applied, as text.
+fn changed(line: &Value, change: impl FnOnce(&mut Value)) -> String {
+    let mut value = line.clone();
+    change(&mut value);
+    value.to_string()
 }
 
 #[test]
 fn replay_bad_input() {
     let dir = TestDir::new("replay_bad_input");
-    let ids = item_ids(2, 2);
-    let deps = Dependencies::start(&dir, &ids);
-    let recording = record_items(&dir, "record", "redis_service.py", &deps, &[], 2, 2);
-    let service_args: Vec<String> = std::iter::once(recording.port.to_string())
-        .chain(deps.args())
-        .collect();
-    deps.stop();
-
+    // Recorded with redis and the backend, which are stopped now.
+    let recorded = record_items(&dir, "redis_service.py", &[], 2, 2);
+    let recording = &recorded.recording;
     let lines = record_lines(&recording.dir);
     let good: Vec<(String, Session)> = lines
         .iter()
@@ -116,12 +105,12 @@ fn replay_bad_input() {
         .find(|(_, s)| s.is_background())
         .map(|(l, _)| l.clone())
         .expect("a background record");
-    assert_eq!(good.len(), ids.len());
+    assert_eq!(good.len(), recording.sessions.len());
 
     let ports = ReplayPorts::new(recording.port);
     let program = ports
         .apply(
-            Spec::python_fixture("replay-service", "redis_service.py").args(&service_args),
+            Spec::python_fixture("replay-service", "redis_service.py").args(&recorded.args),
             "replay",
         )
         .env("KOALA_REPLAY_BACKGROUND", recording.dir.display())
@@ -142,29 +131,24 @@ fn replay_bad_input() {
     let startup_calls = recording.background[0].calls.len() as u64;
     assert_eq!(
         [
-            "background_records",
-            "background_calls_served",
-            "sessions_replayed"
-        ]
-        .map(|k| status.u64_at(k)),
+            status.background_records,
+            status.background_calls_served,
+            status.sessions_replayed
+        ],
         [1, startup_calls, 0],
-        "{status}"
+        "background records, calls served from them, sessions replayed: {status:?}"
     );
-    assert_eq!(
-        status["sut"].as_str(),
-        Some(format!("127.0.0.1:{}", ports.sut).as_str()),
-        "{status}"
-    );
+    assert_eq!(status.sut, format!("127.0.0.1:{}", ports.sut), "{status:?}");
     service.still_fine("start-up");
     let inbound = ports.inbound;
     let good_line = service.good[0].0.clone();
-    let good_json = Json::must_parse(&good_line, "a session line");
+    let good_json: Value = serde_json::from_str(&good_line).expect("a session line");
 
     // --- 400: not JSON.
     let message = expect_error(
         inbound,
         "invalid JSON",
-        &post("/v1/replay", br#"{"koala": 1, "id": }"#),
+        &post_request("/v1/replay", br#"{"koala": 1, "id": }"#),
         false,
         400,
         &["invalid session", "line 1 column 20"],
@@ -176,7 +160,7 @@ fn replay_bad_input() {
     expect_error(
         inbound,
         "a body that is not UTF-8",
-        &post("/v1/replay", b"{\"koala\": 1, \"id\": \"\xff\xfe\"}"),
+        &post_request("/v1/replay", b"{\"koala\": 1, \"id\": \"\xff\xfe\"}"),
         false,
         400,
         &["not UTF-8"],
@@ -185,12 +169,14 @@ fn replay_bad_input() {
 
     // --- 400: JSON, but a session without its inbound exchange, or id.
     for field in ["inbound", "id"] {
-        let body = good_json.without(field).to_string();
+        let body = changed(&good_json, |v| {
+            v.as_object_mut().unwrap().remove(field);
+        });
         let what = format!("a session without {field}");
         expect_error(
             inbound,
             &what,
-            &post("/v1/replay", body.as_bytes()),
+            &post_request("/v1/replay", body.as_bytes()),
             false,
             400,
             &["invalid session", &format!("missing field `{field}`")],
@@ -199,13 +185,11 @@ fn replay_bad_input() {
     }
 
     // --- 400: an unsupported format version.
-    let body = good_json
-        .with("koala", Json::Number("2".into()))
-        .to_string();
+    let body = changed(&good_json, |v| v["koala"] = json!(2));
     expect_error(
         inbound,
         "format version 2",
-        &post("/v1/replay", body.as_bytes()),
+        &post_request("/v1/replay", body.as_bytes()),
         false,
         400,
         &["unsupported session format version 2"],
@@ -216,7 +200,7 @@ fn replay_bad_input() {
     expect_error(
         inbound,
         "a background record",
-        &post("/v1/replay", background_line.as_bytes()),
+        &post_request("/v1/replay", background_line.as_bytes()),
         false,
         400,
         &["background record", "/v1/background"],
@@ -344,19 +328,16 @@ fn replay_bad_input() {
         "GET /slow/zzz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
         ports.sut
     );
-    let slow = good_json
-        .with("id", Json::String("slow-session".into()))
-        .with(
-            "inbound",
-            good_json["inbound"].with("request", Json::String(slow_request)),
-        )
-        .with("calls", Json::Array(Vec::new()))
-        .to_string();
+    let slow = changed(&good_json, |v| {
+        v["id"] = json!("slow-session");
+        v["inbound"]["request"] = json!(slow_request);
+        v["calls"] = json!([]);
+    });
     let started = Instant::now();
     let message = expect_error(
         inbound,
         "a service that hangs",
-        &post("/v1/replay", slow.as_bytes()),
+        &post_request("/v1/replay", slow.as_bytes()),
         false,
         504,
         &[
@@ -374,8 +355,8 @@ fn replay_bad_input() {
 
     // Nothing above made the service call anything unmatched.
     let status = api_status(inbound);
-    assert_eq!(status.u64_at("calls_unmatched"), 0, "{status}");
-    assert_eq!(status.u64_at("sessions_in_flight"), 0, "{status}");
+    assert_eq!(status.calls_unmatched, 0, "{status:?}");
+    assert_eq!(status.sessions_in_flight, 0, "{status:?}");
 
     // --- 502: KOALA_SUT_ADDR points at a closed port (another instance).
     let closed = free_port();
@@ -385,30 +366,25 @@ fn replay_bad_input() {
         .apply(
             Spec::python_fixture("replay-service-wrong-sut", "redis_service.py")
                 .arg(other_port)
-                .args(&service_args[1..]),
+                .args(&recorded.args[1..]),
             "replay",
         )
         .env("KOALA_REPLAY_BACKGROUND", recording.dir.display())
         .env("KOALA_LOG_FILE", dir.join("replay-koala-2.log").display())
         .spawn(&dir);
-    other.wait_for_port(other_port);
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !api_answers(other_ports.inbound) {
-        assert!(Instant::now() < deadline, "{}", other.output_report());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_replay_ready(&mut other, other_ports.inbound, other_port);
     assert_port_closed(closed, "the wrong SUT address");
     let sut = format!("127.0.0.1:{closed}");
     expect_error(
         other_ports.inbound,
         "a closed SUT port",
-        &post("/v1/replay", good_line.as_bytes()),
+        &post_request("/v1/replay", good_line.as_bytes()),
         false,
         502,
         &[&sut, "KOALA_SUT_ADDR"],
     );
     let status = api_status(other_ports.inbound);
-    assert_eq!(status["sut"].as_str(), Some(sut.as_str()), "{status}");
+    assert_eq!(status.sut, sut, "{status:?}");
     assert!(
         other.exited().is_none() && process_alive(other.pid()),
         "{}",

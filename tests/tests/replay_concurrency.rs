@@ -15,40 +15,30 @@ const TOGETHER: usize = 4;
 #[test]
 fn replay_concurrency() {
     let dir = TestDir::new("replay_concurrency");
-    let ids = item_ids(CONNECTIONS, REQUESTS_PER_CONNECTION);
-    let deps = Dependencies::start(&dir, &ids);
-    let recording = record_items(
+    // Recorded with redis and the backend, which are stopped now.
+    let service = record_items(
         &dir,
-        "record",
         "redis_service.py",
-        &deps,
         &[],
         CONNECTIONS,
         REQUESTS_PER_CONNECTION,
     );
-    let total = ids.len();
+    let total = CONNECTIONS * REQUESTS_PER_CONNECTION;
     assert_eq!(total % TOGETHER, 0, "every handler finds its group");
-    let service_args: Vec<String> = std::iter::once(recording.port.to_string())
-        .chain(deps.args())
-        .collect();
-    deps.stop();
 
-    let run = run_koala(
+    let run = replay_python(
         &dir,
         "koala-replay",
-        &replay_python_args(
-            &["record"],
-            &[
-                "--concurrency".into(),
-                "8".into(),
-                "--report".into(),
-                "r.json".into(),
-                "--service-log".into(),
-                "service.log".into(),
-            ],
-            "redis_service.py",
-            &service_args,
-        ),
+        &[
+            "--concurrency",
+            "8",
+            "--report",
+            "r.json",
+            "--service-log",
+            "service.log",
+        ],
+        "redis_service.py",
+        &service.args,
         // Each GET /item waits (at most 5 s, else 503) until 4 handlers
         // wait together: with sessions replayed one at a time this fails.
         // The listen backlog is raised above socketserver's 5 so that 8
@@ -58,33 +48,16 @@ fn replay_concurrency() {
             ("REDIS_SERVICE_BACKLOG", "64".to_string()),
         ],
     );
-    let log = std::fs::read_to_string(dir.join("service.log")).unwrap_or_default();
-    let out = format!("{}\n--- service log ---\n{log}", run.output());
-    assert_eq!(run.code, Some(0), "{out}");
-    assert!(
-        run.stdout
-            .lines()
-            .any(|l| l == format!("OK: all {total} session(s) passed")),
-        "{out}"
-    );
-    assert!(
-        run.stderr.contains(&format!(
-            "koala: replaying {total} session(s) from 1 file(s), 8 at a time"
-        )),
-        "{out}"
-    );
-    assert_eq!(
-        run.summary("calls matched"),
-        (3 * total).to_string(),
-        "{out}"
-    );
-    assert_eq!(run.summary("unmatched"), "0", "{out}");
-    assert_eq!(run.summary("missing"), "0", "{out}");
+    let out = run.output();
+    run.assert_all_passed(total);
+    run.assert_replaying(total, 1, 8);
+    run.assert_summary([total, total, 0, 0], [3 * total, 0, 0, 0]);
     assert!(run.stdout.contains(", concurrency 8)"), "{out}");
 
     // The service's own account: every handler passed the barrier, so at
     // least TOGETHER replays were in the service at the same time, each
     // time.
+    let log = run.service_log.as_deref().unwrap_or_default();
     let passed: Vec<&str> = log
         .lines()
         .filter(|l| l.starts_with("barrier passed: "))
@@ -101,7 +74,7 @@ fn replay_concurrency() {
         })
         .collect();
     items.sort();
-    let mut expected = ids.clone();
+    let mut expected = item_ids(CONNECTIONS, REQUESTS_PER_CONNECTION);
     expected.sort();
     assert_eq!(items, expected, "each request passed the barrier once");
     let most = passed
@@ -125,8 +98,7 @@ fn replay_concurrency() {
     assert_eq!(report["concurrency"].as_u64(), Some(8));
     // Round trips that overlap add up to more than the run's wall time;
     // one at a time they could not.
-    let busy_ms: f64 = report
-        .array_at("sessions")
+    let busy_ms: f64 = report_entries(&report)
         .iter()
         .map(|s| s["latency_ms"].as_f64().expect("latency_ms"))
         .sum();
@@ -135,12 +107,8 @@ fn replay_concurrency() {
         busy_ms > wall_ms,
         "replays did not overlap: {busy_ms} ms of round trips in {wall_ms} ms"
     );
-    assert_report_summary(
-        &report,
-        [total as u64, total as u64, 0, 0],
-        [3 * total as u64, 0, 0, 0],
-    );
+    assert_report_summary(&report, [total, total, 0, 0], [3 * total, 0, 0, 0]);
     // Every call of every session answered from its own recorded call,
     // although the sessions' calls interleaved on one redis connection.
-    assert_report_all_replayed(&report, &recording);
+    assert_report_all_replayed(&report, &service.recording);
 }

@@ -41,51 +41,65 @@ impl Dependency {
     }
 }
 
-/// Starts the service in replay mode with `outbound` as KOALA_OUTBOUND_ADDR,
-/// asks it to call the dependency, and returns its answer and koala's log.
-fn call_through(test: &str, outbound: &str, dependency_port: u16) -> (String, String) {
+/// Starts the service, in replay mode with `outbound` as
+/// KOALA_OUTBOUND_ADDR or (`None`) without the library, asks it to call the
+/// dependency on `dependency_port`, and returns its answer's body and
+/// koala's log.
+fn call_through(test: &str, outbound: Option<&str>, dependency_port: u16) -> (String, String) {
     let dir = TestDir::new(test);
     let port = free_port();
-    let mut service = Spec::python_fixture("service", "replay_fail_closed_service.py")
-        .args([port, dependency_port])
-        .preload()
-        .env("KOALA_MODE", "replay")
-        .env("KOALA_INBOUND_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("KOALA_OUTBOUND_ADDR", outbound)
-        .env("KOALA_SUT_ADDR", format!("127.0.0.1:{port}"))
-        .env("KOALA_LOG_FILE", dir.join("koala.log").display())
-        .spawn(&dir);
+    let mut spec = Spec::python_fixture("service", "replay_fail_closed_service.py")
+        .args([port, dependency_port]);
+    if let Some(outbound) = outbound {
+        spec = spec
+            .preload()
+            .env("KOALA_MODE", "replay")
+            .env("KOALA_INBOUND_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("KOALA_OUTBOUND_ADDR", outbound)
+            .env("KOALA_SUT_ADDR", format!("127.0.0.1:{port}"))
+            .env("KOALA_LOG_FILE", dir.join("koala.log").display());
+    }
+    let mut service = spec.spawn(&dir);
     service.wait_for_port(port);
     let mut stream = connect(port);
     let response = http_exchange(&mut stream, b"GET /call HTTP/1.1\r\nHost: x\r\n\r\n");
     drop(stream);
     service.stop();
+    let head_end = find(&response, b"\r\n\r\n").expect("response head") + 4;
     let log = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("koala.log"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
-    (String::from_utf8_lossy(&response).into_owned(), log)
+    (
+        String::from_utf8_lossy(&response[head_end..]).into_owned(),
+        log,
+    )
 }
 
-#[test]
-fn a_taken_outbound_port_refuses_connects_instead_of_passing_them_through() {
+/// [`call_through`] in replay mode, asserting the service's connect was
+/// refused and the live dependency saw nothing. Returns koala's log.
+#[track_caller]
+fn assert_refused(test: &str, outbound: &str) -> String {
     let (dependency, dependency_port) = Dependency::start();
-    // Someone else holds the outbound server's port.
-    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
-    squatter.set_nonblocking(true).unwrap();
-    let taken = squatter.local_addr().unwrap().to_string();
-    let (response, log) = call_through("fails_closed_taken", &taken, dependency_port);
-    assert!(
-        response.ends_with("\r\n\r\nrefused: ECONNREFUSED"),
-        "{response}"
-    );
+    let (body, log) = call_through(test, Some(outbound), dependency_port);
+    assert_eq!(body, "refused: ECONNREFUSED", "{log}");
     assert_eq!(
         dependency.reached(),
         Vec::<Vec<u8>>::new(),
         "the real dependency was reached"
     );
+    log
+}
+
+#[test]
+fn a_taken_outbound_port_refuses_connects_instead_of_passing_them_through() {
+    // Someone else holds the outbound server's port.
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    squatter.set_nonblocking(true).unwrap();
+    let taken = squatter.local_addr().unwrap().to_string();
+    let log = assert_refused("fails_closed_taken", &taken);
     assert!(
         squatter.accept().is_err(),
         "the squatter on the outbound port got a connection"
@@ -102,19 +116,9 @@ fn a_taken_outbound_port_refuses_connects_instead_of_passing_them_through() {
 
 #[test]
 fn an_unreachable_outbound_server_refuses_connects() {
-    let (dependency, dependency_port) = Dependency::start();
     // An IPv6 outbound server cannot take the service's IPv4 connects.
     let outbound = format!("[::1]:{}", free_port());
-    let (response, log) = call_through("fails_closed_family", &outbound, dependency_port);
-    assert!(
-        response.ends_with("\r\n\r\nrefused: ECONNREFUSED"),
-        "{response}"
-    );
-    assert_eq!(
-        dependency.reached(),
-        Vec::<Vec<u8>>::new(),
-        "the real dependency was reached"
-    );
+    let log = assert_refused("fails_closed_family", &outbound);
     assert!(
         log.contains("an IPv4 socket cannot reach an IPv6 outbound server"),
         "{log}"
@@ -125,15 +129,8 @@ fn an_unreachable_outbound_server_refuses_connects() {
 fn the_same_call_reaches_the_dependency_without_the_library() {
     // Control: the fixture really calls the dependency when nothing interferes.
     let (dependency, dependency_port) = Dependency::start();
-    let dir = TestDir::new("fails_closed_control");
-    let port = free_port();
-    let mut service = Spec::python_fixture("service", "replay_fail_closed_service.py")
-        .args([port, dependency_port])
-        .spawn(&dir);
-    service.wait_for_port(port);
-    let mut stream = connect(port);
-    let response = http_exchange(&mut stream, b"GET /call HTTP/1.1\r\nHost: x\r\n\r\n");
-    service.stop();
-    assert!(String::from_utf8_lossy(&response).ends_with("\r\n\r\nreached: PONG\n"));
+    let (body, log) = call_through("fails_closed_control", None, dependency_port);
+    assert_eq!(body, "reached: PONG\n");
     assert_eq!(dependency.reached(), vec![b"PING\n".to_vec()]);
+    assert_eq!(log, "", "no koala log without the library");
 }

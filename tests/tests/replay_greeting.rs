@@ -8,122 +8,42 @@
 
 use koala_tests::replay::*;
 use koala_tests::*;
+use serde_json::Value;
 
 const IDS: [&str; 3] = ["g1", "g2", "g3"];
 
-struct Recorded {
-    recording: Recording,
-    greeting: String,
-    greeting_port: u16,
-}
-
-/// Records `greeting_service.py` in `mode` answering IDS on one keep-alive
-/// connection, then stops the greeting server.
-fn record(dir: &TestDir, mode: &str) -> Recorded {
-    let greeting = unique_greeting(mode);
-    let greeting_port = free_port();
-    let mut greeter = Spec::python_fixture("greeting_server", "greeting_server.py")
-        .args([greeting_port.to_string(), greeting.clone()])
-        .spawn(dir);
-    greeter.wait_for_port(greeting_port);
-
-    let port = free_port();
-    let record = dir.join("record");
-    let mut service = Spec::python_fixture("record-service", "greeting_service.py")
-        .args([
-            port.to_string(),
-            greeting_port.to_string(),
-            mode.to_string(),
-        ])
-        .record_to(&record)
-        .spawn(dir);
-    service.wait_for_port(port);
-    let mut stream = connect(port);
-    for id in IDS {
-        let request = format!("GET /hello/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-        let response = http_exchange(&mut stream, request.as_bytes());
-        assert_bytes(
-            &response,
-            &hello_response(&greeting, id),
-            &format!("answer to {id}"),
-        );
-    }
-    drop(stream);
-    wait_for_sessions(&record, IDS.len());
-    service.stop_cleanly();
-    greeter.stop();
-    assert_port_closed(greeting_port, "the greeting server");
-    let recording = Recording::read(dir, "record", port, service.pid());
-    assert_eq!(
-        recording.sessions.len(),
-        IDS.len(),
-        "{}",
-        describe_dir(&record)
-    );
-    Recorded {
-        recording,
-        greeting,
-        greeting_port,
-    }
-}
-
-/// The service's answer for `id` when the greeting server said `greeting`.
-fn hello_response(greeting: &str, id: &str) -> Vec<u8> {
-    let body = format!("greeting={greeting} reply=250 ok HELLO {id}\n");
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// `koala replay record --report r.json -- python greeting_service.py ...`:
-/// asserts every session passed, replayed exactly; returns the report.
-fn replay_with_koala(dir: &TestDir, recorded: &Recorded, mode: &str) -> Json {
+/// asserts every session passed, replayed exactly, and answered with the
+/// greeting of this run; returns the report.
+fn replay_with_koala(dir: &TestDir, recorded: &GreetingRecording, mode: &str) -> Value {
     let recording = &recorded.recording;
-    let run = run_koala(
+    let run = replay_python(
         dir,
         "koala-replay",
-        &replay_python_args(
-            &["record"],
-            &["--report".into(), "r.json".into()],
-            "greeting_service.py",
-            &[
-                recording.port.to_string(),
-                recorded.greeting_port.to_string(),
-                mode.to_string(),
-            ],
-        ),
+        &["--report", "r.json"],
+        "greeting_service.py",
+        &recorded.args(mode),
         &[],
     );
-    let out = run.output();
-    assert_eq!(run.code, Some(0), "{out}");
-    assert!(
-        run.stdout
-            .lines()
-            .any(|l| l == format!("OK: all {} session(s) passed", IDS.len())),
-        "{out}"
-    );
+    run.assert_all_passed(IDS.len());
     let report = read_report(&dir.join("r.json"));
-    let calls: usize = recording.sessions.iter().map(|(_, s)| s.calls.len()).sum();
     assert_report_summary(
         &report,
-        [IDS.len() as u64, IDS.len() as u64, 0, 0],
-        [calls as u64, 0, 0, 0],
+        [IDS.len(), IDS.len(), 0, 0],
+        [recording.calls(), 0, 0, 0],
     );
     assert_report_all_replayed(&report, recording);
     // The answers embed this run's greeting: it came from the recording.
-    for entry in report.array_at("sessions") {
-        let result = &entry["result"];
+    for entry in report_entries(&report) {
         let id = request_item(
             recording
-                .session(entry.str_at("id"))
+                .session(entry_id(entry))
                 .inbound
                 .request
                 .as_bytes(),
         );
         assert_bytes(
-            &payload(&result["response"]),
+            entry_result(entry).response.as_bytes(),
             &hello_response(&recorded.greeting, &id),
             &format!("replayed answer to {id}"),
         );
@@ -134,7 +54,7 @@ fn replay_with_koala(dir: &TestDir, recorded: &Recorded, mode: &str) -> Json {
 #[test]
 fn replay_greeting_per_request() {
     let dir = TestDir::new("replay_greeting_per_request");
-    let recorded = record(&dir, "per-request");
+    let recorded = record_greeting(&dir, "per-request", &IDS);
     let greeting_line = format!("{}\r\n", recorded.greeting).into_bytes();
     // Each session has its greeting call (empty request) and its line.
     for (_, session) in &recorded.recording.sessions {
@@ -149,19 +69,19 @@ fn replay_greeting_per_request() {
     assert!(recorded.recording.background.is_empty());
 
     let report = replay_with_koala(&dir, &recorded, "per-request");
-    for entry in report.array_at("sessions") {
-        let result = &entry["result"];
-        let greeting = &result["calls"][0];
-        assert_eq!(greeting["greeting"].as_bool(), Some(true), "{result}");
-        assert_eq!(greeting["matched"].as_u64(), Some(0), "{result}");
+    for entry in report_entries(&report) {
+        let result = entry_result(entry);
+        let greeting = &result.calls[0];
+        assert!(greeting.greeting, "{entry}");
+        assert_eq!(greeting.matched, Some(0), "{entry}");
         assert_eq!(
-            greeting["peer"].as_str(),
-            Some(format!("127.0.0.1:{}", recorded.greeting_port).as_str()),
-            "{result}"
+            greeting.peer,
+            format!("127.0.0.1:{}", recorded.greeting_port),
+            "{entry}"
         );
-        assert_bytes(&payload(&greeting["request"]), b"", "greeting request");
+        assert_bytes(greeting.request.as_bytes(), b"", "greeting request");
         assert_bytes(
-            &payload(&greeting["served"]),
+            greeting.served.as_bytes(),
             &greeting_line,
             "greeting served on connect",
         );
@@ -171,7 +91,7 @@ fn replay_greeting_per_request() {
 #[test]
 fn replay_greeting_at_startup() {
     let dir = TestDir::new("replay_greeting_at_startup");
-    let recorded = record(&dir, "startup");
+    let recorded = record_greeting(&dir, "startup", &IDS);
     let greeting_line = format!("{}\r\n", recorded.greeting).into_bytes();
     let recording = &recorded.recording;
     // The greeting is only in the background record; sessions have their
@@ -191,10 +111,10 @@ fn replay_greeting_at_startup() {
     }
 
     let report = replay_with_koala(&dir, &recorded, "startup");
-    for entry in report.array_at("sessions") {
-        let calls = entry["result"].array_at("calls");
+    for entry in report_entries(&report) {
+        let calls = entry_result(entry).calls;
         assert_eq!(calls.len(), 1, "{entry}");
-        assert_eq!(calls[0]["greeting"].as_bool(), Some(false), "{entry}");
+        assert!(!calls[0].greeting, "{entry}");
     }
 
     // The same, with the service started in replay mode by the test: its
@@ -203,11 +123,8 @@ fn replay_greeting_at_startup() {
     let ports = ReplayPorts::new(recording.port);
     let mut service = ports
         .apply(
-            Spec::python_fixture("replay-service", "greeting_service.py").args([
-                recording.port.to_string(),
-                recorded.greeting_port.to_string(),
-                "startup".to_string(),
-            ]),
+            Spec::python_fixture("replay-service", "greeting_service.py")
+                .args(recorded.args("startup")),
             "replay",
         )
         .env("KOALA_REPLAY_BACKGROUND", recording.dir.display())
@@ -215,28 +132,29 @@ fn replay_greeting_at_startup() {
         .spawn(&dir);
     wait_until_replay_ready(&mut service, ports.inbound, ports.sut);
     let status = api_status(ports.inbound);
-    let counters = |status: &Json| {
+    // Background records, background calls served, sessions replayed,
+    // calls matched and unmatched.
+    let counters = |s: &Status| {
         [
-            "background_records",
-            "background_calls_served",
-            "sessions_replayed",
-            "calls_matched",
-            "calls_unmatched",
+            s.background_records,
+            s.background_calls_served,
+            s.sessions_replayed,
+            s.calls_matched,
+            s.calls_unmatched,
         ]
-        .map(|k| status.u64_at(k))
     };
-    assert_eq!(counters(&status), [1, 1, 0, 0, 0], "{status}");
-    assert_eq!(status["pid"].as_u64(), Some(service.pid() as u64));
+    assert_eq!(counters(&status), [1, 1, 0, 0, 0], "{status:?}");
+    assert_eq!(status.pid, service.pid());
     let lines = record_lines(&recording.dir);
     let mut replayed = 0;
     for (line, session) in lines.iter().filter(|(_, s)| !s.is_background()) {
         let answer = api_post(ports.inbound, "/v1/replay", line.as_bytes());
         assert_eq!(answer.status, 200, "{answer}");
-        let result = answer.json();
+        let result = answer.result();
         assert_result_replays(&result, session, "direct replay");
         let id = request_item(session.inbound.request.as_bytes());
         assert_bytes(
-            &payload(&result["response"]),
+            result.response.as_bytes(),
             &hello_response(&recorded.greeting, &id),
             &format!("replayed answer to {id}"),
         );
@@ -247,7 +165,7 @@ fn replay_greeting_at_startup() {
     assert_eq!(
         counters(&status),
         [1, 1, IDS.len() as u64, IDS.len() as u64, 0],
-        "{status}"
+        "{status:?}"
     );
     assert!(service.exited().is_none(), "{}", service.output_report());
 
@@ -267,7 +185,7 @@ fn replay_greeting_at_startup() {
         ],
         &[],
     );
-    assert_eq!(run.code, Some(0), "{}", run.output());
+    run.assert_all_passed(IDS.len());
     let report = read_report(&dir.join("r-running.json"));
     assert_report_all_replayed(&report, recording);
     assert_eq!(
@@ -279,7 +197,7 @@ fn replay_greeting_at_startup() {
     assert_eq!(
         counters(&status),
         [2, 1, 2 * IDS.len() as u64, 2 * IDS.len() as u64, 0],
-        "{status}"
+        "{status:?}"
     );
     assert!(service.exited().is_none(), "{}", service.output_report());
 }

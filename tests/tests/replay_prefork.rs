@@ -37,31 +37,28 @@ fn replay_forking_per_connection() {
 /// dependencies stopped, `connections` at a time.
 fn replay_forked(test: &str, workers: usize, connections: usize, per_connection: usize) {
     let dir = TestDir::new(test);
-    let ids = item_ids(connections, per_connection);
-    let deps = Dependencies::start(&dir, &ids);
     // The client connections are open at once: each needs its own process.
-    let recording = record_items(
+    // Recorded with redis and the backend, which are stopped now.
+    let service = record_items(
         &dir,
-        "record",
         "replay_prefork_service.py",
-        &deps,
         &[workers.to_string()],
         connections,
         per_connection,
     );
-    let total = ids.len();
+    let recording = &service.recording;
+    let total = connections * per_connection;
     let processes = if workers == 0 { connections } else { workers };
     let what = describe_dir(&recording.dir);
 
     // The sessions come from the children, not from the parent.
     let pids: BTreeSet<u32> = recording.sessions.iter().map(|(_, s)| s.pid).collect();
     assert_eq!(pids.len(), processes, "sessions from each child\n{what}");
-    assert!(!pids.contains(&recording.pid), "the parent served\n{what}");
+    assert!(!pids.contains(&service.pid), "the parent served\n{what}");
     let files: BTreeSet<String> = recording.sessions.iter().map(|(f, _)| f.clone()).collect();
     let expected: BTreeSet<String> = pids.iter().map(|p| format!("python3-{p}.jsonl")).collect();
     assert_eq!(files, expected, "one file per child\n{what}");
-    let redis_peer = deps.redis_peer();
-    let backend_peer = deps.backend_peer();
+    let (redis_peer, backend_peer) = (&service.redis_peer, &service.backend_peer);
     for (_, session) in &recording.sessions {
         let id = request_item(session.inbound.request.as_bytes());
         let requests: Vec<(&str, &[u8])> = session
@@ -119,63 +116,41 @@ fn replay_forked(test: &str, workers: usize, connections: usize, per_connection:
         );
     }
 
-    let service_args: Vec<String> = std::iter::once(recording.port.to_string())
-        .chain(deps.args())
-        .chain([workers.to_string()])
-        .collect();
-    deps.stop();
-
     // Replays at a time as there were processes: they serve at once.
-    let run = run_koala(
+    let run = replay_python(
         &dir,
         "koala-replay",
-        &replay_python_args(
-            &["record"],
-            &[
-                "--concurrency".into(),
-                processes.to_string(),
-                "--report".into(),
-                "r.json".into(),
-                "--service-log".into(),
-                "service.log".into(),
-            ],
-            "replay_prefork_service.py",
-            &service_args,
-        ),
+        &[
+            "--concurrency",
+            &processes.to_string(),
+            "--report",
+            "r.json",
+            "--service-log",
+            "service.log",
+        ],
+        "replay_prefork_service.py",
+        &service.args,
         &[],
     );
-    let log = std::fs::read_to_string(dir.join("service.log")).unwrap_or_default();
-    let out = format!("{}\n--- service log ---\n{log}", run.output());
-    assert_eq!(run.code, Some(0), "{out}");
-    assert!(
-        run.stdout
-            .lines()
-            .any(|l| l == format!("OK: all {total} session(s) passed")),
-        "{out}"
-    );
-    assert!(
-        run.stderr.contains(&format!(
-            "koala: replaying {total} session(s) from {processes} file(s), {processes} at a time"
-        )),
-        "{out}"
-    );
-    let calls: usize = recording.sessions.iter().map(|(_, s)| s.calls.len()).sum();
-    assert_eq!(run.summary("calls matched"), calls.to_string(), "{out}");
-    assert_eq!(run.summary("unmatched"), "0", "{out}");
-    assert_eq!(run.summary("missing"), "0", "{out}");
+    let out = run.output();
+    run.assert_all_passed(total);
+    run.assert_replaying(total, processes, processes);
+    let calls = recording.calls();
+    run.assert_summary([total, total, 0, 0], [calls, 0, 0, 0]);
     // The workers started (and got their start-up PING answered from the
     // background records) in the replayed service too.
     assert_eq!(
-        log.lines().filter(|l| l.ends_with(" ready")).count(),
+        run.service_log
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with(" ready"))
+            .count(),
         workers,
         "{out}"
     );
 
     let report = read_report(&dir.join("r.json"));
-    assert_report_summary(
-        &report,
-        [total as u64, total as u64, 0, 0],
-        [calls as u64, 0, 0, 0],
-    );
-    assert_report_all_replayed(&report, &recording);
+    assert_report_summary(&report, [total, total, 0, 0], [calls, 0, 0, 0]);
+    assert_report_all_replayed(&report, recording);
 }

@@ -16,18 +16,16 @@ const ALTERED: &str = "c2r3";
 #[test]
 fn replay_python_service() {
     let dir = TestDir::new("replay_python_service");
-    let ids = item_ids(CONNECTIONS, REQUESTS_PER_CONNECTION);
-    let deps = Dependencies::start(&dir, &ids);
-    let recording = record_items(
+    // Recorded with redis and the backend, which are stopped now.
+    let service = record_items(
         &dir,
-        "record",
         "redis_service.py",
-        &deps,
         &[],
         CONNECTIONS,
         REQUESTS_PER_CONNECTION,
     );
-    let total = ids.len();
+    let recording = &service.recording;
+    let total = CONNECTIONS * REQUESTS_PER_CONNECTION;
     // The start-up traffic (HELLO/CLIENT SETINFO..., PING) is in the
     // background record, and only there.
     assert_eq!(recording.background.len(), 1, "one background record");
@@ -42,55 +40,21 @@ fn replay_python_service() {
         &resp_command(&["PING"]),
         "the last start-up call",
     );
-    let service_args: Vec<String> = std::iter::once(recording.port.to_string())
-        .chain(deps.args())
-        .collect();
-    deps.stop();
 
     // --- Replay: everything passes, every call matched.
-    let run = run_koala(
+    let run = replay_python(
         &dir,
         "koala-replay",
-        &replay_python_args(
-            &["record"],
-            &[
-                "--report".into(),
-                "r.json".into(),
-                "--junit".into(),
-                "j.xml".into(),
-            ],
-            "redis_service.py",
-            &service_args,
-        ),
+        &["--report", "r.json", "--junit", "j.xml"],
+        "redis_service.py",
+        &service.args,
         &[],
     );
     let out = run.output();
-    assert_eq!(run.code, Some(0), "{out}");
-    assert!(
-        run.stdout
-            .lines()
-            .any(|l| l == format!("OK: all {total} session(s) passed")),
-        "{out}"
-    );
+    run.assert_all_passed(total);
     assert!(!run.stdout.contains("FAIL"), "{out}");
-    assert_eq!(run.summary("sessions"), total.to_string(), "{out}");
-    assert_eq!(run.summary("passed"), total.to_string(), "{out}");
-    assert_eq!(run.summary("failed"), "0", "{out}");
-    assert_eq!(run.summary("errors"), "0", "{out}");
-    assert_eq!(
-        run.summary("calls matched"),
-        (3 * total).to_string(),
-        "{out}"
-    );
-    assert_eq!(run.summary("unmatched"), "0", "{out}");
-    assert_eq!(run.summary("missing"), "0", "{out}");
-    assert_eq!(run.summary("reused"), "0", "{out}");
-    assert!(
-        run.stderr.contains(&format!(
-            "koala: replaying {total} session(s) from 1 file(s), 1 at a time"
-        )),
-        "{out}"
-    );
+    run.assert_summary([total, total, 0, 0], [3 * total, 0, 0, 0]);
+    run.assert_replaying(total, 1, 1);
 
     let report = read_report(&dir.join("r.json"));
     assert_eq!(report["koala_replay_report"].as_u64(), Some(1));
@@ -101,12 +65,8 @@ fn replay_python_service() {
         Some(format!("127.0.0.1:{}", recording.port).as_str()),
         "the recorded inbound address"
     );
-    assert_report_summary(
-        &report,
-        [total as u64, total as u64, 0, 0],
-        [3 * total as u64, 0, 0, 0],
-    );
-    assert_report_all_replayed(&report, &recording);
+    assert_report_summary(&report, [total, total, 0, 0], [3 * total, 0, 0, 0]);
+    assert_report_all_replayed(&report, recording);
 
     let junit = std::fs::read_to_string(dir.join("j.xml")).expect("JUnit file");
     let cases = junit_testcases(&junit);
@@ -127,8 +87,7 @@ fn replay_python_service() {
             "{attribute} in {junit}"
         );
     }
-    let locations = recording.locations();
-    for (id, location) in &locations {
+    for (id, location) in &recording.locations {
         let (file, line) = location.rsplit_once(':').unwrap();
         assert!(
             cases.iter().any(|c| c.starts_with(&format!(
@@ -139,26 +98,18 @@ fn replay_python_service() {
     }
 
     // --- The service now answers hits=2 instead of hits=1 for one request.
-    let run = run_koala(
+    let run = replay_python(
         &dir,
         "koala-replay-altered",
-        &replay_python_args(
-            &["record"],
-            &[
-                "--report".into(),
-                "r2.json".into(),
-                "--junit".into(),
-                "j2.xml".into(),
-            ],
-            "redis_service.py",
-            &service_args,
-        ),
+        &["--report", "r2.json", "--junit", "j2.xml"],
+        "redis_service.py",
+        &service.args,
         &[("REDIS_SERVICE_ALTER_ITEM", ALTERED.to_string())],
     );
     let out = run.output();
     assert_eq!(run.code, Some(1), "{out}");
     let altered = recording.by_item()[ALTERED];
-    let location = &locations[&altered.id];
+    let location = &recording.locations[&altered.id];
     let fails: Vec<&str> = run
         .stdout
         .lines()
@@ -204,15 +155,8 @@ fn replay_python_service() {
         &expected_diff.iter().map(String::as_str).collect::<Vec<_>>()[..],
         "the diff of the altered session\n{out}"
     );
-    assert_eq!(run.summary("passed"), (total - 1).to_string(), "{out}");
-    assert_eq!(run.summary("failed"), "1", "{out}");
-    assert_eq!(run.summary("errors"), "0", "{out}");
-    assert_eq!(
-        run.summary("calls matched"),
-        (3 * total).to_string(),
-        "{out}"
-    );
-    assert_eq!(run.summary("unmatched"), "0", "{out}");
+    // Every call still answered from the recording: only the answer differs.
+    run.assert_summary([total, total - 1, 1, 0], [3 * total, 0, 0, 0]);
     assert!(
         run.stdout.lines().any(|l| l
             == format!(
@@ -223,19 +167,16 @@ fn replay_python_service() {
     );
 
     let report = read_report(&dir.join("r2.json"));
-    assert_report_summary(
-        &report,
-        [total as u64, total as u64 - 1, 1, 0],
-        [3 * total as u64, 0, 0, 0],
-    );
-    let entries = report.array_at("sessions");
+    assert_report_summary(&report, [total, total - 1, 1, 0], [3 * total, 0, 0, 0]);
+    let entries = report_entries(&report);
     assert_eq!(entries.len(), total);
     for entry in entries {
-        let id = entry.str_at("id");
+        let id = entry_id(entry);
         let recorded = recording.session(id);
+        let result = entry_result(entry);
         if id != altered.id {
             assert_eq!(entry["verdict"].as_str(), Some("pass"), "{entry}");
-            assert_result_replays(&entry["result"], recorded, id);
+            assert_result_replays(&result, recorded, id);
             continue;
         }
         assert_eq!(entry["verdict"].as_str(), Some("fail"), "{entry}");
@@ -245,27 +186,23 @@ fn replay_python_service() {
             "{entry}"
         );
         assert!(entry["error"].is_null(), "{entry}");
-        let diff = entry.str_at("diff");
+        let diff = entry["diff"].as_str().expect("a diff");
         // The console's explanation without its indentation.
         let expected: Vec<&str> = expected_diff[1..].iter().map(|l| &l[4..]).collect();
         assert_eq!(diff.lines().collect::<Vec<_>>(), expected, "report diff");
-        let result = &entry["result"];
         assert_bytes(
-            &payload(&result["response"]),
+            result.response.as_bytes(),
             &item_response(ALTERED, 2),
             "the altered response",
         );
         assert_bytes(
-            &payload(&result["recorded_response"]),
+            result.recorded_response.as_bytes(),
             recorded.inbound.response.as_bytes(),
             "the recorded response",
         );
-        // The calls were still all answered from the recording.
-        let calls = result.array_at("calls");
-        assert_eq!(calls.len(), 3, "{result}");
-        for (index, call) in calls.iter().enumerate() {
-            assert_eq!(call["matched"].as_u64(), Some(index as u64), "{result}");
-        }
+        // The calls were still all answered from the recording, exactly.
+        assert_calls_replayed(&result.calls, recorded, "the altered session");
+        assert!(result.unmatched.is_empty() && result.missing.is_empty());
     }
 
     let junit = std::fs::read_to_string(dir.join("j2.xml")).expect("JUnit file");

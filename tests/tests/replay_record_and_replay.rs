@@ -35,57 +35,40 @@ fn without_date(message: &[u8]) -> Vec<u8> {
 #[test]
 fn replay_record_and_replay() {
     let dir = TestDir::new("replay_record_and_replay");
-    let ids = item_ids(CONNECTIONS, REQUESTS_PER_CONNECTION);
-    let deps = Dependencies::start(&dir, &ids);
-    let recording = record_items(
+    // Recorded with redis and the backend, which are stopped now.
+    let service = record_items(
         &dir,
-        "record",
         "redis_service.py",
-        &deps,
         &[],
         CONNECTIONS,
         REQUESTS_PER_CONNECTION,
     );
-    let total = ids.len();
-    let redis_peer = deps.redis_peer();
-    let backend_peer = deps.backend_peer();
-    let service_args: Vec<String> = std::iter::once(recording.port.to_string())
-        .chain(deps.args())
-        .collect();
-    deps.stop();
+    let recording = &service.recording;
+    let total = CONNECTIONS * REQUESTS_PER_CONNECTION;
+    let (redis_peer, backend_peer) = (&service.redis_peer, &service.backend_peer);
 
-    let run = run_koala(
+    let run = replay_python(
         &dir,
         "koala-replay",
-        &replay_python_args(
-            &["record"],
-            &[
-                "--record-to".into(),
-                "rerecord".into(),
-                "--report".into(),
-                "r.json".into(),
-                "--concurrency".into(),
-                "4".into(),
-            ],
-            "redis_service.py",
-            &service_args,
-        ),
+        &[
+            "--record-to",
+            "rerecord",
+            "--report",
+            "r.json",
+            "--concurrency",
+            "4",
+        ],
+        "redis_service.py",
+        &service.args,
         &[],
     );
-    let out = run.output();
-    assert_eq!(run.code, Some(0), "{out}");
-    assert!(
-        run.stdout
-            .lines()
-            .any(|l| l == format!("OK: all {total} session(s) passed")),
-        "{out}"
-    );
+    run.assert_all_passed(total);
     let report = read_report(&dir.join("r.json"));
-    assert_report_all_replayed(&report, &recording);
+    assert_report_all_replayed(&report, recording);
 
     // koala waited for the service to exit: the new recording is complete.
     let rerecord = dir.join("rerecord");
-    let again = Recording::read(&dir, "rerecord", recording.port, 0);
+    let again = Recording::read(&dir, "rerecord", recording.port);
     let what = describe_dir(&rerecord);
     assert_eq!(
         again.sessions.len(),
@@ -127,7 +110,7 @@ fn replay_record_and_replay() {
             let ctx = format!("{ctx}\ncall {index}");
             // The original dependency, not the outbound server.
             assert_eq!(a.peer, b.peer, "{ctx}");
-            assert!(a.peer == redis_peer || a.peer == backend_peer, "{ctx}");
+            assert!(&a.peer == redis_peer || &a.peer == backend_peer, "{ctx}");
             assert_bytes(
                 a.request.as_bytes(),
                 b.request.as_bytes(),
@@ -158,7 +141,7 @@ fn replay_record_and_replay() {
     );
     assert_eq!(after.calls.len(), before.calls.len(), "{ctx}");
     for (index, (a, b)) in after.calls.iter().zip(&before.calls).enumerate() {
-        assert_eq!(a.peer, redis_peer, "{ctx}\ncall {index}");
+        assert_eq!(&a.peer, redis_peer, "{ctx}\ncall {index}");
         assert_exchange(
             a,
             &b.peer,
@@ -175,57 +158,20 @@ fn replay_record_and_replay() {
 #[test]
 fn replay_record_and_replay_greeting() {
     let dir = TestDir::new("replay_record_and_replay_greeting");
-    let greeting = unique_greeting("rerecord");
-    let greeting_port = free_port();
-    let mut greeter = Spec::python_fixture("greeting_server", "greeting_server.py")
-        .args([greeting_port.to_string(), greeting.clone()])
-        .spawn(&dir);
-    greeter.wait_for_port(greeting_port);
-    let port = free_port();
-    let mut service = Spec::python_fixture("record-service", "greeting_service.py")
-        .args([
-            port.to_string(),
-            greeting_port.to_string(),
-            "per-request".into(),
-        ])
-        .record_to(&dir.join("record"))
-        .spawn(&dir);
-    service.wait_for_port(port);
-    let mut stream = connect(port);
-    for id in ["r1", "r2", "r3"] {
-        let request = format!("GET /hello/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-        let response = http_exchange(&mut stream, request.as_bytes());
-        assert!(
-            find(&response, greeting.as_bytes()).is_some(),
-            "{}",
-            String::from_utf8_lossy(&response)
-        );
-    }
-    drop(stream);
-    wait_for_sessions(&dir.join("record"), 3);
-    service.stop_cleanly();
-    greeter.stop();
-    assert_port_closed(greeting_port, "the greeting server");
-    let recording = Recording::read(&dir, "record", port, service.pid());
-    assert_eq!(recording.sessions.len(), 3);
+    // Recorded with the greeting server, which is stopped now.
+    let recorded = record_greeting(&dir, "per-request", &["r1", "r2", "r3"]);
+    let recording = &recorded.recording;
 
-    let run = run_koala(
+    let run = replay_python(
         &dir,
         "koala-replay",
-        &replay_python_args(
-            &["record"],
-            &["--record-to".into(), "rerecord".into()],
-            "greeting_service.py",
-            &[
-                port.to_string(),
-                greeting_port.to_string(),
-                "per-request".into(),
-            ],
-        ),
+        &["--record-to", "rerecord"],
+        "greeting_service.py",
+        &recorded.args("per-request"),
         &[],
     );
-    assert_eq!(run.code, Some(0), "{}", run.output());
-    let again = Recording::read(&dir, "rerecord", port, 0);
+    run.assert_all_passed(3);
+    let again = Recording::read(&dir, "rerecord", recording.port);
     let what = describe_dir(&again.dir);
     assert_eq!(again.sessions.len(), 3, "{what}");
     assert!(again.background.is_empty(), "{what}");

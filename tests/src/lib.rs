@@ -7,6 +7,9 @@
 //! A [`Program`] is stopped when dropped: SIGTERM to its process group, then
 //! SIGKILL after a bound.
 
+pub mod php_stacks;
+pub mod python_stacks;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};

@@ -115,6 +115,20 @@ pub struct Exchange {
     /// Set when a payload hit `KOALA_MAX_PAYLOAD_BYTES` and was cut.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// Calls: the connection's id, unique within the recording process (a
+    /// forked child keeps the ids of the connections it inherited). Absent
+    /// on the inbound exchange and in older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn: Option<u64>,
+    /// Calls: the call's position on its connection, counted across
+    /// sessions: 0 is the first exchange after connect (a greeting counts),
+    /// so a call with `seq` 0 is the one that opened the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    /// Calls: the service read end-of-file on the connection after this
+    /// call's response: the dependency closed it there.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub closed: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -137,5 +151,11 @@ impl Exchange {
     /// A server-speaks-first call: nothing was sent before the response.
     pub fn is_greeting(&self) -> bool {
         self.request.is_empty() && !self.response.is_empty()
+    }
+
+    /// Whether this call was the first exchange on a new connection (its
+    /// `seq` is 0). Unknown (`false`) in recordings without positions.
+    pub fn opens_connection(&self) -> bool {
+        self.seq == Some(0)
     }
 }

@@ -116,9 +116,19 @@ mod tests {
                 response: Payload::from(&[0xffu8, 1][..]),
                 request_ns: 10,
                 response_ns: 20,
-                truncated: false,
+                ..Exchange::default()
             },
-            calls: vec![Exchange::default()],
+            calls: vec![
+                Exchange::default(),
+                Exchange {
+                    request: Payload::from("GET /x HTTP/1.0\r\n\r\n"),
+                    response: Payload::from("HTTP/1.0 200 OK\r\n\r\nx"),
+                    conn: Some(9),
+                    seq: Some(0),
+                    closed: true,
+                    ..Exchange::default()
+                },
+            ],
         }
     }
 
@@ -175,6 +185,42 @@ mod tests {
         let line = background.to_json_line();
         assert!(line.contains(r#""kind":"background""#), "{line}");
         assert!(read_session_line(&line).unwrap().is_background());
+    }
+
+    #[test]
+    fn connection_positions_and_closes_are_written_only_when_known() {
+        let line = sample().to_json_line();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let call = &value["calls"][1];
+        assert_eq!(
+            (&call["conn"], &call["seq"], &call["closed"]),
+            (
+                &serde_json::json!(9),
+                &serde_json::json!(0),
+                &serde_json::json!(true)
+            )
+        );
+        for absent in ["conn", "seq", "closed"] {
+            assert!(value["inbound"].get(absent).is_none(), "inbound.{absent}");
+            assert!(value["calls"][0].get(absent).is_none(), "calls[0].{absent}");
+        }
+        let read = read_session_line(&line).unwrap();
+        assert!(read.calls[1].opens_connection());
+        assert!(!read.calls[0].opens_connection());
+    }
+
+    #[test]
+    fn a_line_without_positions_still_reads() {
+        let old = r#"{"koala":1,"id":"1-2-3","pid":2,"tid":2,"program":"svc","inbound":{"local":"a","peer":"b","request":"q","response":"r"},"calls":[{"local":"c","peer":"d","request":"x","response":"y","request_ns":1,"response_ns":2}]}"#;
+        let session = read_session_line(old).unwrap();
+        let call = &session.calls[0];
+        assert_eq!((call.conn, call.seq, call.closed), (None, None, false));
+        // Written back, nothing is added but the inbound times' defaults.
+        let inbound_times = r#""response":"r","request_ns":0,"response_ns":0"#;
+        assert_eq!(
+            session.to_json_line(),
+            old.replace(r#""response":"r""#, inbound_times)
+        );
     }
 
     #[test]

@@ -19,6 +19,15 @@
 //! - Bytes received on an outbound connection before anything was sent are a
 //!   greeting (server speaks first): a call with an empty request, in the
 //!   session that opened the connection.
+//! - Each call carries its connection's id and its position on it (0 = the
+//!   first exchange after connect, counted across sessions), and whether the
+//!   service read end-of-file after its response: replay opens and closes
+//!   connections where the recording did.
+//! - A read after a response continues the same request when the protocol
+//!   catalogue says the request is not complete yet (FastCGI's trailing
+//!   empty stdin record, an HTTP body after `100 Continue`).
+//! - A session whose request is empty or whitespace and which made no calls
+//!   (a readiness probe) is not written, only counted.
 //! - Calls made outside any session — by a thread with no current session
 //!   (start-up handshakes, pools being filled, background work), greetings on
 //!   connections opened outside one, and calls of virtual threads that never
@@ -35,6 +44,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use koala_protocols::Completeness;
 use koala_session::{EndReason, Kind};
 
 use crate::record::{FinishedExchange, FinishedSession};
@@ -70,6 +80,10 @@ pub struct Stats {
     pub late_bytes: u64,
     pub calls_over_limit: u64,
     pub truncated_payloads: u64,
+    /// Sessions not written because their request was empty or whitespace
+    /// and they made no calls: readiness probes (connect and close, connect
+    /// and send a newline).
+    pub empty_sessions: u64,
 }
 
 /// A map keyed by the assembler's own small integer ids (and thread ids):
@@ -184,6 +198,8 @@ struct Conn {
     call: CallRef,
     /// Outbound: the session of the thread that connected.
     opened_in: Option<SessionKey>,
+    /// Outbound: the position the next call on this connection gets.
+    next_seq: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -201,6 +217,11 @@ struct CallRecord {
     session: SessionKey,
     local: Arc<str>,
     peer: Arc<str>,
+    conn: ConnId,
+    /// Position on the connection: 0 = first exchange after connect.
+    seq: u32,
+    /// The service read end-of-file after this call's response.
+    closed: bool,
     request: Buf,
     response: Buf,
 }
@@ -295,11 +316,18 @@ impl Assembler {
     /// Takes back emptied payload buffers for reuse, keeping at most
     /// [`MAX_SPARE_BUFFERS`] of at most [`MAX_SPARE_CAPACITY`] bytes.
     pub fn recycle(&mut self, buffers: &mut Vec<Vec<u8>>) {
-        for mut buffer in buffers.drain(..) {
-            if self.spare.len() < MAX_SPARE_BUFFERS && buffer.capacity() <= MAX_SPARE_CAPACITY {
-                buffer.clear();
-                self.spare.push(buffer);
-            }
+        for buffer in buffers.drain(..) {
+            self.keep_spare(buffer);
+        }
+    }
+
+    fn keep_spare(&mut self, mut buffer: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS
+            && buffer.capacity() > 0
+            && buffer.capacity() <= MAX_SPARE_CAPACITY
+        {
+            buffer.clear();
+            self.spare.push(buffer);
         }
     }
 
@@ -341,6 +369,7 @@ impl Assembler {
                 session: None,
                 call: CallRef::Fresh,
                 opened_in,
+                next_seq: 0,
             },
         );
         if self.fd_conns.len() <= index {
@@ -407,6 +436,25 @@ impl Assembler {
         }
     }
 
+    /// The service read end-of-file on `fd`. On an outbound connection the
+    /// dependency closed it after the current call's response (which may be
+    /// empty: it hung up without answering), so replay closes there too.
+    pub fn peer_closed(&mut self, fd: i32, now_ns: u64) {
+        let Some(conn) = self.conn_id(fd).and_then(|id| self.conns.get(&id)) else {
+            return;
+        };
+        if conn.direction != Direction::Outbound {
+            return;
+        }
+        if let CallRef::Stored(call_id) = conn.call
+            && let Some(call) = self.calls.get_mut(&call_id)
+        {
+            call.closed = true;
+            let session = call.session;
+            self.touch(session, now_ns);
+        }
+    }
+
     fn conn_id(&self, fd: i32) -> Option<ConnId> {
         let index = usize::try_from(fd).ok()?;
         self.fd_conns.get(index).copied().filter(|&id| id != 0)
@@ -444,8 +492,9 @@ impl Assembler {
 
     fn inbound_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let session = match self.inbound_session(conn_id) {
-            // Request → response → request: the next request starts the next session.
-            Some(s) if !self.sessions[&s].response.is_empty() => {
+            // Request → response → request: the next request starts the next
+            // session, unless the request read so far is not complete yet.
+            Some(s) if !self.sessions[&s].response.is_empty() && !self.request_continues(s) => {
                 self.finish(s, EndReason::NextRequest);
                 self.start_inbound_session(conn_id, tid, now_ns)
             }
@@ -462,6 +511,19 @@ impl Assembler {
             None => self.start_inbound_session(conn_id, tid, now_ns),
         };
         self.append_inbound(session, tid, data, now_ns, Side::Write);
+    }
+
+    /// Whether bytes read after `session`'s response still belong to its
+    /// request: the protocol catalogue frames the request read so far as
+    /// unfinished (FastCGI's trailing empty stdin record, read after the
+    /// response; an HTTP body sent after `100 Continue`). Only asked when a
+    /// read follows a response, so the hot path is unchanged. An empty
+    /// request (the service spoke first) or a cut one never continues.
+    fn request_continues(&self, session: SessionKey) -> bool {
+        let request = &self.sessions[&session].request;
+        !request.bytes.is_empty()
+            && !request.truncated
+            && koala_protocols::frame_request(&request.bytes) == Completeness::NeedMore
     }
 
     /// The open session an inbound connection carries.
@@ -585,6 +647,11 @@ impl Assembler {
         tid: u32,
         now_ns: u64,
     ) -> Option<CallId> {
+        // Every exchange takes a position, kept or not: positions are the
+        // connection's, whatever happens to the sessions.
+        let conn = self.conns.get_mut(&conn_id).expect("caller checked");
+        let seq = conn.next_seq;
+        conn.next_seq = seq.saturating_add(1);
         let mut session = session;
         if self.sessions[&session].calls.len() >= self.limits.max_calls_per_session {
             if self.background != Some(session) {
@@ -600,6 +667,9 @@ impl Assembler {
             session,
             local: conn.local.clone(),
             peer: conn.peer.clone(),
+            conn: conn_id,
+            seq,
+            closed: false,
             request: Buf::default(),
             response: Buf::default(),
         };
@@ -791,7 +861,12 @@ impl Assembler {
             .calls
             .iter()
             .filter_map(|id| self.calls.remove(id))
-            .map(|c| exchange(c.local, c.peer, c.request, c.response))
+            .map(|c| FinishedExchange {
+                conn: Some(c.conn),
+                seq: Some(c.seq),
+                closed: c.closed,
+                ..exchange(c.local, c.peer, c.request, c.response)
+            })
             .collect();
         if let Some(inbound) = &open.inbound
             && let Some(conn) = self.conns.get_mut(&inbound.conn)
@@ -801,6 +876,14 @@ impl Assembler {
         }
         if open.inherited && !open.touched_since_fork {
             self.stats.sessions_left_to_parent += 1;
+            return;
+        }
+        // A readiness probe (connect and close, connect and send a newline)
+        // looks like traffic but is no request.
+        if open.inbound.is_some() && calls.is_empty() && is_blank(&open.request) {
+            self.stats.empty_sessions += 1;
+            self.keep_spare(open.request.bytes);
+            self.keep_spare(open.response.bytes);
             return;
         }
         let (kind, inbound) = match open.inbound {
@@ -862,6 +945,11 @@ impl OpenSession {
     }
 }
 
+/// An empty or whitespace-only request (never a cut one).
+fn is_blank(request: &Buf) -> bool {
+    !request.truncated && request.bytes.iter().all(u8::is_ascii_whitespace)
+}
+
 fn exchange(local: Arc<str>, peer: Arc<str>, request: Buf, response: Buf) -> FinishedExchange {
     FinishedExchange {
         local,
@@ -879,6 +967,7 @@ fn exchange(local: Arc<str>, peer: Arc<str>, request: Buf, response: Buf) -> Fin
         },
         request: request.bytes,
         response: response.bytes,
+        ..FinishedExchange::default()
     }
 }
 

@@ -30,6 +30,11 @@ pub struct FinishedExchange {
     pub request_ns: u64,
     pub response_ns: u64,
     pub truncated: bool,
+    /// Calls: the connection's id and the call's position on it.
+    pub conn: Option<u64>,
+    pub seq: Option<u32>,
+    /// Calls: the dependency closed the connection after this response.
+    pub closed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +87,9 @@ impl FinishedSession {
             request_ns: e.request_ns,
             response_ns: e.response_ns,
             truncated: e.truncated,
+            conn: e.conn,
+            seq: e.seq,
+            closed: e.closed,
         };
         Session {
             koala: FORMAT_VERSION,
@@ -145,6 +153,17 @@ fn write_exchange(out: &mut Vec<u8>, exchange: &FinishedExchange) {
     write_number(out, exchange.response_ns);
     if exchange.truncated {
         out.extend_from_slice(b",\"truncated\":true");
+    }
+    if let Some(conn) = exchange.conn {
+        out.extend_from_slice(b",\"conn\":");
+        write_number(out, conn);
+    }
+    if let Some(seq) = exchange.seq {
+        out.extend_from_slice(b",\"seq\":");
+        write_number(out, u64::from(seq));
+    }
+    if exchange.closed {
+        out.extend_from_slice(b",\"closed\":true");
     }
     out.push(b'}');
 }
@@ -263,7 +282,17 @@ mod tests {
             response: response.to_vec(),
             request_ns: 17,
             response_ns: 18,
-            truncated: false,
+            ..FinishedExchange::default()
+        }
+    }
+
+    /// A call at position `seq` on connection `conn`.
+    fn call_at(conn: u64, seq: u32, closed: bool) -> FinishedExchange {
+        FinishedExchange {
+            conn: Some(conn),
+            seq: Some(seq),
+            closed,
+            ..exchange(b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\n")
         }
     }
 
@@ -313,6 +342,34 @@ mod tests {
         background.kind = Kind::Background;
         background.end = EndReason::Full;
         round_trip(&background);
+    }
+
+    #[test]
+    fn connection_positions_and_closes_round_trip() {
+        let mut truncated = call_at(u64::MAX, u32::MAX, true);
+        truncated.truncated = true;
+        let session = session(
+            exchange(b"req", b"resp"),
+            vec![call_at(3, 0, false), call_at(3, 1, true), truncated],
+        );
+        round_trip(&session);
+        let mut line = Vec::new();
+        session.write_json_line(&identity(), &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.contains(r#""response_ns":18,"conn":3,"seq":1,"closed":true}"#),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                r#""truncated":true,"conn":18446744073709551615,"seq":4294967295,"closed":true}"#
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#""response_ns":18,"conn":3,"seq":0},"#),
+            "{line}"
+        );
     }
 
     #[test]

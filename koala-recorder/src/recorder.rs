@@ -241,6 +241,11 @@ impl Recorder {
         self.with_assembler(|a| a.sent_parts(fd, tid, data, now_ns));
     }
 
+    /// A read on `fd` returned end-of-file.
+    pub fn peer_closed(&self, fd: i32, now_ns: u64) {
+        self.with_assembler(|a| a.peer_closed(fd, now_ns));
+    }
+
     pub fn delegate(&self, tid: u32, virtual_id: u64) {
         self.with_assembler(|a| a.delegate(tid, virtual_id));
     }
@@ -327,6 +332,7 @@ impl Recorder {
             late_bytes = stats.late_bytes,
             calls_over_limit = stats.calls_over_limit,
             truncated_payloads = stats.truncated_payloads,
+            empty_sessions = stats.empty_sessions,
             file = %self.session_file_path().display(),
             "koala recording summary"
         );

@@ -25,6 +25,7 @@ pub mod redis;
 
 mod exchange;
 mod normalized;
+mod parse;
 
 pub use exchange::{Unit, split_exchange};
 pub use normalized::{NormalizeOptions, Normalized};

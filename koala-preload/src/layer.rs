@@ -275,6 +275,19 @@ impl Observed {
         });
     }
 
+    /// A read on `fd` returned end-of-file: on an outbound connection the
+    /// dependency closed it (replay closes where the recording did).
+    pub fn peer_closed(&self, fd: i32) {
+        if self.kind != FdKind::Outbound {
+            return;
+        }
+        contain("eof", || {
+            if let Some(recorder) = recorder() {
+                recorder.peer_closed(fd, clock::now_ns());
+            }
+        });
+    }
+
     /// `sendfile` sent `count` bytes of `in_fd` starting at `offset` (or,
     /// if `None`, ending at its file position): when recording, read them
     /// back ourselves, up to KOALA_MAX_PAYLOAD_BYTES.

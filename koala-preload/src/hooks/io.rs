@@ -5,7 +5,8 @@
 //! Each one: `observe(fd)`, or `sending(fd, ..)` for sends (one relaxed
 //! load for files and pipes) → the real call, unless the send is a helper
 //! hint, which is consumed instead → hand the bytes that actually moved to
-//! the layer → return the real result, errno untouched.
+//! the layer (for reads, end-of-file too) → return the real result, errno
+//! untouched.
 
 use libc::{c_int, c_void, iovec, msghdr, off_t, size_t, sockaddr, socklen_t, ssize_t};
 
@@ -92,6 +93,53 @@ fn moved(observed: Option<Observed>, fd: c_int, way: Way, n: ssize_t, buf: *cons
     }
 }
 
+/// Hands what a read of up to `requested` bytes returned to the layer: the
+/// bytes (`n > 0`), or end-of-file (`n == 0`; a read of 0 bytes also
+/// returns 0, and is no end-of-file).
+fn received(
+    observed: Option<Observed>,
+    fd: c_int,
+    n: ssize_t,
+    buf: *const c_void,
+    requested: size_t,
+) {
+    match observed {
+        Some(observed) if n == 0 && requested > 0 => observed.peer_closed(fd),
+        // SAFETY: the kernel wrote n bytes to buf.
+        Some(observed) if n > 0 => observed.moved(fd, Way::Received, &[unsafe { bytes(buf, n) }]),
+        _ => {}
+    }
+}
+
+/// As [`received`], for a vectored read into `count` iovecs at `iov`.
+///
+/// # Safety
+/// `iov` points to `count` valid iovecs, the first `n` bytes of which the
+/// kernel filled.
+unsafe fn received_iov(
+    observed: Option<Observed>,
+    fd: c_int,
+    n: ssize_t,
+    iov: *const iovec,
+    count: c_int,
+) {
+    let Some(observed) = observed else { return };
+    if n > 0 {
+        // SAFETY: per the caller.
+        unsafe {
+            with_iov_bytes(iov, count, n, |parts| {
+                observed.moved(fd, Way::Received, parts)
+            })
+        };
+    } else if n == 0 && !iov.is_null() {
+        // SAFETY: per the caller (only looked at once the read returned 0).
+        let requested = (0..count.max(0) as usize).any(|i| unsafe { (*iov.add(i)).iov_len } > 0);
+        if requested {
+            observed.peer_closed(fd);
+        }
+    }
+}
+
 /// Hands the bytes a vectored call moved (`n > 0`) to the layer.
 ///
 /// # Safety
@@ -149,7 +197,7 @@ unsafe fn read_detour(real: ReadFn, fd: c_int, buf: *mut c_void, count: size_t) 
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    moved(observed, fd, Way::Received, n, buf);
+    received(observed, fd, n, buf, count);
     n
 }
 
@@ -163,7 +211,7 @@ unsafe fn read_chk_detour(
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count, buflen) };
-    moved(observed, fd, Way::Received, n, buf);
+    received(observed, fd, n, buf, count);
     n
 }
 
@@ -177,7 +225,7 @@ unsafe fn recv_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags) };
-    moved(observed, fd, Way::Received, n, buf);
+    received(observed, fd, n, buf, len);
     n
 }
 
@@ -192,7 +240,7 @@ unsafe fn recv_chk_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, buflen, flags) };
-    moved(observed, fd, Way::Received, n, buf);
+    received(observed, fd, n, buf, len);
     n
 }
 
@@ -208,7 +256,7 @@ unsafe fn recvfrom_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, flags, addr, addr_len) };
-    moved(observed, fd, Way::Received, n, buf);
+    received(observed, fd, n, buf, len);
     n
 }
 
@@ -226,7 +274,7 @@ unsafe fn recvfrom_chk_detour(
     let observed = layer::observe(fd).filter(|_| consumes_data(flags));
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, len, buflen, flags, addr, addr_len) };
-    moved(observed, fd, Way::Received, n, buf);
+    received(observed, fd, n, buf, len);
     n
 }
 
@@ -235,7 +283,7 @@ unsafe fn readv_detour(real: ReadvFn, fd: c_int, iov: *const iovec, iovcnt: c_in
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, iov, iovcnt) };
     // SAFETY: the kernel filled n bytes across iov.
-    unsafe { moved_iov(observed, fd, Way::Received, n, iov, iovcnt) };
+    unsafe { received_iov(observed, fd, n, iov, iovcnt) };
     n
 }
 
@@ -245,16 +293,7 @@ unsafe fn recvmsg_detour(real: RecvMsgFn, fd: c_int, msg: *mut msghdr, flags: c_
     let n = unsafe { real(fd, msg, flags) };
     let observed = observed.filter(|_| !msg.is_null());
     // SAFETY: the kernel filled n bytes across msg's iovecs.
-    unsafe {
-        moved_iov(
-            observed,
-            fd,
-            Way::Received,
-            n,
-            (*msg).msg_iov,
-            (*msg).msg_iovlen as c_int,
-        )
-    };
+    unsafe { received_iov(observed, fd, n, (*msg).msg_iov, (*msg).msg_iovlen as c_int) };
     n
 }
 

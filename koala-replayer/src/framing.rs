@@ -16,16 +16,7 @@
 //!
 //! The rules are described in `docs/matching.md` ("Framing").
 
-/// How much of a message the received bytes hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Completeness {
-    /// `bytes[..n]` is the first complete message.
-    Complete(usize),
-    /// A valid beginning; the message is not complete yet.
-    NeedMore,
-    /// Not this kind of message, or its end cannot be told from the bytes.
-    Unknown,
-}
+pub use koala_protocols::Completeness;
 
 /// A head (request line or status line plus headers) longer than this is
 /// not treated as HTTP: real heads are a few KiB, servers reject past 8-64 KiB.

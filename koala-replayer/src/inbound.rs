@@ -298,8 +298,8 @@ pub(crate) fn load_background_files(path: &std::path::Path) -> Result<Vec<Sessio
     for file in files {
         for line in koala_session::read_sessions_file(&file).map_err(|e| e.to_string())? {
             match line {
-                Ok(record) if record.is_background() => records.push(record),
-                Ok(_) => {}
+                // Sessions contribute their connection set-up only.
+                Ok(record) => records.push(record),
                 Err(error) => {
                     tracing::warn!(file = %file.display(), %error, "KOALA_REPLAY_BACKGROUND: bad line skipped")
                 }

@@ -19,5 +19,6 @@ pub mod outbound;
 pub mod registry;
 pub mod replayer;
 pub mod table;
+pub mod units;
 
 pub use replayer::Replayer;

@@ -1,33 +1,61 @@
-//! The replays in flight, the background pool, and how a request the
-//! service sent to a dependency finds its answer.
+//! The replays in flight, the background and set-up pools, and how a
+//! request the service sent to a dependency finds its answer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use koala_config::OnMiss;
+use koala_protocols::Protocol;
 use koala_session::replay::{MissingCall, ReplayedCall};
 use koala_session::{Exchange, Payload, Session};
 
 use crate::attribution::TENTATIVE;
-use crate::matching::{MatchConfig, SessionMatcher};
+use crate::matching::{MatchConfig, MatchOutcome, SessionMatcher};
+use crate::units::{self, Unit};
 
 /// One session being replayed.
 pub struct Replay {
     pub id: u64,
     pub session: Session,
+    /// The session's calls as the outbound server answers them.
+    units: Vec<Unit>,
+    /// Matches requests to `units`.
     matcher: Mutex<SessionMatcher>,
     calls: Mutex<Vec<ReplayedCall>>,
     pub started: Instant,
 }
 
+/// A request the service sent on a redirected connection.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    /// The replay the sender works for (0: unknown; may be [`TENTATIVE`]).
+    pub replay_id: u64,
+    pub bytes: &'a [u8],
+    /// The address the service meant to reach.
+    pub destination: Option<&'a str>,
+    /// The outbound server's connection number.
+    pub conn: u64,
+    /// What the connection speaks, when recognised.
+    pub protocol: Option<&'static dyn Protocol>,
+    /// When its first byte arrived.
+    pub arrived: Instant,
+}
+
 /// What the outbound server sends back for a request.
+#[derive(Debug, Default)]
 pub struct Answer {
-    /// The recorded response, or `None`: no recorded call matches.
+    /// The bytes to send back; `None`: send nothing.
     pub response: Option<Vec<u8>>,
+    /// Close the connection after sending them (the dependency did, or
+    /// the miss policy says so).
+    pub close: bool,
     /// The request came with no known replay and was answered from the
     /// background pool (or from nothing).
     pub background: bool,
+    /// The request matched no recorded call.
+    pub missed: bool,
 }
 
 #[derive(Default)]
@@ -37,21 +65,45 @@ pub struct Counters {
     pub calls_unmatched: AtomicU64,
     pub background_calls_served: AtomicU64,
     pub background_records: AtomicU64,
+    /// Set-up requests answered from another session's or a background
+    /// record's connection set-up, or built from them.
+    pub setup_calls_served: AtomicU64,
 }
 
-/// Calls recorded outside any session, answering the service's start-up
-/// traffic. Identical requests may be served any number of times (a
-/// service restarts, a pool reconnects).
-struct BackgroundPool {
-    calls: Vec<Exchange>,
+/// Recorded units answering requests outside any replay (background
+/// records: start-up traffic), or set-up requests of any replay (the
+/// set-up units of every session and background record loaded). Identical
+/// requests may be served any number of times (a service restarts, a pool
+/// reconnects).
+struct Pool {
+    units: Vec<Unit>,
     matcher: SessionMatcher,
+}
+
+impl Pool {
+    fn new(config: &MatchConfig) -> Self {
+        Pool {
+            units: Vec::new(),
+            matcher: SessionMatcher::new(&[], config.clone()),
+        }
+    }
+
+    fn extend(&mut self, units: impl IntoIterator<Item = Unit>, config: &MatchConfig) {
+        self.units.extend(units);
+        let exchanges: Vec<Exchange> = self.units.iter().map(|u| u.exchange.clone()).collect();
+        let mut config = config.clone();
+        config.allow_reuse = true;
+        self.matcher = SessionMatcher::new(&exchanges, config);
+    }
 }
 
 pub struct Registry {
     active: Mutex<HashMap<u64, Arc<Replay>>>,
-    background: Mutex<BackgroundPool>,
+    background: Mutex<Pool>,
+    setup: Mutex<Pool>,
     next_id: AtomicU64,
     match_config: MatchConfig,
+    on_miss: OnMiss,
     pub counters: Counters,
 }
 
@@ -63,16 +115,31 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Unmatched requests logged in full before logging thins out.
+const MISSES_LOGGED_IN_FULL: u64 = 20;
+/// Past that, one miss in this many is logged.
+const MISS_LOG_EVERY: u64 = 100;
+static MISSES: AtomicU64 = AtomicU64::new(0);
+
+/// Up to 120 bytes of `bytes`, printable.
+fn excerpt(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(120)];
+    let mut text = cut.escape_ascii().to_string();
+    if cut.len() < bytes.len() {
+        text.push('…');
+    }
+    text
+}
+
 impl Registry {
-    pub fn new(match_config: MatchConfig) -> Self {
+    pub fn new(match_config: MatchConfig, on_miss: OnMiss) -> Self {
         Registry {
             active: Mutex::new(HashMap::new()),
-            background: Mutex::new(BackgroundPool {
-                calls: Vec::new(),
-                matcher: SessionMatcher::new(&[], match_config.clone()),
-            }),
+            background: Mutex::new(Pool::new(&match_config)),
+            setup: Mutex::new(Pool::new(&match_config)),
             next_id: AtomicU64::new(1),
             match_config,
+            on_miss,
             counters: Counters::default(),
         }
     }
@@ -80,12 +147,12 @@ impl Registry {
     /// Registers a session about to be replayed.
     pub fn begin(&self, session: Session) -> Arc<Replay> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let units = units::expand(&session.calls);
+        let exchanges: Vec<Exchange> = units.iter().map(|u| u.exchange.clone()).collect();
         let replay = Arc::new(Replay {
             id,
-            matcher: Mutex::new(SessionMatcher::new(
-                &session.calls,
-                self.match_config.clone(),
-            )),
+            matcher: Mutex::new(SessionMatcher::new(&exchanges, self.match_config.clone())),
+            units,
             session,
             calls: Mutex::new(Vec::new()),
             started: Instant::now(),
@@ -106,19 +173,28 @@ impl Registry {
         lock(&self.active).len()
     }
 
-    /// Adds background records (and the calls of any session given) to the pool.
+    /// Loads records: every call of a background record answers requests
+    /// outside any replay; the connection set-up of every record, background
+    /// or session, answers set-up requests of any replay. Returns how many
+    /// background records were loaded.
     pub fn add_background(&self, records: &[Session]) -> usize {
-        let mut pool = lock(&self.background);
+        let mut background = Vec::new();
+        let mut setup = Vec::new();
+        let mut loaded = 0;
         for record in records {
-            pool.calls.extend(record.calls.iter().cloned());
+            let units = units::expand(&record.calls);
+            setup.extend(units.iter().filter(|u| u.setup).cloned());
+            if record.is_background() {
+                background.extend(units);
+                loaded += 1;
+            }
         }
-        let mut config = self.match_config.clone();
-        config.allow_reuse = true;
-        pool.matcher = SessionMatcher::new(&pool.calls, config);
+        lock(&self.background).extend(background, &self.match_config);
+        lock(&self.setup).extend(setup, &self.match_config);
         self.counters
             .background_records
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        records.len()
+            .fetch_add(loaded as u64, Ordering::Relaxed);
+        loaded
     }
 
     fn replay(&self, id: u64) -> Option<Arc<Replay>> {
@@ -132,118 +208,307 @@ impl Registry {
             .replay(replay_id)
             .filter(|_| replay_id & TENTATIVE == 0);
         // Empty requests (greetings) can frame nothing: not copied.
-        let requests = |calls: &[Exchange]| {
-            calls
+        let requests = |units: &[Unit]| {
+            units
                 .iter()
-                .map(|call| call.request.as_bytes())
+                .map(|unit| unit.exchange.request.as_bytes())
                 .filter(|request| !request.is_empty())
                 .map(<[u8]>::to_vec)
                 .collect::<Vec<_>>()
         };
+        let mut all = requests(&lock(&self.setup).units);
         match certain {
-            Some(replay) => requests(&replay.session.calls),
+            Some(replay) => all.extend(requests(&replay.units)),
             None => {
-                let mut all = requests(&lock(&self.background).calls);
+                all.extend(requests(&lock(&self.background).units));
                 for replay in lock(&self.active).values() {
-                    all.extend(requests(&replay.session.calls));
+                    all.extend(requests(&replay.units));
                 }
-                all
             }
         }
+        all
+    }
+
+    /// The protocol recorded for connections to `destination`, for a
+    /// connection whose first bytes do not tell.
+    pub fn recorded_protocol(&self, destination: &str) -> Option<&'static dyn Protocol> {
+        let find = |units: &[Unit]| {
+            units
+                .iter()
+                .filter(|u| u.exchange.peer == destination)
+                .find_map(|u| u.protocol)
+        };
+        if let Some(protocol) = find(&lock(&self.setup).units) {
+            return Some(protocol);
+        }
+        if let Some(protocol) = find(&lock(&self.background).units) {
+            return Some(protocol);
+        }
+        let active: Vec<Arc<Replay>> = lock(&self.active).values().cloned().collect();
+        active.iter().find_map(|replay| find(&replay.units))
     }
 
     /// A connection to `destination` was accepted for replay `replay_id`:
-    /// the recorded greeting, if that dependency spoke first.
+    /// the recorded greeting, if that dependency spoke first — the
+    /// session's own, else any recorded for that destination.
     pub fn greeting(
         &self,
         replay_id: u64,
         destination: Option<&str>,
         conn: u64,
     ) -> Option<Vec<u8>> {
-        if let Some(replay) = self.replay(replay_id & !TENTATIVE) {
-            let index = lock(&replay.matcher).take_greeting(destination, conn)?;
-            let greeting = replay.session.calls[index].response.as_bytes().to_vec();
+        let replay = self.replay(replay_id & !TENTATIVE);
+        if let Some(replay) = &replay
+            && let Some(index) = lock(&replay.matcher).take_greeting(destination, conn)
+        {
+            let unit = &replay.units[index];
+            let greeting = unit.exchange.response.as_bytes().to_vec();
             replay.log(ReplayedCall {
                 peer: destination.unwrap_or_default().to_string(),
                 request: Payload::default(),
-                matched: Some(index),
+                matched: Some(unit.call),
                 score: 1.0,
-                closest: Some(index),
+                closest: Some(unit.call),
                 reused: false,
                 greeting: true,
+                setup: true,
+                protocol: unit.protocol.map(|p| p.name().to_string()),
+                on_miss: None,
                 served: Payload::from(greeting.as_slice()),
                 at_ms: replay.elapsed_ms(),
+                wait_ms: 0.0,
             });
             self.counters.calls_matched.fetch_add(1, Ordering::Relaxed);
             return Some(greeting);
         }
-        // Outside any replay (a pool connecting at start-up): a greeting
-        // recorded for the same destination in the background records.
+        // A connection opened outside the replay's recording (a pool
+        // connecting at start-up, or for another session): a greeting
+        // recorded for the same destination.
         let destination = destination?;
-        let pool = lock(&self.background);
-        let greeting = pool
-            .calls
-            .iter()
-            .find(|c| c.is_greeting() && c.peer == destination)?
-            .response
-            .as_bytes()
-            .to_vec();
-        self.counters
-            .background_calls_served
-            .fetch_add(1, Ordering::Relaxed);
-        Some(greeting)
+        let greeting = [&self.setup, &self.background].iter().find_map(|pool| {
+            lock(pool)
+                .units
+                .iter()
+                .find(|u| u.exchange.is_greeting() && u.exchange.peer == destination)
+                .map(|u| (u.exchange.response.as_bytes().to_vec(), u.protocol))
+        })?;
+        match &replay {
+            Some(replay) => {
+                replay.log(ReplayedCall {
+                    peer: destination.to_string(),
+                    request: Payload::default(),
+                    matched: None,
+                    score: 1.0,
+                    closest: None,
+                    reused: false,
+                    greeting: true,
+                    setup: true,
+                    protocol: greeting.1.map(|p| p.name().to_string()),
+                    on_miss: None,
+                    served: Payload::from(greeting.0.as_slice()),
+                    at_ms: replay.elapsed_ms(),
+                    wait_ms: 0.0,
+                });
+                self.counters
+                    .setup_calls_served
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.counters
+                    .background_calls_served
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some(greeting.0)
     }
 
-    /// Answers `request`, sent on connection `conn` to `destination`, for
-    /// replay `replay_id` (0 or an ended replay: unknown).
+    /// Answers a request the service sent on a redirected connection.
     ///
     /// A request of a known replay is matched against that session only. An
     /// untagged one, or one whose replay is only a guess ([`TENTATIVE`]), is
     /// matched against the replay in flight when there is one, the
     /// best-matching one when there are several (ties go to the guess), and
-    /// the background pool otherwise.
-    pub fn answer(
-        &self,
-        replay_id: u64,
-        request: &[u8],
-        destination: Option<&str>,
-        conn: u64,
-    ) -> Answer {
+    /// the background pool otherwise. A set-up request (handshake,
+    /// authentication, session settings) the session did not record itself
+    /// is answered from the recorded set-up of any session to the same
+    /// dependency.
+    pub fn answer(&self, request: Request<'_>) -> Answer {
         // A guessed replay (a virtual thread's claim) competes with the
         // other replays in flight: the session matching best answers.
+        let replay_id = request.replay_id;
         let replay = match replay_id & TENTATIVE {
             0 => self.replay(replay_id),
             _ => None,
         };
         let guess = (replay_id & TENTATIVE != 0).then_some(replay_id & !TENTATIVE);
-        let replay = replay.or_else(|| self.best_in_flight(request, destination, conn, guess));
-        let Some(replay) = replay else {
-            return self.answer_from_background(request, destination, conn);
-        };
-        let outcome = lock(&replay.matcher).match_request(request, destination, conn);
-        let served = outcome
-            .matched
-            .map(|index| replay.session.calls[index].response.as_bytes().to_vec());
-        let counter = if served.is_some() {
-            &self.counters.calls_matched
-        } else {
-            &self.counters.calls_unmatched
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        replay.log(ReplayedCall {
-            peer: destination.unwrap_or_default().to_string(),
-            request: Payload::from(request),
-            matched: outcome.matched,
-            score: outcome.score,
-            closest: outcome.closest.map(|(index, _)| index),
-            reused: outcome.reused,
-            greeting: false,
-            served: Payload::from(served.as_deref().unwrap_or_default()),
-            at_ms: replay.elapsed_ms(),
+        let replay = replay.or_else(|| {
+            self.best_in_flight(request.bytes, request.destination, request.conn, guess)
         });
+        let setup = request.protocol.is_some_and(|p| p.is_setup(request.bytes));
+        if setup && let Some(answer) = self.answer_setup(replay.as_deref(), &request) {
+            return answer;
+        }
+        let Some(replay) = replay else {
+            return self.answer_from_background(&request);
+        };
+        let outcome =
+            lock(&replay.matcher).match_request(request.bytes, request.destination, request.conn);
+        if let Some(index) = outcome.matched {
+            self.counters.calls_matched.fetch_add(1, Ordering::Relaxed);
+            let unit = &replay.units[index];
+            let response = unit.exchange.response.as_bytes().to_vec();
+            replay.log(replay.call_log(&request, &outcome, unit.setup, None, &response));
+            return Answer {
+                response: Some(response),
+                close: unit.closes,
+                background: false,
+                missed: false,
+            };
+        }
+        self.counters
+            .calls_unmatched
+            .fetch_add(1, Ordering::Relaxed);
+        let answer = self.miss(&request, &outcome, &replay.units, Some(&replay.session.id));
+        replay.log(replay.call_log(
+            &request,
+            &outcome,
+            false,
+            Some(self.on_miss),
+            answer.response.as_deref().unwrap_or_default(),
+        ));
+        answer
+    }
+
+    /// A set-up request: built by the protocol from recorded set-ups (for
+    /// authentication, whose recorded replies cannot verify again), else
+    /// the session's own recorded set-up, else any session's.
+    fn answer_setup(&self, replay: Option<&Replay>, request: &Request<'_>) -> Option<Answer> {
+        let protocol = request.protocol?;
+        let built = {
+            let pool = lock(&self.setup);
+            let own = replay.map(|r| r.units.as_slice()).unwrap_or_default();
+            let recorded = setup_exchanges(own.iter().chain(&pool.units), protocol, request);
+            protocol.answer_setup(request.bytes, &recorded)
+        };
+        let (response, served) = match built {
+            Some(response) => (response, None),
+            None => {
+                if let Some(replay) = replay {
+                    let mut matcher = lock(&replay.matcher);
+                    let outcome =
+                        matcher.match_request(request.bytes, request.destination, request.conn);
+                    drop(matcher);
+                    if let Some(index) = outcome.matched {
+                        return Some(self.served_setup(replay, request, &outcome, index));
+                    }
+                }
+                let mut pool = lock(&self.setup);
+                let outcome =
+                    pool.matcher
+                        .match_request(request.bytes, request.destination, request.conn);
+                let index = outcome.matched?;
+                let unit = &pool.units[index];
+                (
+                    unit.exchange.response.as_bytes().to_vec(),
+                    Some((outcome, unit.closes)),
+                )
+            }
+        };
+        self.counters
+            .setup_calls_served
+            .fetch_add(1, Ordering::Relaxed);
+        let close = served.as_ref().is_some_and(|(_, closes)| *closes);
+        if let Some(replay) = replay {
+            let outcome = served.map(|(outcome, _)| outcome).unwrap_or(MatchOutcome {
+                matched: None,
+                score: 1.0,
+                closest: None,
+                reused: false,
+                forced: false,
+            });
+            let mut log = replay.call_log(request, &outcome, true, None, &response);
+            // Indexes of the set-up pool are not the session's calls.
+            log.matched = None;
+            log.closest = None;
+            replay.log(log);
+        }
+        Some(Answer {
+            response: Some(response),
+            close,
+            background: replay.is_none(),
+            missed: false,
+        })
+    }
+
+    /// The session's own recorded set-up unit `index` answered `request`.
+    fn served_setup(
+        &self,
+        replay: &Replay,
+        request: &Request<'_>,
+        outcome: &MatchOutcome,
+        index: usize,
+    ) -> Answer {
+        self.counters.calls_matched.fetch_add(1, Ordering::Relaxed);
+        let unit = &replay.units[index];
+        let response = unit.exchange.response.as_bytes().to_vec();
+        replay.log(replay.call_log(request, outcome, true, None, &response));
         Answer {
-            response: served,
+            response: Some(response),
+            close: unit.closes,
             background: false,
+            missed: false,
+        }
+    }
+
+    /// No recorded call matches `request`: say so in the log, and answer as
+    /// KOALA_REPLAY_ON_MISS says.
+    fn miss(
+        &self,
+        request: &Request<'_>,
+        outcome: &MatchOutcome,
+        units: &[Unit],
+        session: Option<&str>,
+    ) -> Answer {
+        let closest = outcome
+            .closest
+            .and_then(|(index, score)| Some((units.get(index)?, score)));
+        let misses = MISSES.fetch_add(1, Ordering::Relaxed);
+        if misses < MISSES_LOGGED_IN_FULL || misses % MISS_LOG_EVERY == 0 {
+            tracing::warn!(
+                session = session.unwrap_or("(none: outside any replay)"),
+                destination = request.destination.unwrap_or("?"),
+                request = %excerpt(request.bytes),
+                closest = %closest.map_or("none".to_string(), |(unit, score)| format!(
+                    "call {} (score {score:.3}): {}",
+                    unit.call,
+                    excerpt(unit.exchange.request.as_bytes())
+                )),
+                on_miss = self.on_miss.as_str(),
+                unmatched_so_far = misses + 1,
+                "replay: no recorded call matches this request"
+            );
+        }
+        let error = || {
+            let protocol = request
+                .protocol
+                .or_else(|| koala_protocols::detect_request(request.bytes))?;
+            protocol.error_reply(
+                request.bytes,
+                "koala replay: no recorded call matches this request",
+            )
+        };
+        let response = match self.on_miss {
+            OnMiss::Closest => closest
+                .map(|(unit, _)| unit.exchange.response.as_bytes().to_vec())
+                .or_else(error),
+            OnMiss::Error => error(),
+            OnMiss::Close => None,
+        };
+        Answer {
+            close: response.is_none(),
+            response,
+            background: session.is_none(),
+            missed: true,
         }
     }
 
@@ -278,35 +543,31 @@ impl Registry {
         best.map(|(_, _, replay)| replay)
     }
 
-    fn answer_from_background(
-        &self,
-        request: &[u8],
-        destination: Option<&str>,
-        conn: u64,
-    ) -> Answer {
+    fn answer_from_background(&self, request: &Request<'_>) -> Answer {
         let mut pool = lock(&self.background);
-        let outcome = pool.matcher.match_request(request, destination, conn);
-        let served = outcome
-            .matched
-            .map(|index| pool.calls[index].response.as_bytes().to_vec());
+        let outcome = pool
+            .matcher
+            .match_request(request.bytes, request.destination, request.conn);
+        if let Some(index) = outcome.matched {
+            let unit = &pool.units[index];
+            let answer = Answer {
+                response: Some(unit.exchange.response.as_bytes().to_vec()),
+                close: unit.closes,
+                background: true,
+                missed: false,
+            };
+            drop(pool);
+            self.counters
+                .background_calls_served
+                .fetch_add(1, Ordering::Relaxed);
+            return answer;
+        }
+        self.counters
+            .calls_unmatched
+            .fetch_add(1, Ordering::Relaxed);
+        let units = pool.units.clone();
         drop(pool);
-        let counter = if served.is_some() {
-            &self.counters.background_calls_served
-        } else {
-            &self.counters.calls_unmatched
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if served.is_none() {
-            tracing::warn!(
-                request = %String::from_utf8_lossy(&request[..request.len().min(120)]),
-                destination = destination.unwrap_or("?"),
-                "request outside any replayed session matches no background record"
-            );
-        }
-        Answer {
-            response: served,
-            background: true,
-        }
+        self.miss(request, &outcome, &units, None)
     }
 
     pub fn connection_closed(&self, replay_id: u64, conn: u64) {
@@ -314,6 +575,31 @@ impl Registry {
             lock(&replay.matcher).connection_closed(conn);
         }
     }
+}
+
+/// The recorded set-up exchanges answering `request`'s kind: those to the
+/// same destination, else those of the same protocol.
+fn setup_exchanges<'a>(
+    units: impl Iterator<Item = &'a Unit> + Clone,
+    protocol: &dyn Protocol,
+    request: &Request<'_>,
+) -> Vec<koala_protocols::Exchange<'a>> {
+    let of_protocol =
+        |unit: &&Unit| unit.setup && unit.protocol.is_some_and(|p| p.name() == protocol.name());
+    let exchange = |unit: &'a Unit| koala_protocols::Exchange {
+        request: unit.exchange.request.as_bytes(),
+        response: unit.exchange.response.as_bytes(),
+    };
+    let same_peer: Vec<_> = units
+        .clone()
+        .filter(of_protocol)
+        .filter(|u| Some(u.exchange.peer.as_str()) == request.destination)
+        .map(exchange)
+        .collect();
+    if !same_peer.is_empty() {
+        return same_peer;
+    }
+    units.filter(of_protocol).map(exchange).collect()
 }
 
 impl Replay {
@@ -325,22 +611,57 @@ impl Replay {
         self.started.elapsed().as_secs_f64() * 1000.0
     }
 
+    /// How a request was answered, for the report.
+    fn call_log(
+        &self,
+        request: &Request<'_>,
+        outcome: &MatchOutcome,
+        setup: bool,
+        on_miss: Option<OnMiss>,
+        served: &[u8],
+    ) -> ReplayedCall {
+        let call_of = |index: usize| self.units.get(index).map(|u| u.call);
+        ReplayedCall {
+            peer: request.destination.unwrap_or_default().to_string(),
+            request: Payload::from(request.bytes),
+            matched: outcome.matched.and_then(call_of),
+            score: outcome.score,
+            closest: outcome.closest.and_then(|(index, _)| call_of(index)),
+            reused: outcome.reused,
+            greeting: false,
+            setup,
+            protocol: request.protocol.map(|p| p.name().to_string()),
+            on_miss: on_miss.map(|policy| policy.as_str().to_string()),
+            served: Payload::from(served),
+            at_ms: self.elapsed_ms(),
+            wait_ms: request.arrived.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+
     /// The calls made so far, and the indexes of the unmatched ones.
     pub fn calls(&self) -> (Vec<ReplayedCall>, Vec<usize>) {
         let calls = lock(&self.calls).clone();
         let unmatched = calls
             .iter()
             .enumerate()
-            .filter(|(_, call)| call.matched.is_none())
+            .filter(|(_, call)| call.matched.is_none() && !call.setup)
             .map(|(index, _)| index)
             .collect();
         (calls, unmatched)
     }
 
-    /// Recorded calls the service did not make.
+    /// Recorded calls the service did not make. A call's set-up is not
+    /// missed: the connection it opened may have been opened by another
+    /// session during the replay.
     pub fn missing(&self) -> Vec<MissingCall> {
-        lock(&self.matcher)
+        let mut missing: Vec<usize> = lock(&self.matcher)
             .unserved()
+            .into_iter()
+            .filter(|&index| !self.units[index].setup)
+            .map(|index| self.units[index].call)
+            .collect();
+        missing.dedup();
+        missing
             .into_iter()
             .map(|index| {
                 let call = &self.session.calls[index];
@@ -385,9 +706,26 @@ mod tests {
 
     const REDIS: &str = "127.0.0.1:6379";
 
+    fn ask(
+        registry: &Registry,
+        replay_id: u64,
+        bytes: &[u8],
+        destination: Option<&str>,
+        conn: u64,
+    ) -> Answer {
+        registry.answer(Request {
+            replay_id,
+            bytes,
+            destination,
+            conn,
+            protocol: None,
+            arrived: Instant::now(),
+        })
+    }
+
     #[test]
     fn a_tagged_request_is_answered_from_its_own_session() {
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let a = registry.begin(session(
             Kind::Session,
             vec![call(REDIS, "GET k", "$1\r\na")],
@@ -396,9 +734,9 @@ mod tests {
             Kind::Session,
             vec![call(REDIS, "GET k", "$1\r\nb")],
         ));
-        let answer = registry.answer(b.id, b"GET k", Some(REDIS), 1);
+        let answer = ask(&registry, b.id, b"GET k", Some(REDIS), 1);
         assert_eq!(answer.response.as_deref(), Some(&b"$1\r\nb"[..]));
-        let answer = registry.answer(a.id, b"GET k", Some(REDIS), 2);
+        let answer = ask(&registry, a.id, b"GET k", Some(REDIS), 2);
         assert_eq!(answer.response.as_deref(), Some(&b"$1\r\na"[..]));
         let (calls, unmatched) = a.calls();
         assert_eq!((calls.len(), unmatched.len()), (1, 0));
@@ -407,7 +745,7 @@ mod tests {
 
     #[test]
     fn an_untagged_request_goes_to_the_session_it_matches_best() {
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let a = registry.begin(session(
             Kind::Session,
             vec![call(REDIS, "GET item:17", "a")],
@@ -416,7 +754,7 @@ mod tests {
             Kind::Session,
             vec![call(REDIS, "GET item:42", "b")],
         ));
-        let answer = registry.answer(0, b"GET item:42", Some(REDIS), 1);
+        let answer = ask(&registry, 0, b"GET item:42", Some(REDIS), 1);
         assert_eq!(answer.response.as_deref(), Some(&b"b"[..]));
         assert_eq!(b.calls().0.len(), 1);
         assert!(
@@ -428,7 +766,7 @@ mod tests {
 
     #[test]
     fn start_up_traffic_is_answered_from_background_records_again_and_again() {
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let greeting = Exchange {
             request: Payload::default(),
             ..call("127.0.0.1:3306", "", "hello")
@@ -438,7 +776,7 @@ mod tests {
             vec![greeting, call(REDIS, "PING\r\n", "+PONG\r\n")],
         )]);
         for conn in 0..3 {
-            let answer = registry.answer(0, b"PING\r\n", Some(REDIS), conn);
+            let answer = ask(&registry, 0, b"PING\r\n", Some(REDIS), conn);
             assert_eq!(answer.response.as_deref(), Some(&b"+PONG\r\n"[..]));
             assert!(answer.background);
             let greeting = registry.greeting(0, Some("127.0.0.1:3306"), conn);
@@ -449,7 +787,7 @@ mod tests {
             None,
             "another peer's greeting is not served"
         );
-        let answer = registry.answer(0, b"FLUSHALL\r\n", Some(REDIS), 4);
+        let answer = ask(&registry, 0, b"FLUSHALL\r\n", Some(REDIS), 4);
         assert_eq!(answer.response, None);
         assert_eq!(
             registry
@@ -463,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_wrong_guess_is_corrected_by_the_request() {
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let a = registry.begin(session(
             Kind::Session,
             vec![call(REDIS, "GET item:17", "a")],
@@ -473,17 +811,17 @@ mod tests {
             vec![call(REDIS, "GET item:42", "b")],
         ));
         // B's coroutine ran first and claimed A's request: a tentative id.
-        let answer = registry.answer(a.id | TENTATIVE, b"GET item:42", Some(REDIS), 1);
+        let answer = ask(&registry, a.id | TENTATIVE, b"GET item:42", Some(REDIS), 1);
         assert_eq!(answer.response.as_deref(), Some(&b"b"[..]));
         assert_eq!((a.calls().0.len(), b.calls().0.len()), (0, 1));
         // A right guess is used as is.
-        let answer = registry.answer(a.id | TENTATIVE, b"GET item:17", Some(REDIS), 2);
+        let answer = ask(&registry, a.id | TENTATIVE, b"GET item:17", Some(REDIS), 2);
         assert_eq!(answer.response.as_deref(), Some(&b"a"[..]));
     }
 
     #[test]
     fn recorded_requests_of_a_replay_or_of_everything_loaded() {
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let greeting = call("127.0.0.1:3306", "", "hello");
         registry.add_background(&[session(
             Kind::Background,
@@ -506,10 +844,10 @@ mod tests {
 
     #[test]
     fn an_ended_replay_no_longer_answers() {
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let a = registry.begin(session(Kind::Session, vec![call(REDIS, "GET k", "v")]));
         registry.end(&a);
-        let answer = registry.answer(a.id, b"GET k", Some(REDIS), 1);
+        let answer = ask(&registry, a.id, b"GET k", Some(REDIS), 1);
         assert!(answer.background && answer.response.is_none());
     }
 }

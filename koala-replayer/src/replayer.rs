@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use koala_config::{Bypass, Config, UnmatchedPolicy};
+use koala_config::{Bypass, Config};
 use koala_runtime::{FdKind, fdkind, fds};
 
 use crate::attribution;
@@ -35,7 +35,6 @@ pub struct Replayer {
     bypass: Vec<Bypass>,
     pub idle: Duration,
     pub timeout: Duration,
-    pub unmatched: UnmatchedPolicy,
     pub started: Instant,
     /// The tables or the servers could not start: redirected connects are
     /// refused, never sent to the real dependencies.
@@ -58,7 +57,6 @@ impl Replayer {
             bypass: config.outbound_bypass.clone(),
             idle: config.replay_idle,
             timeout: config.replay_timeout,
-            unmatched: config.unmatched,
             started: Instant::now(),
             refusing: AtomicBool::new(false),
         };
@@ -110,7 +108,7 @@ impl Replayer {
             Ok(listeners) => listeners,
             Err(error) => return refusing(Some(tables), &error),
         };
-        let registry = Registry::new(MatchConfig::default());
+        let registry = Registry::new(MatchConfig::default(), config.on_miss);
         if let Some(path) = &config.replay_background {
             match inbound::load_background_files(path) {
                 Ok(records) => {

@@ -79,6 +79,7 @@ fn canned(session: &Session) -> (u16, String) {
             greeting: false,
             served: session.calls[0].response.clone(),
             at_ms: 0.5,
+            ..ReplayedCall::default()
         }],
         missing: vec![],
         unmatched: vec![],

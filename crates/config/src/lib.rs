@@ -53,13 +53,46 @@ pub enum LogLevel {
     Error,
 }
 
-/// What the outbound server does with a request that matches no recorded call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnmatchedPolicy {
+/// What the outbound server does with a request that matches no recorded
+/// call (`KOALA_REPLAY_ON_MISS`). The call is reported unmatched, and its
+/// session fails, whatever the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnMiss {
+    /// Answer with the closest recorded call of the same operation, when
+    /// there is one; otherwise as `Error`.
+    Closest,
     /// Close the connection (the original koala's behaviour).
     Close,
-    /// Answer a short protocol-neutral error text, then close.
+    /// Answer an error in the protocol's own shape (RESP `-ERR`, HTTP 502,
+    /// a PostgreSQL ErrorResponse, a MySQL ERR packet) and keep the
+    /// connection open; close where the protocol has no error reply. The
+    /// default: the service stays up and sees an explicit failure, and is
+    /// never fed data recorded for another request.
+    #[default]
     Error,
+}
+
+impl OnMiss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMiss::Closest => "closest",
+            OnMiss::Close => "close",
+            OnMiss::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for OnMiss {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "closest" => Ok(OnMiss::Closest),
+            "close" => Ok(OnMiss::Close),
+            "error" => Ok(OnMiss::Error),
+            _ => Err("expected closest, close or error".into()),
+        }
+    }
 }
 
 /// An outbound address the replayer must not redirect. `None` parts match anything.
@@ -95,7 +128,7 @@ pub struct Config {
     pub replay_idle: Duration,
     pub replay_timeout: Duration,
     pub replay_background: Option<PathBuf>,
-    pub unmatched: UnmatchedPolicy,
+    pub on_miss: OnMiss,
 }
 
 /// A variable whose value could not be used; its default applies.
@@ -199,9 +232,9 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "replay: a session file or a directory of them whose background records answer start-up traffic",
     ),
     (
-        "KOALA_REPLAY_UNMATCHED",
-        "close",
-        "replay: close or error, for a request no recorded call matches",
+        "KOALA_REPLAY_ON_MISS",
+        "error",
+        "replay: closest, close or error, for a request no recorded call matches",
     ),
 ];
 
@@ -264,11 +297,7 @@ impl Config {
             replay_background: lookup("KOALA_REPLAY_BACKGROUND")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
-            unmatched: parser.parse(
-                "KOALA_REPLAY_UNMATCHED",
-                UnmatchedPolicy::Close,
-                parse_unmatched,
-            ),
+            on_miss: parser.parse("KOALA_REPLAY_ON_MISS", OnMiss::default(), str::parse),
             record_to,
         };
         (config, parser.errors)
@@ -361,14 +390,6 @@ fn parse_log_level(text: &str) -> Result<LogLevel, String> {
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()
         .map_err(|_| "expected ip:port, e.g. 127.0.0.1:2514 or [::1]:2514".to_string())
-}
-
-fn parse_unmatched(text: &str) -> Result<UnmatchedPolicy, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "close" => Ok(UnmatchedPolicy::Close),
-        "error" => Ok(UnmatchedPolicy::Error),
-        _ => Err("expected close or error".into()),
-    }
 }
 
 /// `127.0.0.1:9000,:53,10.0.0.5` — ip:port, :port or a bare ip.

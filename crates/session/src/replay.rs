@@ -32,7 +32,7 @@ pub struct ReplayResult {
 }
 
 /// One request the service sent to a (mocked) dependency during a replay.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplayedCall {
     /// The address the service tried to reach (before redirection).
     pub peer: String,
@@ -48,10 +48,28 @@ pub struct ReplayedCall {
     pub reused: bool,
     /// A greeting served on connect (server speaks first).
     pub greeting: bool,
+    /// Part of opening a connection (handshake, authentication, session
+    /// settings), answered from a recorded set-up to the same dependency:
+    /// the session's own, another session's or a background record's.
+    /// Never counted unmatched.
+    #[serde(default)]
+    pub setup: bool,
+    /// The protocol the connection was recognised as (`postgres`, `redis`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// What was done with an unmatched request (`KOALA_REPLAY_ON_MISS`):
+    /// `closest`, `error` or `close`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_miss: Option<String>,
     /// The bytes sent back to the service.
     pub served: Payload,
     /// Milliseconds since the replay started.
     pub at_ms: f64,
+    /// Milliseconds from the request's first byte reaching the outbound
+    /// server to its answer being written: framing and matching, plus any
+    /// wait for the end of a request koala could not frame.
+    #[serde(default)]
+    pub wait_ms: f64,
 }
 
 /// A recorded call that was not made during the replay.

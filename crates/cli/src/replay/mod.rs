@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use client::Client;
-use load::Loaded;
+use load::{ItemKind, Loaded};
 use outcome::Settings;
 use progress::Term;
 use report::Run;
@@ -144,6 +144,15 @@ pub struct ReplayArgs {
         requires = "command"
     )]
     pub start_timeout: Duration,
+    /// With CMD: what the outbound server does with a request no recorded
+    /// call matches (KOALA_REPLAY_ON_MISS): `error` (default) answers an
+    /// error in the protocol's own shape (RESP -ERR, HTTP 502, PostgreSQL
+    /// ErrorResponse, MySQL ERR...) so the service stays up and fails
+    /// explicitly; `closest` answers with the closest recorded call of the
+    /// same operation (or as `error`); `close` closes the connection. The
+    /// call is reported unmatched and its session fails in every case.
+    #[arg(long, value_name = "POLICY", requires = "command", value_parser = parse_on_miss)]
+    pub on_miss: Option<koala_config::OnMiss>,
     /// With CMD: append the service's stdout and stderr to FILE instead of
     /// koala's stderr.
     #[arg(long, value_name = "FILE", requires = "command")]
@@ -151,6 +160,10 @@ pub struct ReplayArgs {
     /// The service to start, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+fn parse_on_miss(text: &str) -> Result<koala_config::OnMiss, String> {
+    text.parse()
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -244,8 +257,12 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             }
             None => env.push(("KOALA_MODE", "replay".into())),
         }
-        if loaded.background().next().is_some() {
-            let file = BackgroundFile::write(&loaded)?;
+        if let Some(policy) = args.on_miss {
+            env.push(("KOALA_REPLAY_ON_MISS", policy.as_str().into()));
+        }
+        let pool = pool_lines(&loaded)?;
+        if !pool.is_empty() {
+            let file = BackgroundFile::write(&pool)?;
             env.push(("KOALA_REPLAY_BACKGROUND", file.path().into()));
             _background_file = Some(file);
         }
@@ -421,12 +438,55 @@ fn connect(
     })
 }
 
-/// Without CMD: the background records go to `POST /v1/background`, in
-/// batches. A failure is a warning: start-up is over, and sessions may not
-/// need them.
+/// The lines the outbound server answers from outside a session's own
+/// calls: the background records, and each session's connection set-up
+/// (the calls that open a connection: greetings, handshakes,
+/// authentication, session settings), so that a connection opened during
+/// one session's replay is set up from whichever session opened it when
+/// recorded. Sessions are cut down to those calls.
+fn pool_lines(loaded: &Loaded) -> Result<Vec<Vec<u8>>, String> {
+    let mut lines = Vec::new();
+    for item in &loaded.items {
+        let read = || {
+            loaded
+                .read_line(item)
+                .map_err(|e| format!("cannot read {}: {e}", loaded.location(item)))
+        };
+        match item.kind {
+            ItemKind::Background => lines.push(read()?),
+            ItemKind::Session { .. } => {
+                let line = read()?;
+                let Ok(mut session) = koala_session::read_session_line(
+                    std::str::from_utf8(&line).unwrap_or_default(),
+                ) else {
+                    continue;
+                };
+                let setup = koala_replayer::units::setup_calls(&session.calls);
+                if !setup.is_empty() {
+                    session.calls = setup;
+                    lines.push(session.to_json_line().into_bytes());
+                }
+            }
+            ItemKind::Bad(_) => {}
+        }
+    }
+    Ok(lines)
+}
+
+/// Without CMD: the background records and the sessions' connection
+/// set-up ([`pool_lines`]) go to `POST /v1/background`, in batches. A
+/// failure is a warning: start-up is over, and sessions may not need them.
 fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term: &Term) {
-    let records: Vec<_> = loaded.background().collect();
-    if records.is_empty() {
+    let lines = match pool_lines(loaded) {
+        Ok(lines) => lines,
+        Err(message) => {
+            term.message(&format!(
+                "koala: warning: {message} (start-up traffic may go unanswered)"
+            ));
+            return;
+        }
+    };
+    if lines.is_empty() {
         return;
     }
     let mut client = Client::new(inbound, timeout);
@@ -448,17 +508,9 @@ fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term
         Ok(())
     };
     let mut result = Ok(());
-    for item in records.iter() {
-        match loaded.read_line(item) {
-            Ok(line) => {
-                batch.extend_from_slice(&line);
-                batch.push(b'\n');
-            }
-            Err(e) => {
-                result = Err(format!("cannot read {}: {e}", loaded.location(item)));
-                break;
-            }
-        }
+    for line in &lines {
+        batch.extend_from_slice(line);
+        batch.push(b'\n');
         if batch.len() >= BACKGROUND_BATCH_BYTES {
             result = send(&mut batch);
             if result.is_err() {
@@ -471,7 +523,7 @@ fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term
     }
     match result {
         Ok(()) => term.message(&format!(
-            "koala: loaded {total} background record(s) into the outbound server"
+            "koala: loaded {total} background record(s) and the sessions' connection set-up into the outbound server"
         )),
         Err(message) => term.message(&format!(
             "koala: warning: POST /v1/background: {message} (start-up traffic may go unanswered)"
@@ -540,7 +592,7 @@ struct BackgroundFile {
 }
 
 impl BackgroundFile {
-    fn write(loaded: &Loaded) -> Result<BackgroundFile, String> {
+    fn write(lines: &[Vec<u8>]) -> Result<BackgroundFile, String> {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -559,11 +611,8 @@ impl BackgroundFile {
                 .open(&path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
         );
-        for item in loaded.background() {
-            let line = loaded
-                .read_line(item)
-                .map_err(|e| format!("cannot read {}: {e}", loaded.location(item)))?;
-            out.write_all(&line)
+        for line in lines {
+            out.write_all(line)
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }

@@ -34,6 +34,9 @@ impl Verdict {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CallCounts {
     pub matched: usize,
+    /// Connection set-up answered from another session's (or a background
+    /// record's) recorded set-up: neither matched nor unmatched.
+    pub setup: usize,
     pub unmatched: usize,
     pub missing: usize,
     pub reused: usize,
@@ -133,6 +136,11 @@ pub fn evaluate(
     );
     let calls = CallCounts {
         matched: result.calls.iter().filter(|c| c.matched.is_some()).count(),
+        setup: result
+            .calls
+            .iter()
+            .filter(|c| c.setup && c.matched.is_none())
+            .count(),
         unmatched: result.unmatched.len(),
         missing: result.missing.len(),
         reused: result.calls.iter().filter(|c| c.reused).count(),
@@ -264,8 +272,16 @@ fn describe_unmatched(
         Some((c, _)) => format!("closest: recorded call {}, score {:.2}", c + 1, call.score),
         None => "no recorded call is close".to_string(),
     };
+    let answered = match call.on_miss.as_deref() {
+        Some("closest") if call.served.is_empty() => "; answered: nothing".to_string(),
+        Some("closest") => "; answered with the closest call's response".to_string(),
+        Some("error") if call.served.is_empty() => "; connection closed".to_string(),
+        Some("error") => "; answered with a protocol error".to_string(),
+        Some("close") => "; connection closed".to_string(),
+        _ => String::new(),
+    };
     lines.push(format!(
-        "unmatched call {} to {} ({about}):",
+        "unmatched call {} to {} ({about}{answered}):",
         index + 1,
         call.peer
     ));
@@ -336,6 +352,7 @@ mod tests {
             greeting: false,
             served: Payload::default(),
             at_ms: 1.0,
+            ..ReplayedCall::default()
         }
     }
 

@@ -99,6 +99,7 @@ impl Run<'_> {
             summary.calls.unmatched += outcome.calls.unmatched;
             summary.calls.missing += outcome.calls.missing;
             summary.calls.reused += outcome.calls.reused;
+            summary.calls.setup += outcome.calls.setup;
         }
         let seconds = self.elapsed.as_secs_f64();
         if seconds > 0.0 {
@@ -217,6 +218,11 @@ pub fn print_summary(out: &mut impl Write, run: &Run, summary: &Summary) -> io::
     row(out, "  unmatched", summary.calls.unmatched.to_string())?;
     row(out, "  missing", summary.calls.missing.to_string())?;
     row(out, "  reused", summary.calls.reused.to_string())?;
+    row(
+        out,
+        "set-up from other sessions",
+        summary.calls.setup.to_string(),
+    )?;
     row(
         out,
         "throughput",

@@ -35,7 +35,7 @@ use koala_session::Exchange;
 use self::normalize::{Normalized, normalize};
 use self::operation::Operation;
 use self::similarity::{
-    RequestProfile, Token, distinct_weights, similarity, tokenize, total_weight, upper_bound,
+    RequestProfile, Token, distinct_weights, shape, similarity, tokenize, total_weight, upper_bound,
 };
 
 /// Scores closer than this are equal (they are ratios of integer weights).
@@ -179,6 +179,9 @@ struct RecordedCall {
     /// made on the same connection.
     local: String,
     times_served: u32,
+    /// The request's shape ([`shape`]) when its operation is known: a
+    /// request of the same operation and shape differs only in values.
+    shape: Option<u64>,
 }
 
 /// A candidate with its exact score.
@@ -248,6 +251,8 @@ impl SessionMatcher {
             let (scored, header_range) = normalized.scored();
             tokenize(scored, &header_range, &mut tokens);
             let total_weight = total_weight(&tokens);
+            let call_shape =
+                (kind == CallKind::Request && !normalized.key.is_empty()).then(|| shape(scored));
             match kind {
                 CallKind::Request => {
                     let hash = matcher.hash(&normalized.bytes);
@@ -270,6 +275,7 @@ impl SessionMatcher {
                 peer: call.peer.clone(),
                 local: call.local.clone(),
                 times_served: 0,
+                shape: call_shape,
             });
         }
         matcher
@@ -323,7 +329,8 @@ impl SessionMatcher {
             return self.outcome(index, 1.0, false);
         }
 
-        let scored = self.score_candidates(&normalized, &identical, peer);
+        let request_shape = (!normalized.key.is_empty()).then(|| shape(normalized.scored().0));
+        let scored = self.score_candidates(&normalized, &identical, peer, request_shape);
         let unserved: Vec<Scored> = scored
             .iter()
             .copied()
@@ -343,6 +350,19 @@ impl SessionMatcher {
             if best.score + SCORE_EPSILON >= self.config.min_score && !shadowed {
                 return self.outcome(best.index, best.score, false);
             }
+        }
+        // The same operation differing only in values (a timestamp, an id)
+        // is the same call, however low those values make the score.
+        let same_shape = unserved
+            .iter()
+            .filter(|candidate| {
+                request_shape.is_some() && self.calls[candidate.index].shape == request_shape
+            })
+            .max_by(|a, b| a.ranked.total_cmp(&b.ranked).then(b.index.cmp(&a.index)));
+        if let Some(candidate) = same_shape
+            && best_served_rank <= candidate.ranked + SCORE_EPSILON
+        {
+            return self.outcome(candidate.index, candidate.score, false);
         }
         if self.config.allow_reuse
             && let Some(index) = self.reusable(&identical, peer)
@@ -475,6 +495,7 @@ impl SessionMatcher {
         normalized: &Normalized,
         identical: &[usize],
         peer: Option<&str>,
+        request_shape: Option<u64>,
     ) -> Vec<Scored> {
         let Some(operation) = self.operations.get(&normalized.key) else {
             return Vec::new();
@@ -529,15 +550,22 @@ impl SessionMatcher {
             index,
         } in bounds
         {
+            let same_shape = request_shape.is_some() && self.calls[index].shape == request_shape;
             if rank_bound + SCORE_EPSILON < best_rank {
-                break; // Sorted: nothing left can rank higher.
+                // Sorted: nothing left can rank higher; only a candidate of
+                // the request's shape can still be chosen.
+                match request_shape {
+                    None => break,
+                    Some(_) if !same_shape || served => continue,
+                    Some(_) => {}
+                }
             }
             // Skip what can neither be accepted (unserved) nor outrank an
             // acceptable candidate (served); the closest is already known.
             let useless = if served {
                 rank_bound + SCORE_EPSILON < acceptance_floor - self.config.other_peer_penalty
             } else {
-                bound + SCORE_EPSILON < acceptance_floor
+                bound + SCORE_EPSILON < acceptance_floor && !same_shape
             };
             if useless && !scored.is_empty() {
                 continue;

@@ -105,6 +105,39 @@ pub(crate) fn tokenize(bytes: &[u8], header_range: &Range<usize>, tokens: &mut V
     }
 }
 
+/// The request's shape: its tokens with every run of values (tokens with
+/// a digit, non-printable bytes) folded into one placeholder. Two requests
+/// of one shape differ only in values: a timestamp, an id, a nonce.
+pub(crate) fn shape(bytes: &[u8]) -> u64 {
+    const VALUE: &[u8] = b"\x00value";
+    let mut folded: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut in_value = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        let mut end = at + 1;
+        if bytes[at].is_ascii_alphanumeric() {
+            while end < bytes.len() && bytes[end].is_ascii_alphanumeric() {
+                end += 1;
+            }
+        }
+        let token = &bytes[at..end];
+        let is_value = token.iter().any(u8::is_ascii_digit)
+            || !(token[0].is_ascii_graphic() || token[0].is_ascii_whitespace());
+        if is_value {
+            if !in_value {
+                folded.extend_from_slice(VALUE);
+            }
+        } else {
+            folded.extend_from_slice(token);
+            // Separates tokens, so `ab` `c` and `a` `bc` differ.
+            folded.push(0);
+        }
+        in_value = is_value;
+        at = end;
+    }
+    hash_bytes(&folded)
+}
+
 /// A request tokenised once, with what the upper bound needs.
 pub(crate) struct RequestProfile {
     pub tokens: Vec<Token>,

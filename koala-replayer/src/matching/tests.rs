@@ -1188,7 +1188,7 @@ fn few_candidates_are_scored_among_many() {
     let matcher = matcher(&calls);
     let asked = http_post_json("/api/items", &body(4321, 1_900_000_000_000));
     let normalized = normalize(asked.as_bytes(), &matcher.config.volatile_headers);
-    let scored = matcher.score_candidates(&normalized, &[], None);
+    let scored = matcher.score_candidates(&normalized, &[], None, None);
     // Fewer than `max_scored`: scoring stops once no bound can rank higher.
     assert!(
         !scored.is_empty() && scored.len() < matcher.config.max_scored,
@@ -1229,4 +1229,44 @@ fn random_input_never_panics() {
         assert!((0.0..=1.0).contains(&outcome.score));
         let _ = normalize(&request, &[]);
     }
+}
+
+/// Issue 8: `SET seen:7 <Date.now()>` against its recording with another
+/// timestamp scores far below the threshold (the timestamp is most of the
+/// scored bytes), yet it is the same operation differing only in a value.
+#[test]
+fn the_same_operation_differing_only_in_values_matches_whatever_its_score() {
+    let recorded = resp_command(&[b"SET", b"seen:7", b"1796209470456"]);
+    let replayed = resp_command(&[b"SET", b"seen:7", b"1796309999"]);
+    let similarity = score(&recorded, &replayed);
+    assert!(
+        similarity < MatchConfig::default().min_score,
+        "{similarity}"
+    );
+    let mut single = matcher(&[call_bytes(&recorded, b"+OK\r\n")]);
+    let outcome = single.match_request(&replayed, None, 1);
+    assert_eq!(outcome.matched, Some(0));
+    assert!(
+        (outcome.score - similarity).abs() < 1e-12,
+        "reported with its score"
+    );
+
+    // A word that differs is not a value: still unmatched.
+    let mut changed = matcher_with_word_change();
+    assert_eq!(changed.match_request(&replayed, None, 1).matched, None);
+
+    // A repeat of a served call is not given its unserved sibling.
+    let sibling = resp_command(&[b"SET", b"seen:7", b"1796209470999"]);
+    let mut pair = matcher(&[
+        call_bytes(&recorded, b"+OK\r\n"),
+        call_bytes(&sibling, b"+OK\r\n"),
+    ]);
+    assert_eq!(pair.match_request(&recorded, None, 1).matched, Some(0));
+    let repeat = pair.match_request(&recorded, None, 1);
+    assert_eq!((repeat.matched, repeat.reused), (Some(0), true));
+}
+
+fn matcher_with_word_change() -> SessionMatcher {
+    let recorded = resp_command(&[b"SET", b"seen:7", b"yesterday"]);
+    matcher(&[call_bytes(&recorded, b"+OK\r\n")])
 }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use koala_session::replay::{ApiError, BackgroundLoaded, Durations, ReplayResult, Status};
 use koala_session::{Payload, Session, read_session_line};
 
-use crate::framing::{self, Completeness};
 use crate::http::{self, ReadError, Request};
 use crate::registry::Replay;
 use crate::replayer::Replayer;
+use koala_protocols::Completeness;
 
 /// Largest session accepted by `POST /v1/replay` and `/v1/background`.
 pub const MAX_BODY_BYTES: usize = 256 << 20;
@@ -207,9 +207,10 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// Reads the service's response: until HTTP framing says complete (or the
-/// bytes equal the recorded response), the service closes, or — for a
-/// protocol koala cannot frame — it is silent for KOALA_REPLAY_IDLE_MS.
+/// Reads the service's response: until the request's protocol frames it
+/// complete (HTTP, FastCGI, RESP...; or the bytes equal the recorded
+/// response), the service closes, or — for a protocol koala cannot frame —
+/// it is silent for KOALA_REPLAY_IDLE_MS.
 fn read_response(
     stream: &mut TcpStream,
     replay: &Replay,
@@ -218,13 +219,18 @@ fn read_response(
 ) -> Result<(Vec<u8>, &'static str, Option<Duration>), Failure> {
     let request = replay.session.inbound.request.as_bytes();
     let recorded = replay.session.inbound.response.as_bytes();
-    let http =
-        recorded.starts_with(b"HTTP/1.") || framing::http_request(request) != Completeness::Unknown;
-    let head_request = request.starts_with(b"HEAD ");
+    let protocol = koala_protocols::detect_request(request).or_else(|| {
+        recorded
+            .starts_with(b"HTTP/1.")
+            .then_some(&koala_protocols::http::Http as &dyn koala_protocols::Protocol)
+    });
     let deadline = sent_at + replayer.timeout;
     let mut response = Vec::new();
     let mut first_byte = None;
     let mut chunk = vec![0u8; 64 << 10];
+    // Whether the response so far is a valid beginning the protocol can
+    // tell the end of: then silence does not end it.
+    let mut framable = protocol.is_some();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -237,7 +243,7 @@ fn read_response(
                 ),
             ));
         }
-        let wait = if response.is_empty() || http {
+        let wait = if response.is_empty() || framable {
             left
         } else {
             left.min(replayer.idle)
@@ -251,16 +257,24 @@ fn read_response(
                 if response == recorded {
                     return Ok((response, "framed", first_byte));
                 }
-                if http
-                    && let Completeness::Complete(length) =
-                        framing::http_response(&response, head_request)
-                {
-                    response.truncate(length);
-                    return Ok((response, "framed", first_byte));
+                if let Some(protocol) = protocol {
+                    match protocol.frame_response(request, &response) {
+                        Completeness::Complete(length) => {
+                            response.truncate(length);
+                            return Ok((response, "framed", first_byte));
+                        }
+                        Completeness::NeedMore => framable = true,
+                        // An end the bytes cannot tell (an HTTP body
+                        // delimited by the close): wait for the close if
+                        // the protocol says one comes, else for silence.
+                        Completeness::Unknown => {
+                            framable = protocol.closes_after(request, &response)
+                        }
+                    }
                 }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if !response.is_empty() && !http {
+                if !response.is_empty() && !framable {
                     return Ok((response, "idle", first_byte));
                 }
             }

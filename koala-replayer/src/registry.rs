@@ -504,8 +504,15 @@ impl Registry {
             OnMiss::Error => error(),
             OnMiss::Close => None,
         };
+        let protocol = request
+            .protocol
+            .or_else(|| koala_protocols::detect_request(request.bytes));
+        let close = match &response {
+            Some(response) => protocol.is_some_and(|p| p.closes_after(request.bytes, response)),
+            None => true,
+        };
         Answer {
-            close: response.is_none(),
+            close,
             response,
             background: session.is_none(),
             missed: true,

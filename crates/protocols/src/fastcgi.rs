@@ -315,7 +315,7 @@ fn normalize_request(
     bytes.extend_from_slice(b"\r\n");
 
     params.retain(|(name, _)| !is_volatile(name, options.volatile_headers));
-    params.sort_by(|(left, _), (right, _)| left.cmp(right));
+    params.sort_by_key(|&(name, _)| name);
     let header_start = bytes.len();
     for (name, value) in &params {
         bytes.extend_from_slice(name);
@@ -413,13 +413,11 @@ fn render_records(records: &[Record<'_>]) -> Vec<String> {
     // The stream being collected: its type and content so far.
     let mut open: Option<(u8, Vec<u8>)> = None;
     for record in records {
-        if let Some((kind, _)) = &open {
-            if *kind != record.kind {
-                lines.extend(
-                    open.take()
-                        .map(|(kind, content)| render_stream(kind, &content)),
-                );
-            }
+        if open.as_ref().is_some_and(|(kind, _)| *kind != record.kind) {
+            lines.extend(
+                open.take()
+                    .map(|(kind, content)| render_stream(kind, &content)),
+            );
         }
         match record.kind {
             PARAMS | STDIN | STDOUT | STDERR | DATA => {
@@ -444,7 +442,7 @@ fn render_stream(kind: u8, content: &[u8]) -> String {
     match kind {
         PARAMS => {
             let mut params = pairs(content);
-            params.sort_by(|(left, _), (right, _)| left.cmp(right));
+            params.sort_by_key(|&(name, _)| name);
             line.push_str("PARAMS");
             for (name, value) in params {
                 line.push(' ');

@@ -131,12 +131,10 @@ fn begin_body(content: &[u8]) -> Option<Begin> {
     (content.len() == 8 && (RESPONDER..=FILTER).contains(&role)).then_some(Begin { role, flags })
 }
 
-/// The BEGIN_REQUEST at the start of `request`.
-fn begin_of(request: &[u8]) -> Option<(Record<'_>, Begin)> {
+/// The BEGIN_REQUEST body at the start of `request`.
+fn begin_of(request: &[u8]) -> Option<Begin> {
     match next_record(request) {
-        Next::Record(record) if record.kind == BEGIN_REQUEST => {
-            begin_body(record.content).map(|begin| (record, begin))
-        }
+        Next::Record(record) if record.kind == BEGIN_REQUEST => begin_body(record.content),
         _ => None,
     }
 }
@@ -663,7 +661,7 @@ impl Protocol for FastCgi {
     /// connection once it has sent END_REQUEST (nginx without
     /// `fastcgi_keep_conn on`).
     fn closes_after(&self, request: &[u8], _response: &[u8]) -> bool {
-        begin_of(request).is_some_and(|(_, begin)| begin.flags & KEEP_CONN == 0)
+        begin_of(request).is_some_and(|begin| begin.flags & KEEP_CONN == 0)
     }
 
     fn render(&self, bytes: &[u8], _side: Side) -> Option<String> {

@@ -13,7 +13,9 @@
 //!   and including the first Sync `S` or Flush `H`;
 //! - COPY data: CopyData `d` messages up to and including CopyDone `c` or
 //!   CopyFail `f` (the `COPY ... FROM STDIN` query before them is a request
-//!   of its own, answered by CopyInResponse `G`).
+//!   of its own, answered by CopyInResponse `G`). After an extended-protocol
+//!   COPY the client's Sync comes after CopyDone and is a request of its
+//!   own; such a recorded exchange is not split (it stays one unit).
 //!
 //! **Responses** end at the ReadyForQuery `Z` of each Query/Sync/copy end in
 //! the request, or at CopyInResponse `G` (the server then waits for data).
@@ -41,11 +43,13 @@
 //! AuthenticationOk at once, so no password is needed. An SSLRequest or
 //! GSSENCRequest is refused (`N`): replay speaks plaintext, and libpq with
 //! `sslmode=prefer` (its default) goes on unencrypted. A client that insists
-//! on an encrypted or SCRAM-authenticated connection cannot be replayed:
-//! `sslmode=require` fails on the `N`, and libpq's `require_auth=scram-sha-256`
-//! or `channel_binding=require` refuse an AuthenticationOk that comes
-//! without a SASL exchange; the connection then fails with libpq's own
-//! error (e.g. "server did not complete authentication").
+//! on encryption or on a SCRAM exchange cannot be replayed, and fails with
+//! libpq's own error (checked with libpq 17 against a server answering as
+//! replay does): `sslmode=require` with "server does not support SSL, but
+//! SSL was required"; `require_auth=scram-sha-256` with "authentication
+//! method requirement "scram-sha-256" failed: server did not complete
+//! authentication"; `channel_binding=require` with "channel binding
+//! required, but server authenticated client without channel binding".
 
 mod render;
 mod setup;
@@ -283,13 +287,15 @@ fn operation_key(request: &[u8]) -> Option<Vec<u8>> {
             };
         }
     }
-    if let Some(text) = statement_text(request) {
-        key.push(b' ');
-        let room = MAX_KEY_LEN.saturating_sub(key.len());
-        sql::push_sql_key(&mut key, text, room);
-    } else if let Some(name) = name.filter(|name| !name.is_empty()) {
-        key.push(b' ');
-        key.extend_from_slice(&name);
+    if key.len() + 1 < MAX_KEY_LEN {
+        if let Some(text) = statement_text(request) {
+            key.push(b' ');
+            let room = MAX_KEY_LEN - key.len();
+            sql::push_sql_key(&mut key, text, room);
+        } else if let Some(name) = name.filter(|name| !name.is_empty()) {
+            key.push(b' ');
+            key.extend_from_slice(&name);
+        }
     }
     truncate_key(&mut key);
     Some(key)

@@ -362,6 +362,15 @@ fn an_error_in_a_group_ends_at_ready_for_query() {
 fn two_sync_groups_in_one_write_are_two_units() {
     let request = concat(&[EXTENDED, EXTENDED_MISSING]);
     let response = concat(&[EXTENDED_ROWS, ERROR_MISSING, READY_FAILED]);
+    // Taken as one request, it is answered by two ReadyForQuery.
+    assert_eq!(
+        Postgres.frame_response(&request, &response),
+        complete(&response)
+    );
+    assert_eq!(
+        Postgres.frame_response(&request, EXTENDED_ROWS),
+        Completeness::NeedMore
+    );
     let units = split_exchange(&Postgres, &request, &response).expect("split");
     let (a, x) = (EXTENDED.len(), EXTENDED_ROWS.len());
     assert_eq!(
@@ -780,5 +789,53 @@ fn no_prefix_of_any_message_panics() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    // Bytes drawn mostly from what PostgreSQL messages are made of, so that
+    // parsing gets deep; a fixed linear congruential generator keeps the
+    // test deterministic.
+    const ALPHABET: &[u8] = b"QPBDESHCFpdcfXRKZTGN123tnsIvA\0\0\0\0\x01\x02\x04\x05\x08\x0c\xff";
+    let mut state: u64 = 0x5eed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    let options = NormalizeOptions::default();
+    for _ in 0..20_000 {
+        let len = next() % 48;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| ALPHABET[next() % ALPHABET.len()])
+            .collect();
+        Postgres.detect_request(&bytes);
+        Postgres.frame_request(&bytes);
+        Postgres.expects_response(&bytes);
+        Postgres.normalize(&bytes, &options);
+        Postgres.is_setup(&bytes);
+        Postgres.error_reply(&bytes, "x");
+        Postgres.render(&bytes, Side::Request);
+        Postgres.render(&bytes, Side::Response);
+        Postgres.answer_setup(
+            STARTUP,
+            &[Exchange {
+                request: &bytes,
+                response: &bytes,
+            }],
+        );
+        for request in [
+            STARTUP,
+            QUERY,
+            EXTENDED,
+            PREPARE_FLUSH,
+            SSL_REQUEST,
+            &bytes[..],
+        ] {
+            Postgres.frame_response(request, &bytes);
+        }
+        let _ = split_exchange(&Postgres, &bytes, &bytes);
     }
 }

@@ -839,3 +839,34 @@ fn random_bytes_never_panic() {
         let _ = split_exchange(&Postgres, &bytes, &bytes);
     }
 }
+
+#[test]
+fn the_catalogue_finds_postgres_in_every_request() {
+    let pipeline = concat(&[PIPELINE_SELECT_1, PIPELINE_SELECT_NAME, SYNC_FLUSH]);
+    let requests: &[&[u8]] = &[
+        STARTUP,
+        SSL_REQUEST,
+        CANCEL,
+        SASL_INITIAL,
+        SASL_RESPONSE,
+        QUERY,
+        SHOW,
+        COPY,
+        COPY_DATA,
+        EXTENDED,
+        &pipeline,
+        PREPARE_FLUSH,
+        TERMINATE,
+    ];
+    for request in requests {
+        assert_eq!(
+            crate::detect_request(request).map(|protocol| protocol.name()),
+            Some("postgres"),
+            "{request:?}"
+        );
+        assert_eq!(
+            crate::frame_request(request),
+            Postgres.frame_request(request)
+        );
+    }
+}

@@ -419,6 +419,22 @@ impl Protocol for Postgres {
         !matches!(classify(request), Some(Request::Cancel | Request::Silent))
     }
 
+    /// After a CancelRequest, a Terminate, and a FATAL (or PANIC)
+    /// ErrorResponse, which every error during start-up is.
+    fn closes_after(&self, request: &[u8], response: &[u8]) -> bool {
+        let starting = match classify(request) {
+            Some(Request::Cancel) => return true,
+            Some(Request::Startup | Request::Auth) => true,
+            Some(_) => false,
+            None => return false,
+        };
+        let terminated = wire::messages(request, FRONTEND_TYPES).any(|(_, m)| m.kind == b'X');
+        terminated
+            || wire::messages(response, BACKEND_TYPES).any(|(_, message)| {
+                message.kind == b'E' && (starting || setup::is_fatal(message.body))
+            })
+    }
+
     fn normalize(&self, request: &[u8], _options: &NormalizeOptions) -> Option<Normalized> {
         let key = operation_key(request)?;
         Some(Normalized {

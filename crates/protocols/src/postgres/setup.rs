@@ -105,6 +105,22 @@ pub(super) fn error_response(severity: &str, message: &str) -> Vec<u8> {
     reply
 }
 
+/// Whether the body of an ErrorResponse says the session ends (severity
+/// FATAL or PANIC; the non-localised `V` field, else `S`).
+pub(super) fn is_fatal(body: &[u8]) -> bool {
+    let mut cursor = Cursor::new(body);
+    let mut severity = None;
+    while let Some(field) = cursor.u8().filter(|&field| field != 0) {
+        let Some(value) = cursor.cstr() else { break };
+        match field {
+            b'V' => severity = Some(value),
+            b'S' if severity.is_none() => severity = Some(value),
+            _ => {}
+        }
+    }
+    matches!(severity, Some(b"FATAL" | b"PANIC"))
+}
+
 /// Appends `text` NUL-terminated; a NUL inside would end the field early,
 /// so it becomes a space.
 fn push_cstr(out: &mut Vec<u8>, text: &str) {

@@ -870,3 +870,79 @@ fn the_catalogue_finds_postgres_in_every_request() {
         );
     }
 }
+
+#[test]
+fn the_server_closes_after_cancel_terminate_and_fatal_errors() {
+    assert!(Postgres.closes_after(CANCEL, b""));
+    assert!(Postgres.closes_after(TERMINATE, b""));
+    assert!(Postgres.closes_after(&concat(&[QUERY, TERMINATE]), ROWS));
+    assert!(!Postgres.closes_after(QUERY, ROWS));
+    assert!(!Postgres.closes_after(STARTUP, AUTH_SASL));
+    assert!(!Postgres.closes_after(SASL_RESPONSE, &final_auth_reply()));
+    // Start-up errors are FATAL, whatever the (localised) severity says.
+    let refused = Postgres
+        .error_reply(STARTUP, "password authentication failed")
+        .unwrap();
+    assert!(Postgres.closes_after(STARTUP, &refused));
+    assert!(Postgres.closes_after(SASL_RESPONSE, &refused));
+    // An ERROR in a query does not end the session; a FATAL one does.
+    let error = concat(&[ERROR_MISSING, READY_FAILED]);
+    assert!(!Postgres.closes_after(EXTENDED_MISSING, &error));
+    let terminated = b"E\0\0\0\x32SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0";
+    assert!(Postgres.closes_after(QUERY, terminated));
+    assert!(!Postgres.closes_after(b"GET / HTTP/1.1\r\n\r\n", terminated));
+}
+
+#[test]
+fn the_test_vectors_are_whole_messages() {
+    let responses: &[&[u8]] = &[
+        AUTH_SASL,
+        AUTH_SASL_CONTINUE,
+        AUTH_SASL_FINAL,
+        AUTH_OK,
+        &session(),
+        ROWS,
+        EXTENDED_ROWS,
+        ERROR_MISSING,
+        READY_FAILED,
+        PIPELINE_ROWS,
+        COPY_IN,
+        COPY_DONE,
+        PREPARED,
+    ];
+    for response in responses {
+        let covered: usize = wire::messages(response, BACKEND_TYPES)
+            .map(|(_, message)| message.wire_len())
+            .sum();
+        assert_eq!(covered, response.len(), "{response:?}");
+    }
+    let requests: &[&[u8]] = &[
+        STARTUP,
+        SASL_INITIAL,
+        SASL_RESPONSE,
+        QUERY,
+        SHOW,
+        TERMINATE,
+        EXTENDED,
+        EXTENDED_MISSING,
+        PIPELINE_SELECT_1,
+        PIPELINE_SELECT_NAME,
+        SYNC_FLUSH,
+        SSL_REQUEST,
+        COPY,
+        COPY_DATA,
+        CANCEL,
+        PREPARE_FLUSH,
+    ];
+    for request in requests {
+        let covered: usize = wire::messages(request, FRONTEND_TYPES)
+            .map(|(_, message)| {
+                assert!(wire::frontend_body_ok(message.kind, message.body));
+                message.wire_len()
+            })
+            .sum();
+        let startup =
+            matches!(wire::read_startup(request), Step::Done((_, len)) if len == request.len());
+        assert!(startup || covered == request.len(), "{request:?}");
+    }
+}

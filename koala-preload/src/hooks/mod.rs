@@ -1,5 +1,11 @@
 //! The exported libc entry points, grouped by what they do.
 
+// RTLD_DEEPBIND: the trampolines are written for these ABIs.
+#[cfg(all(
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod dl;
 mod fd;
 mod io;
 mod process;

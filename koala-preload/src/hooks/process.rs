@@ -37,8 +37,11 @@ static REAL_SYSCALL: RealSymbol = RealSymbol::new(c"syscall");
 static REAL_EXIT: RealSymbol = RealSymbol::new(c"_exit");
 static REAL_EXIT_UPPER: RealSymbol = RealSymbol::new(c"_Exit");
 
-/// `syscall(number, ...)`: every number passes through unchanged; only
-/// SYS_close is looked at, so sockets closed that way are forgotten.
+/// `syscall(number, ...)`: every number passes through unchanged but two.
+/// SYS_close: the socket is forgotten first. SYS_connect, while the library
+/// is active, takes the path of connect() — recorded, and redirected in
+/// replay mode (else a raw connect would reach the real dependency); libc's
+/// connect, the same system call, is then the one real call made.
 /// Six argument slots are read and forwarded, as glibc's own syscall does.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn syscall(
@@ -56,6 +59,17 @@ pub unsafe extern "C" fn syscall(
     };
     if number == libc::SYS_close {
         layer::closing(a1 as c_int);
+    }
+    if number == libc::SYS_connect && layer::is_active() {
+        // SAFETY: the caller's arguments of connect(2), unchanged.
+        let result = unsafe {
+            super::fd::koala_connect(
+                a1 as c_int,
+                a2 as *const libc::sockaddr,
+                a3 as libc::socklen_t,
+            )
+        };
+        return c_long::from(result);
     }
     // SAFETY: the caller's arguments, unchanged.
     unsafe { real(number, a1, a2, a3, a4, a5, a6) }

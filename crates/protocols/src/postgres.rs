@@ -90,7 +90,8 @@ enum Request {
     Silent,
 }
 
-/// What the first message of a request is, `None` when it is not PostgreSQL.
+/// How `request` is answered, from its messages; `None` when it is not
+/// PostgreSQL.
 fn classify(request: &[u8]) -> Option<Request> {
     match wire::read_startup(request) {
         Step::Done((startup, _)) => {

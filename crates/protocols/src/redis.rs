@@ -62,9 +62,11 @@ impl Protocol for Redis {
         })
     }
 
-    /// `HELLO`, `AUTH`, `SELECT`, `READONLY`, `CLIENT SETINFO` and
-    /// `CLIENT SETNAME`: what client libraries send when they open a
-    /// connection. `PING` is not set-up: applications send it too.
+    /// `HELLO`, `AUTH`, `SELECT`, `READONLY` and the `CLIENT` settings of a
+    /// connection (`SETINFO`, `SETNAME`, `TRACKING`, `NO-EVICT`,
+    /// `NO-TOUCH`, `REPLY`, and redis-py 6+'s `MAINT_NOTIFICATIONS`): what
+    /// client libraries send when they open a connection. `PING` is not
+    /// set-up: applications send it too.
     fn is_setup(&self, request: &[u8]) -> bool {
         let Some(arguments) = command_arguments(request) else {
             return false;
@@ -78,7 +80,18 @@ impl Protocol for Redis {
             || is(0, b"AUTH")
             || is(0, b"SELECT")
             || is(0, b"READONLY")
-            || (is(0, b"CLIENT") && (is(1, b"SETINFO") || is(1, b"SETNAME")))
+            || (is(0, b"CLIENT")
+                && [
+                    &b"SETINFO"[..],
+                    b"SETNAME",
+                    b"TRACKING",
+                    b"NO-EVICT",
+                    b"NO-TOUCH",
+                    b"REPLY",
+                    b"MAINT_NOTIFICATIONS",
+                ]
+                .iter()
+                .any(|name| is(1, name)))
     }
 
     /// `-ERR message`, line breaks in `message` replaced by spaces.
@@ -679,7 +692,7 @@ mod tests {
 
     #[test]
     fn set_up_commands() {
-        let setup: [&[&[u8]]; 7] = [
+        let setup: [&[&[u8]]; 8] = [
             &[b"HELLO", b"3", b"AUTH", b"default", b"secret"],
             &[b"auth", b"secret"],
             &[b"SELECT", b"2"],
@@ -687,6 +700,14 @@ mod tests {
             &[b"client", b"setname", b"worker-1"],
             &[b"READONLY"],
             &[b"HELLO"],
+            // redis-py 8's handshake.
+            &[
+                b"CLIENT",
+                b"MAINT_NOTIFICATIONS",
+                b"ON",
+                b"moving-endpoint-type",
+                b"internal-ip",
+            ],
         ];
         for arguments in setup {
             assert!(Redis.is_setup(&command(arguments)), "{arguments:?}");

@@ -112,8 +112,13 @@ impl Replayer {
         if let Some(path) = &config.replay_background {
             match inbound::load_background_files(path) {
                 Ok(records) => {
-                    registry.add_background(&records);
-                    tracing::info!(records = records.len(), path = %path.display(), "replay: background records loaded");
+                    let background = registry.add_background(&records);
+                    tracing::info!(
+                        background,
+                        setup_from_sessions = records.len() - background,
+                        path = %path.display(),
+                        "replay: background records and connection set-up loaded"
+                    );
                 }
                 Err(error) => {
                     tracing::error!(path = %path.display(), %error, "KOALA_REPLAY_BACKGROUND cannot be read")

@@ -1845,6 +1845,47 @@ mod tests {
         );
     }
 
+    // The catalogue ------------------------------------------------------------
+
+    /// Requests sniffed the way koala-replayer's framing did: HTTP, RESP
+    /// arrays, then MySQL client packets; the other protocols claim none.
+    #[test]
+    fn the_catalogue_frames_each_protocol() {
+        assert_eq!(crate::frame_request(b""), NeedMore);
+        let http = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(crate::frame_request(http), Complete(http.len()));
+        assert_eq!(crate::frame_request(&http[..10]), NeedMore);
+        let command = b"*1\r\n$4\r\nPING\r\n";
+        assert_eq!(crate::frame_request(command), Complete(command.len()));
+        assert_eq!(crate::frame_request(&command[..6]), NeedMore);
+        let select = query("SELECT 1");
+        assert_eq!(crate::frame_request(&select), Complete(select.len()));
+        assert_eq!(crate::frame_request(&select[..7]), NeedMore);
+        // A MySQL packet that starts with '*' (a 42-byte payload).
+        let star = wire(0, &[&b"\x03"[..], &[b' '; 41]].concat());
+        assert_eq!(star[0], b'*');
+        assert_eq!(crate::frame_request(&star), Complete(star.len()));
+        let handshake = handshake("caching_sha2_password", &[0x5a; 32]);
+        assert_eq!(crate::frame_request(&handshake), Complete(handshake.len()));
+        for (bytes, name) in [
+            (&http[..], "http"),
+            (&command[..], "redis"),
+            (&select[..], "mysql"),
+            (&star[..], "mysql"),
+            (&handshake[..], "mysql"),
+        ] {
+            assert_eq!(crate::detect_request(bytes).map(|p| p.name()), Some(name));
+        }
+        assert_eq!(
+            crate::detect_greeting(&greeting_bytes()).map(|p| p.name()),
+            Some("mysql")
+        );
+        assert_eq!(
+            crate::normalize(&select, &NormalizeOptions::default()).key,
+            b"mysql 03 SELECT ?"
+        );
+    }
+
     // Robustness --------------------------------------------------------------
 
     #[test]

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::replay::{
-    KoalaRun, Recording, assert_report_all_replayed, assert_report_summary, entry_id, read_report,
-    report_entries, run_koala,
+    KoalaRun, Recording, entry_id, entry_result, read_report, report_entries, run_koala,
 };
 use crate::{
     Program, START_TIMEOUT, Spec, TestDir, assert_bytes, assert_port_closed, clean_command,
@@ -55,49 +54,151 @@ pub fn replay_stack(dir: &TestDir, name: &str, command: &[String]) -> (KoalaRun,
 }
 
 /// The full acceptance of a real-stack replay: exit 0 and every session
-/// passed, every call matched (none unmatched, missing or reused), each
-/// session replayed exactly ([`assert_report_all_replayed`]), and no call
-/// waited on silence ([`assert_no_call_waited`]).
+/// passed; the report covers each recorded session once, and each replayed
+/// it exactly ([`assert_entry_replays`]); no call unmatched, missing or
+/// reused; and no call waited on silence ([`assert_no_call_waited`]).
 #[track_caller]
 pub fn assert_stack_replayed(run: &KoalaRun, report: &Path, recording: &Recording) {
     let total = recording.sessions.len();
     run.assert_all_passed(total);
     let report = read_report(report);
-    assert_report_summary(&report, [total, total, 0, 0], [recording.calls(), 0, 0, 0]);
-    assert_report_all_replayed(&with_recorded_dates(&report), recording);
+    let summary = &report["summary"];
+    assert_eq!(
+        ["total", "passed", "failed", "errors"].map(|k| summary["sessions"][k].as_u64()),
+        [total, total, 0, 0].map(|n| Some(n as u64)),
+        "report summary: {summary}"
+    );
+    assert_eq!(
+        ["unmatched", "missing", "reused"].map(|k| summary["calls"][k].as_u64()),
+        [Some(0); 3],
+        "report summary: {summary}"
+    );
+    let entries = report_entries(&report);
+    assert_eq!(
+        entries.len(),
+        total,
+        "one report entry per recorded session"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in entries {
+        let id = entry_id(entry);
+        assert!(seen.insert(id.to_string()), "{id} reported twice");
+        assert_entry_replays(entry, recording);
+    }
     assert_no_call_waited(&report);
 }
 
-/// The report with the `Date` of each replayed HTTP response replaced by
-/// the recorded one: koala's comparison leaves `Date` out, but
-/// [`assert_report_all_replayed`] compares the bytes, and nginx writes the
-/// time of the replay.
-fn with_recorded_dates(report: &Value) -> Value {
-    let mut report = report.clone();
-    let Some(entries) = report["sessions"].as_array_mut() else {
-        return report;
-    };
-    for entry in entries {
-        let result = &mut entry["result"];
-        let (Some(actual), Some(recorded)) = (
-            result["response"].as_str(),
-            result["recorded_response"].as_str(),
-        ) else {
-            continue;
-        };
-        if let (Some(now), Some(then)) = (
-            date_header(actual.as_bytes()),
-            date_header(recorded.as_bytes()),
-        ) {
-            let fixed = actual.replacen(
-                &format!("\r\nDate: {now}\r\n"),
+/// Asserts one report entry passed and replayed its recorded session
+/// exactly: the recorded response (HTTP `Date` aside, which koala's
+/// comparison leaves out too); and every recorded call answered, in order,
+/// by the replayed calls:
+///
+/// - a call matched to recorded call `i` may come in several replayed
+///   calls (the commands of a pipeline, each answered on its own): their
+///   requests and served answers, joined, are call `i`'s request and
+///   response, byte for byte;
+/// - a set-up call (a login, answered from a recorded connection set-up,
+///   `matched: null`) stands for the recorded call with its request, and
+///   was served that call's response.
+///
+/// Nothing unmatched, missing or reused, and every recorded call covered.
+#[track_caller]
+pub fn assert_entry_replays(entry: &Value, recording: &Recording) {
+    let id = entry_id(entry);
+    let recorded = recording.session(id);
+    let result = entry_result(entry);
+    let what = format!(
+        "report entry {id}: {entry}\nrecorded {}",
+        crate::show(recorded)
+    );
+    assert_eq!(entry["verdict"].as_str(), Some("pass"), "{what}");
+    assert!(entry["error"].is_null(), "{what}");
+    assert_eq!(
+        entry["location"].as_str(),
+        Some(recording.locations[id].as_str()),
+        "{what}"
+    );
+    assert_eq!(
+        ["unmatched", "missing", "reused"].map(|k| entry["calls"][k].as_u64()),
+        [Some(0); 3],
+        "{what}"
+    );
+    assert!(
+        result.unmatched.is_empty() && result.missing.is_empty(),
+        "{what}"
+    );
+    let response = result.response.as_bytes();
+    let expected = recorded.inbound.response.as_bytes();
+    let expected = match (date_header(response), date_header(expected)) {
+        (Some(now), Some(then)) => String::from_utf8_lossy(expected)
+            .replacen(
                 &format!("\r\nDate: {then}\r\n"),
+                &format!("\r\nDate: {now}\r\n"),
                 1,
+            )
+            .into_bytes(),
+        _ => expected.to_vec(),
+    };
+    assert_bytes(response, &expected, &format!("{what}\nresponse"));
+    assert_bytes(
+        result.recorded_response.as_bytes(),
+        recorded.inbound.response.as_bytes(),
+        &format!("{what}\nrecorded_response"),
+    );
+
+    // Recorded call index -> (requests, served) of the replayed calls.
+    let mut answered: Vec<Option<(Vec<u8>, Vec<u8>)>> = vec![None; recorded.calls.len()];
+    let mut last = None;
+    for (n, call) in result.calls.iter().enumerate() {
+        let what = format!("{what}\nreplayed call {n}");
+        assert!(!call.reused, "{what}: reused");
+        let index = match call.matched {
+            Some(index) => index,
+            None => {
+                assert!(call.setup, "{what}: neither matched nor set-up");
+                // The recorded call of this session it stands for.
+                recorded
+                    .calls
+                    .iter()
+                    .enumerate()
+                    .position(|(i, rec)| {
+                        answered[i].is_none() && rec.request.as_bytes() == call.request.as_bytes()
+                    })
+                    .unwrap_or_else(|| panic!("{what}: no recorded call has its request"))
+            }
+        };
+        assert!(index < recorded.calls.len(), "{what}: matched {index}");
+        // Calls come in the recorded order; a pipeline's come together.
+        assert!(
+            last.is_none_or(|last| index >= last),
+            "{what}: call {index} after call {last:?}"
+        );
+        if last != Some(index) {
+            assert!(
+                answered[index].is_none(),
+                "{what}: call {index} answered twice"
             );
-            result["response"] = Value::String(fixed);
         }
+        last = Some(index);
+        let rec = &recorded.calls[index];
+        assert_eq!(call.peer, rec.peer, "{what}");
+        assert_eq!(call.greeting, rec.is_greeting(), "{what}: greeting");
+        let (request, served) = answered[index].get_or_insert_with(Default::default);
+        request.extend_from_slice(call.request.as_bytes());
+        served.extend_from_slice(call.served.as_bytes());
     }
-    report
+    for (index, (rec, answer)) in recorded.calls.iter().zip(&answered).enumerate() {
+        let what = format!("{what}\nrecorded call {index}");
+        let (request, served) = answer
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: never made"));
+        assert_bytes(
+            request,
+            rec.request.as_bytes(),
+            &format!("{what}: requests"),
+        );
+        assert_bytes(served, rec.response.as_bytes(), &format!("{what}: served"));
+    }
 }
 
 /// Waits until the session files of `dir` satisfy `done` (described by
@@ -179,10 +280,14 @@ impl MariaDb {
     pub fn start(dir: &TestDir) -> MariaDb {
         let root = dir.join("db");
         let data = root.join("data");
-        fs::create_dir_all(&root).unwrap();
+        // Its own temporary directory: in /tmp, parallel bootstraps clash
+        // on their temporary tables' names.
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
         let out = clean_command(require_program("mariadb-install-db", "mariadb-server"))
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .env("TMPDIR", &tmp)
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -226,6 +331,7 @@ impl MariaDb {
             ))
             .arg(format!("--log-error={}", log.display()))
             .arg(format!("--init-file={}", init_path.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--port={port}"))
             .args([
                 "--bind-address=127.0.0.1",

@@ -8,10 +8,10 @@
 //! - [`registry`]: the replays in flight and the background pool.
 //! - [`table`], [`attribution`]: which replay a request belongs to, across
 //!   threads and forked processes.
-//! - [`matching`], [`framing`]: pure logic, unit-tested.
+//! - [`matching`], [`units`]: pure logic, unit-tested; what each protocol
+//!   looks like is the protocol catalogue's (`koala_protocols`).
 
 pub mod attribution;
-pub mod framing;
 pub mod http;
 pub mod inbound;
 pub mod matching;

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use koala_protocols::{Completeness, Protocol};
 
-use crate::framing;
 use crate::registry::Request;
 use crate::replayer::Replayer;
 
@@ -199,7 +198,7 @@ impl Connection<'_> {
         let recorded =
             registry.recorded_requests(self.replayer.server_tables().outbound_replay(self.port));
         let recorded: Vec<&[u8]> = recorded.iter().map(Vec::as_slice).collect();
-        match framing::recorded_prefix(pending, &recorded) {
+        match koala_protocols::recorded_prefix(pending, &recorded) {
             Completeness::Complete(length) => (Some(length), None),
             _ => (None, Some(self.replayer.idle)),
         }

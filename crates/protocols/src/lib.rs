@@ -26,9 +26,11 @@ pub mod redis;
 mod exchange;
 mod normalized;
 mod parse;
+mod recorded;
 
 pub use exchange::{Unit, split_exchange};
 pub use normalized::{NormalizeOptions, Normalized};
+pub use recorded::recorded_prefix;
 
 /// How much of a message the bytes received so far hold.
 ///

@@ -920,7 +920,6 @@ fn fcgi_response(body: &str) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs koala_protocols::fastcgi framing, landing separately"]
 fn fastcgi_trailing_empty_stdin_read_after_the_response_is_the_same_session() {
     let mut a = assembler();
     accept(&mut a, 5, 5000, 1);

@@ -248,7 +248,14 @@ impl Protocol for Mysql {
             };
             lines.push(match side {
                 Side::Request => render_request(&packet),
-                Side::Response => render_response(&packet, lines.is_empty(), &mut state),
+                Side::Response => {
+                    // A prepared statement's OK is told by the definitions after it.
+                    let definitions_next = match self::packet(bytes, packet.end) {
+                        Step::Done(next) => is_column_definition(&next),
+                        _ => false,
+                    };
+                    render_response(&packet, lines.is_empty(), definitions_next, &mut state)
+                }
             });
             at = packet.end;
         }
@@ -581,13 +588,17 @@ fn results(bytes: &[u8], mut at: usize) -> Step<usize> {
         let first = step!(packet(bytes, at));
         let status = match first.payload.first() {
             Some(0xff) => return Step::Done(first.end),
-            Some(0x00) => match status_flags(first.payload) {
-                Some(status) => {
-                    at = first.end;
-                    status
+            // An OK packet; a shorter one is MySQL's column count with
+            // the metadata flag 0 first.
+            Some(0x00) if first.payload.len() >= MINIMAL_OK.len() => {
+                match status_flags(first.payload) {
+                    Some(status) => {
+                        at = first.end;
+                        status
+                    }
+                    None => return Step::Invalid,
                 }
-                None => return Step::Invalid,
-            },
+            }
             // LOCAL INFILE request: the client sends a file next.
             Some(0xfb) | Some(0xfe) | None => return Step::Invalid,
             Some(_) => {
@@ -602,19 +613,9 @@ fn results(bytes: &[u8], mut at: usize) -> Step<usize> {
     }
 }
 
-/// Definition packets at `at`, `count` of them, then an EOF packet when
-/// EOF packets are not deprecated; returns the position after them and
-/// that EOF packet's status flags. When the bytes end right after the
-/// definitions (or with an incomplete packet), `may_end` says whether the
-/// message ends there: the last definitions of a prepared statement, with
-/// EOF packets deprecated. (With them, the server writes the EOF packet
-/// together with the definitions.)
-fn definitions(
-    bytes: &[u8],
-    mut at: usize,
-    count: u64,
-    may_end: bool,
-) -> Step<(usize, Option<u16>)> {
+/// Definition packets at `at`, `count` of them; returns the position
+/// after them.
+fn definitions(bytes: &[u8], mut at: usize, count: u64) -> Step<usize> {
     for _ in 0..count {
         let definition = step!(packet(bytes, at));
         if !is_column_definition(&definition) {
@@ -622,12 +623,18 @@ fn definitions(
         }
         at = definition.end;
     }
-    if count == 0 {
-        return Step::Done((at, None));
-    }
-    // After the definitions comes an EOF packet, or (EOF deprecated) the
-    // next definitions, the first row or the terminating OK: only the EOF
-    // is 5 bytes.
+    Step::Done(at)
+}
+
+/// The EOF packet that ends definitions when EOF packets are not
+/// deprecated: the position after it and its status flags, or `at` when
+/// the next packet is something else (the next definitions, the first row
+/// or the terminating OK; only the EOF is 5 bytes). When the bytes end
+/// there (or with an incomplete packet), `may_end` says whether the
+/// message ends at `at`: the last definitions of a prepared statement, with
+/// EOF packets deprecated. (With them, the server writes the EOF packet
+/// together with the definitions.)
+fn definitions_eof(bytes: &[u8], at: usize, may_end: bool) -> Step<(usize, Option<u16>)> {
     let next = match packet(bytes, at) {
         Step::Done(next) => next,
         Step::NeedMore if may_end => return Step::Done((at, None)),
@@ -640,16 +647,38 @@ fn definitions(
     Step::Done((at, None))
 }
 
+/// The column count that starts a result set, and whether the column
+/// definitions follow. Clients that cache metadata get a flag with it (0:
+/// definitions left out, 1: sent): a byte after the count from MariaDB
+/// (`MARIADB_CLIENT_CACHE_METADATA`), before it from MySQL 8
+/// (`CLIENT_OPTIONAL_RESULTSET_METADATA`).
+fn column_count(payload: &[u8]) -> Option<(u64, bool)> {
+    match lenenc_int(payload) {
+        Some((columns, [])) if columns > 0 => return Some((columns, true)),
+        Some((columns, [flag @ (0 | 1)])) if columns > 0 => return Some((columns, *flag == 1)),
+        _ => {}
+    }
+    let (&flag, rest) = payload.split_first()?;
+    match lenenc_int(rest)? {
+        (columns, []) if columns > 0 && flag <= 1 => Some((columns, flag == 1)),
+        _ => None,
+    }
+}
+
 /// A text or binary result set at `at`: column count, column definitions,
 /// rows, and the EOF or OK packet that ends it; returns its end and that
 /// packet's status flags.
 fn result_set(bytes: &[u8], at: usize) -> Step<(usize, u16)> {
     let count = step!(packet(bytes, at));
-    let columns = match lenenc_int(count.payload) {
-        Some((columns, [])) if columns > 0 => columns,
-        _ => return Step::Invalid,
+    let Some((columns, follow)) = column_count(count.payload) else {
+        return Step::Invalid;
     };
-    let (mut at, eof_status) = step!(definitions(bytes, count.end, columns, false));
+    let at = step!(definitions(
+        bytes,
+        count.end,
+        if follow { columns } else { 0 }
+    ));
+    let (mut at, eof_status) = step!(definitions_eof(bytes, at, false));
     if let Some(status) = eof_status
         && status & SERVER_STATUS_CURSOR_EXISTS != 0
     {
@@ -684,13 +713,13 @@ fn prepare_ok(bytes: &[u8]) -> Step<usize> {
                 u16::from_le_bytes([*c0, *c1]),
                 u16::from_le_bytes([*p0, *p1]),
             );
-            let (at, _) = step!(definitions(
-                bytes,
-                ok.end,
-                u64::from(parameters),
-                columns == 0
-            ));
-            let (at, _) = step!(definitions(bytes, at, u64::from(columns), true));
+            let mut at = ok.end;
+            for (count, last) in [(parameters, columns == 0), (columns, true)] {
+                if count > 0 {
+                    at = step!(definitions(bytes, at, u64::from(count)));
+                    at = step!(definitions_eof(bytes, at, last)).0;
+                }
+            }
             Step::Done(at)
         }
         _ => Step::Invalid,
@@ -1035,7 +1064,12 @@ enum ResultState {
 }
 
 /// A server packet as one line.
-fn render_response(packet: &Packet<'_>, first: bool, state: &mut ResultState) -> String {
+fn render_response(
+    packet: &Packet<'_>,
+    first: bool,
+    definitions_next: bool,
+    state: &mut ResultState,
+) -> String {
     let payload = packet.payload;
     if first
         && packet.sequence == 0
@@ -1104,6 +1138,12 @@ fn render_response(packet: &Packet<'_>, first: bool, state: &mut ResultState) ->
             };
             render_row(payload, columns)
         }
+        (_, [0x00, s0, s1, s2, s3, c0, c1, p0, p1, 0x00, ..]) if definitions_next => format!(
+            "statement prepared: id={} columns={} params={}",
+            u32::from_le_bytes([*s0, *s1, *s2, *s3]),
+            u16::from_le_bytes([*c0, *c1]),
+            u16::from_le_bytes([*p0, *p1])
+        ),
         (_, [0x00, rest @ ..]) => match (lenenc_int(rest), status_flags(payload)) {
             (Some((affected, rest)), Some(_)) => {
                 let last_insert_id = lenenc_int(rest).map_or(0, |(id, _)| id);
@@ -1119,11 +1159,19 @@ fn render_response(packet: &Packet<'_>, first: bool, state: &mut ResultState) ->
         (_, [0x01, 0x03]) => "auth more data: fast auth success".to_owned(),
         (_, [0x01, 0x04]) => "auth more data: perform full authentication".to_owned(),
         (_, _) if is_column_definition(packet) => render_column(payload),
-        (_, _) => match lenenc_int(payload) {
-            Some((columns, [])) if columns > 0 => {
-                *state = ResultState::Definitions {
-                    columns,
-                    left: columns,
+        (_, _) => match column_count(payload) {
+            Some((columns, follow)) => {
+                *state = if follow {
+                    ResultState::Definitions {
+                        columns,
+                        left: columns,
+                    }
+                } else {
+                    ResultState::Rows {
+                        columns,
+                        started: false,
+                        eof_passed: false,
+                    }
                 };
                 format!("result set: {columns} columns")
             }
@@ -1583,6 +1631,10 @@ mod tests {
             NeedMore
         );
         assert_eq!(key(&prepare), "mysql 16 SELECT * FROM t WHERE id = ?");
+        assert_eq!(
+            Mysql.render(&classic, Side::Response).as_deref(),
+            Some("statement prepared: id=1 columns=1 params=1\ncolumn ?\nEOF\ncolumn id\nEOF")
+        );
 
         // Statement 1, no flags, one iteration, one BIGINT parameter: 42.
         let mut execute = vec![0x17, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0x00, 0x01, 0x08, 0x00];
@@ -1680,6 +1732,62 @@ mod tests {
         ]
         .concat();
         assert_response(&select, &failed);
+    }
+
+    /// Clients that cache metadata get a flag with the column count: after
+    /// it from MariaDB (as the mariadb command-line client gets), before it
+    /// from MySQL 8; 0 leaves the column definitions out.
+    #[test]
+    fn result_sets_with_a_metadata_flag() {
+        let select = query("SELECT * FROM t");
+        let row = [lenenc(b"1"), lenenc(b"alice")].concat();
+        let mariadb = [
+            wire(1, &[0x02, 0x01]),
+            wire(2, &column("id")),
+            wire(3, &column("name")),
+            wire(4, &eof_payload(0x0022)),
+            wire(5, &row),
+            wire(6, &eof_payload(0x0022)),
+        ]
+        .concat();
+        assert_response(&select, &mariadb);
+        assert_eq!(
+            Mysql.render(&mariadb, Side::Response).as_deref(),
+            Some("result set: 2 columns\ncolumn id\ncolumn name\nEOF\nrow: 1 | alice\nEOF")
+        );
+        let skipped = [
+            wire(1, &[0x02, 0x00]),
+            wire(2, &eof_payload(0x0022)),
+            wire(3, &row),
+            wire(4, &eof_payload(0x0022)),
+        ]
+        .concat();
+        assert_response(&select, &skipped);
+        assert_eq!(
+            Mysql.render(&skipped, Side::Response).as_deref(),
+            Some("result set: 2 columns\nEOF\nrow: 1 | alice\nEOF")
+        );
+        let mysql = [
+            wire(1, &[0x01, 0x02]),
+            wire(2, &column("id")),
+            wire(3, &column("name")),
+            wire(4, &row),
+            wire(5, &[0xfe, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00]),
+        ]
+        .concat();
+        assert_response(&select, &mysql);
+        let mysql_skipped = [
+            wire(1, &[0x00, 0x02]),
+            wire(2, &row),
+            wire(3, &[0xfe, 0, 0, 2, 0, 0, 0]),
+        ]
+        .concat();
+        assert_response(&select, &mysql_skipped);
+        // Neither: a flag of 2, or no columns.
+        for count in [&[0x02, 0x02][..], &[0x00, 0x00], &[0x01, 0x00, 0x05]] {
+            let response = [wire(1, count), wire(2, &row), wire(3, &eof_payload(2))].concat();
+            assert_eq!(respond(&select, &response), Unknown, "{count:?}");
+        }
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! item.php → MariaDB (mysqli, mysql_native_password) + backend.py (PHP's
 //! curl)`.
 //!
-//! - Recorded on php-fpm: each FastCGI request from nginx is a session
-//!   holding the MariaDB login, query and quit, and the curl call; replayed
-//!   against php-fpm alone.
+//! - Recorded on php-fpm, with and without `fastcgi_keep_conn on` in nginx:
+//!   each FastCGI request from nginx is a session holding the MariaDB
+//!   login, query and quit, and the curl call; replayed against php-fpm
+//!   alone.
 //! - Recorded on nginx, with and without `fastcgi_keep_conn on`: each HTTP
 //!   request is a session holding its FastCGI call; replayed against nginx
 //!   with php-fpm stopped.
@@ -71,9 +72,20 @@ fn sessions_in_order(recording: &Recording) -> Vec<&Session> {
 
 #[test]
 fn replay_php_fpm_recorded_on_php_fpm() {
-    let dir = TestDir::new("replay_php_fpm_on_fpm");
+    php_fpm_recorded("replay_php_fpm_on_fpm", false);
+}
+
+#[test]
+fn replay_php_fpm_recorded_on_php_fpm_keep_conn() {
+    php_fpm_recorded("replay_php_fpm_on_fpm_keep", true);
+}
+
+/// Records the stack on php-fpm (nginx, not recorded, is its client) and
+/// replays php-fpm with MariaDB and the backend stopped.
+fn php_fpm_recorded(test: &str, keep_conn: bool) {
+    let dir = TestDir::new(test);
     let record = dir.join("record");
-    let mut stack = PhpStack::start(&dir, Recorded::PhpFpm, &record, false);
+    let mut stack = PhpStack::start(&dir, Recorded::PhpFpm, &record, keep_conn);
     let answers = exercise(&mut stack, Recorded::PhpFpm, &record);
     let recording = Recording::read(&dir, "record", stack.fpm_port);
     let sessions = sessions_in_order(&recording);
@@ -87,15 +99,18 @@ fn replay_php_fpm_recorded_on_php_fpm() {
             "{what}: not a worker"
         );
         assert_eq!(session.inbound.local, stack.fpm_peer(), "{what}");
-        assert_eq!(session.end, Some(EndReason::Close), "{what}");
+        if !keep_conn {
+            assert_eq!(session.end, Some(EndReason::Close), "{what}");
+        }
         // php-fpm reads the empty STDIN record that ends nginx's request only
-        // after it answered (draining the connection before closing it), so
-        // the request is the records up to the parameters' end — or with
-        // that STDIN record too, if koala frames FastCGI requests. Nothing
-        // else.
+        // after it answered (draining the connection before closing it, or
+        // when it reads the next request on a kept one), so the request is
+        // the records up to the parameters' end — or with that STDIN record
+        // too, if koala frames FastCGI requests. Nothing else: not the end
+        // of the previous request.
         let request = session.inbound.request.as_bytes();
-        let without_stdin = fcgi_request(stack.nginx_port, id, false, false);
-        let with_stdin = fcgi_request(stack.nginx_port, id, false, true);
+        let without_stdin = fcgi_request(stack.nginx_port, id, keep_conn, false);
+        let with_stdin = fcgi_request(stack.nginx_port, id, keep_conn, true);
         if request != with_stdin.as_slice() {
             assert_bytes(request, &without_stdin, &format!("{what}\nFastCGI request"));
         }

@@ -11,8 +11,9 @@
 //! stops and a trap listens on its port: the replay passes, answered from
 //! the recording, and the trap sees no connection at all.
 //!
-//! The dlopen hook must also keep the host as dlopen's caller: a library
-//! found through the caller's RUNPATH still loads.
+//! The dlopen hook drops the flag only while the library is active, and
+//! keeps the host as dlopen's caller: a library found through the caller's
+//! RUNPATH still loads.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -328,34 +329,49 @@ fn php_curl_is_recorded_and_never_reaches_the_real_backend() {
 }
 
 #[test]
-fn dlopen_still_searches_the_callers_runpath() {
-    // A library found only through the program's RUNPATH ($ORIGIN/plugins):
-    // a dlopen hook that became the caller would not find it.
+fn deepbind_is_dropped_only_when_active_and_the_callers_runpath_still_counts() {
+    // Plugins found only through the program's RUNPATH ($ORIGIN/plugins),
+    // each telling whether it binds to its own `deepbind_probe` (the flag
+    // kept) or to the program's (the flag dropped).
     let dir = TestDir::new("deepbind_runpath");
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let source = fixture("deepbind_runpath.c");
-    compile_c(
-        &source,
-        &["-DDEEPBIND_PLUGIN", "-shared", "-fPIC"],
-        &plugins.join("libdeepbind_plugin.so"),
-    );
+    for plugin in ["libdeepbind_a.so", "libdeepbind_b.so"] {
+        compile_c(
+            &source,
+            &["-DDEEPBIND_PLUGIN", "-shared", "-fPIC"],
+            &plugins.join(plugin),
+        );
+    }
     let program = dir.join("deepbind_runpath");
     compile_c(
         &source,
         &[
             "-O2",
             "-Wall",
+            "-rdynamic",
             "-Wl,-rpath,$ORIGIN/plugins",
             "-Wl,--enable-new-dtags",
         ],
         &program,
     );
-    for mode in [None, Some("record"), Some("replay")] {
+    let kept = "dlopen: plugin\ndlmopen: plugin\n";
+    let dropped = "dlopen: program\ndlmopen: program\n";
+    // (preloaded, KOALA_MODE, what the program prints)
+    let cases = [
+        (false, None, kept),
+        (true, None, kept),
+        (true, Some("record"), dropped),
+        (true, Some("replay"), dropped),
+    ];
+    for (preloaded, mode, expected) in cases {
         let mut command = clean_command(&program);
+        if preloaded {
+            command.env("LD_PRELOAD", koala_lib());
+        }
         if let Some(mode) = mode {
             command
-                .env("LD_PRELOAD", koala_lib())
                 .env("KOALA_MODE", mode)
                 .env("KOALA_RECORD_TO", dir.join("record"))
                 .env("KOALA_LOG_FILE", dir.join("koala.log"))
@@ -368,8 +384,8 @@ fn dlopen_still_searches_the_callers_runpath() {
                 out.status.code(),
                 String::from_utf8_lossy(&out.stdout).into_owned()
             ),
-            (Some(0), "dlopen: 42\ndlmopen: 42\n".to_string()),
-            "KOALA_MODE={mode:?}: {}",
+            (Some(0), expected.to_string()),
+            "preloaded {preloaded}, KOALA_MODE={mode:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

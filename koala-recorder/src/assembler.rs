@@ -421,16 +421,19 @@ impl Assembler {
     }
 
     /// `shutdown(fd, how)`: a service that shuts down the write side of an
-    /// inbound connection has sent its whole response.
+    /// inbound connection has sent its whole response. If the request read
+    /// so far is not complete, the session stays open until the close for
+    /// the rest of it: php-fpm shuts its write side after the response, then
+    /// drains nginx's trailing empty stdin record.
     pub fn shutdown_write(&mut self, fd: i32) {
         let Some(conn_id) = self.conn_id(fd) else {
             return;
         };
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
+        if self.conns.get(&conn_id).map(|c| c.direction) != Some(Direction::Inbound) {
             return;
-        };
-        if conn.direction == Direction::Inbound
-            && let Some(session) = conn.session.take()
+        }
+        if let Some(session) = self.inbound_session(conn_id)
+            && !self.request_continues(session)
         {
             self.finish(session, EndReason::Close);
         }

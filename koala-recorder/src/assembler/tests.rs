@@ -946,6 +946,41 @@ fn fastcgi_trailing_empty_stdin_read_after_the_response_is_the_same_session() {
 }
 
 #[test]
+fn fastcgi_trailing_stdin_drained_after_shutting_the_write_side_is_the_same_session() {
+    // php-fpm without keep-conn: response, shutdown(SHUT_WR), then it reads
+    // what is left (nginx's trailing empty stdin record) until the close.
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    let (request, trailing_stdin) = fcgi_request("/a.php");
+    a.received(5, 10, &request, 2);
+    a.sent(5, 10, &fcgi_response("/a.php"), 3);
+    a.shutdown_write(5);
+    assert!(a.take_finished().is_empty(), "the request is not complete");
+    a.received(5, 10, &trailing_stdin, 4);
+    a.forget_fd(5);
+    let finished = a.take_finished();
+    assert_eq!(finished.len(), 1, "one session per request");
+    let mut whole = request;
+    whole.extend(trailing_stdin);
+    assert_eq!(finished[0].inbound.request.as_bytes(), &whole[..]);
+    assert_eq!(
+        finished[0].inbound.response.as_bytes(),
+        &fcgi_response("/a.php")[..]
+    );
+    assert_eq!(finished[0].end, Some(EndReason::Close));
+    // A complete request ends at the shutdown, as any other.
+    accept(&mut a, 6, 5001, 5);
+    let (mut request, trailing_stdin) = fcgi_request("/b.php");
+    request.extend(trailing_stdin);
+    a.received(6, 10, &request, 6);
+    a.sent(6, 10, &fcgi_response("/b.php"), 7);
+    a.shutdown_write(6);
+    let finished = a.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].inbound.request.as_bytes(), &request[..]);
+}
+
+#[test]
 fn a_body_sent_after_100_continue_is_the_same_session() {
     let mut a = assembler();
     accept(&mut a, 5, 5000, 1);

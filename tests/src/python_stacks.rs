@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{Program, Spec, TestDir, clean_command, fixture, free_port, python, require_program};
+use crate::{Program, Spec, TestDir, clean_command, free_port, python, require_program};
 
 /// How long a set-up program (initdb, psql) may run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,11 +73,20 @@ fn as_postgres_user(name: &str, program: &Path) -> Spec {
         .arg(program.display())
 }
 
-/// Makes `path` belong to the `postgres` user when running as root.
+/// Makes `path` belong to the `postgres` user when running as root, and
+/// its parent (the test's directory) open to it whatever the umask.
 fn give_to_postgres_user(path: &Path) {
     // SAFETY: geteuid has no memory effects.
     if unsafe { libc::geteuid() } != 0 {
         return;
+    }
+    if let Some(parent) = path.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(parent)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        // Traversable by others (the postgres user), nothing more.
+        let _ = fs::set_permissions(parent, fs::Permissions::from_mode(mode | 0o111));
     }
     let status = clean_command("chown")
         .args(["-R", "postgres:postgres"])
@@ -268,7 +277,7 @@ pub fn start_memcached(dir: &TestDir) -> (Program, u16) {
 /// workers (one request at a time each; gunicorn's sync workers close the
 /// connection after each response).
 pub fn gunicorn_args(app: &str, port: u16, workers: usize) -> Vec<String> {
-    let fixtures = fixture(".");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     [
         "-u",
         "-m",

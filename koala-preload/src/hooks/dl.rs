@@ -47,9 +47,9 @@ extern "C" fn forward_dlopen(file: *const c_char, flags: c_int) -> Forward {
 }
 
 /// `dlmopen(namespace, file, flags)`: as dlopen for the base namespace. A
-/// new namespace gets its own libc and no preloaded library, so the flag
-/// changes nothing there and is left alone (docs/architecture.md lists
-/// this as out of reach).
+/// new namespace gets its own libc and no preloaded library: clearing the
+/// flag would not bring its calls to the hooks, so it is left alone
+/// (docs/architecture.md lists this as out of reach).
 extern "C" fn forward_dlmopen(namespace: c_long, file: *const c_char, flags: c_int) -> Forward {
     Forward {
         real: REAL_DLMOPEN.get(),

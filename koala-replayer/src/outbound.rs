@@ -84,12 +84,6 @@ fn serve(stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
             connection.protocol = koala_protocols::detect_request(&request)
                 .or_else(|| registry.recorded_protocol(connection.destination?));
         }
-        if connection
-            .protocol
-            .is_some_and(|protocol| !protocol.expects_response(&request))
-        {
-            continue;
-        }
         // Read after the request arrived: the service wrote the slot before sending.
         let answer = registry.answer(Request {
             replay_id: tables.outbound_replay(port),
@@ -100,6 +94,7 @@ fn serve(stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
             arrived,
         });
         if let Some(response) = &answer.response
+            && !response.is_empty()
             && connection.stream.write_all(response).is_err()
         {
             break;

@@ -365,6 +365,11 @@ impl Registry {
                 missed: false,
             };
         }
+        if !expects_response(&request) {
+            // A message the dependency never answers (COM_QUIT, Terminate):
+            // nothing to send, and nothing the service waits for.
+            return Answer::default();
+        }
         self.counters
             .calls_unmatched
             .fetch_add(1, Ordering::Relaxed);
@@ -414,9 +419,12 @@ impl Registry {
                 )
             }
         };
-        self.counters
-            .setup_calls_served
-            .fetch_add(1, Ordering::Relaxed);
+        // Outside any replay it is start-up traffic like the rest.
+        let counter = match replay {
+            Some(_) => &self.counters.setup_calls_served,
+            None => &self.counters.background_calls_served,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let close = served.as_ref().is_some_and(|(_, closes)| *closes);
         if let Some(replay) = replay {
             let outcome = served.map(|(outcome, _)| outcome).unwrap_or(MatchOutcome {
@@ -569,6 +577,9 @@ impl Registry {
                 .fetch_add(1, Ordering::Relaxed);
             return answer;
         }
+        if !expects_response(request) {
+            return Answer::default();
+        }
         self.counters
             .calls_unmatched
             .fetch_add(1, Ordering::Relaxed);
@@ -582,6 +593,13 @@ impl Registry {
             lock(&replay.matcher).connection_closed(conn);
         }
     }
+}
+
+/// Whether the dependency answers `request` at all.
+fn expects_response(request: &Request<'_>) -> bool {
+    request
+        .protocol
+        .is_none_or(|protocol| protocol.expects_response(request.bytes))
 }
 
 /// The recorded set-up exchanges answering `request`'s kind: those to the

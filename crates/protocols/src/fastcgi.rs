@@ -664,6 +664,69 @@ impl Protocol for FastCgi {
         begin_of(request).is_some_and(|begin| begin.flags & KEEP_CONN == 0)
     }
 
+    /// The CGI output (STDOUT) as an HTTP/1.1 response: the `Status:`
+    /// header becomes the status line (`200 OK` without one); STDERR text and
+    /// a non-zero application status become `FastCGI-Stderr` and
+    /// `FastCGI-App-Status` headers. Record boundaries, request ids, padding
+    /// and reserved bytes (php-fpm leaves END_REQUEST's unset) do not count.
+    fn comparable_response(&self, _request: &[u8], response: &[u8]) -> Option<Vec<u8>> {
+        let (records, _) = records(response);
+        let end = records.iter().find(|record| record.kind == END_REQUEST)?;
+        let collect = |kind: u8| -> Vec<u8> {
+            records
+                .iter()
+                .filter(|record| record.kind == kind)
+                .flat_map(|record| record.content.iter().copied())
+                .collect()
+        };
+        let (stdout, stderr) = (collect(STDOUT), collect(STDERR));
+        let head_end = stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| (at, at + 4))
+            .or_else(|| {
+                stdout
+                    .windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|at| (at, at + 2))
+            })
+            .unwrap_or((0, 0));
+        let (head, body) = (&stdout[..head_end.0], &stdout[head_end.1..]);
+        let mut status = b"200 OK".to_vec();
+        let mut headers = Vec::new();
+        for line in head.split(|&byte| byte == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            match line.split_at_checked(7) {
+                Some((name, value)) if name.eq_ignore_ascii_case(b"status:") => {
+                    status = value.trim_ascii().to_vec();
+                }
+                _ if !line.is_empty() => {
+                    headers.extend_from_slice(line);
+                    headers.extend_from_slice(b"\r\n");
+                }
+                _ => {}
+            }
+        }
+        if !stderr.is_empty() {
+            headers.extend_from_slice(b"FastCGI-Stderr: ");
+            headers.extend(stderr.escape_ascii());
+            headers.extend_from_slice(b"\r\n");
+        }
+        let app_status = end.content.get(..4).map_or(0, |bytes| {
+            u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        });
+        if app_status != 0 {
+            headers.extend_from_slice(format!("FastCGI-App-Status: {app_status}\r\n").as_bytes());
+        }
+        let mut http = b"HTTP/1.1 ".to_vec();
+        http.extend_from_slice(&status);
+        http.extend_from_slice(b"\r\n");
+        http.extend_from_slice(&headers);
+        http.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        http.extend_from_slice(body);
+        Some(http)
+    }
+
     fn render(&self, bytes: &[u8], _side: Side) -> Option<String> {
         let (records, end) = records(bytes);
         if records.is_empty() {
@@ -1269,5 +1332,50 @@ mod tests {
                 FastCgi.render(bytes, Side::Request);
             }
         }
+    }
+
+    #[test]
+    fn responses_compare_as_their_cgi_output() {
+        let stdout = b"Status: 404 Not Found\r\nX-Powered-By: PHP/8.2.29\r\nContent-type: text/html; charset=UTF-8\r\n\r\nno such item";
+        let mut one = Vec::new();
+        push_record(&mut one, STDOUT, 1, &stdout[..20]);
+        push_record(&mut one, STDOUT, 1, &stdout[20..]);
+        one.extend_from_slice(&[1, END_REQUEST, 0, 1, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // Another request id, one record, and garbage in END_REQUEST's
+        // reserved bytes, as php-fpm leaves them.
+        let mut other = Vec::new();
+        push_record(&mut other, STDOUT, 7, stdout);
+        other.extend_from_slice(&[
+            1,
+            END_REQUEST,
+            0,
+            7,
+            0,
+            8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            b'y',
+            b's',
+            b' ',
+        ]);
+        let expected = b"HTTP/1.1 404 Not Found\r\nX-Powered-By: PHP/8.2.29\r\nContent-type: text/html; charset=UTF-8\r\nContent-Length: 12\r\n\r\nno such item";
+        assert_eq!(
+            FastCgi.comparable_response(b"", &one).as_deref(),
+            Some(&expected[..])
+        );
+        assert_eq!(
+            FastCgi.comparable_response(b"", &other).as_deref(),
+            Some(&expected[..])
+        );
+        // Incomplete (no END_REQUEST): nothing to compare as FastCGI.
+        assert_eq!(
+            FastCgi.comparable_response(b"", &one[..one.len() - 16]),
+            None
+        );
     }
 }

@@ -133,6 +133,15 @@ pub trait Protocol: Sync {
         false
     }
 
+    /// `response` as `koala replay` compares it with another answer to
+    /// `request`, when the bytes on the wire hold more than the answer:
+    /// FastCGI's records (request ids, padding, php-fpm's unset reserved
+    /// bytes) around a CGI response, given as an HTTP/1.1 response so that
+    /// headers compare as headers. `None`: compare the bytes as they are.
+    fn comparable_response(&self, _request: &[u8], _response: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
     /// A readable rendering of `bytes` for `koala show`; `None` when the
     /// bytes are not this protocol's.
     fn render(&self, _bytes: &[u8], _side: Side) -> Option<String> {

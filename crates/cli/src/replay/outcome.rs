@@ -128,9 +128,17 @@ pub fn evaluate(
     latency_ms: f64,
     settings: &Settings,
 ) -> Outcome {
+    // Protocols whose bytes wrap the answer (FastCGI records) compare what
+    // they wrap.
+    let request = session.inbound.request.as_bytes();
+    let comparable = |response: &[u8]| -> Vec<u8> {
+        koala_protocols::detect_request(request)
+            .and_then(|protocol| protocol.comparable_response(request, response))
+            .unwrap_or_else(|| response.to_vec())
+    };
     let comparison = compare(
-        result.recorded_response.as_bytes(),
-        result.response.as_bytes(),
+        &comparable(result.recorded_response.as_bytes()),
+        &comparable(result.response.as_bytes()),
         session.inbound.truncated,
         &settings.ignore_headers,
     );

@@ -48,6 +48,9 @@ use koala_protocols::Completeness;
 use koala_session::{EndReason, Kind};
 
 use crate::record::{FinishedExchange, FinishedSession};
+use pipelining::WriteTimes;
+
+mod pipelining;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -233,6 +236,8 @@ struct OpenSession {
     inbound: Option<InboundSide>,
     request: Buf,
     response: Buf,
+    /// When the response's first writes happened: splits pipelined requests.
+    writes: WriteTimes,
     calls: Vec<CallId>,
     last_activity_ns: u64,
     /// Copied into a forked child: only written by the child if it adds bytes.
@@ -520,13 +525,22 @@ impl Assembler {
     /// request: the protocol catalogue frames the request read so far as
     /// unfinished (FastCGI's trailing empty stdin record, read after the
     /// response; an HTTP body sent after `100 Continue`). Only asked when a
-    /// read follows a response, so the hot path is unchanged. An empty
-    /// request (the service spoke first) or a cut one never continues.
+    /// read follows a response, so the hot path is unchanged. With pipelined
+    /// requests the last one counts. An empty request (the service spoke
+    /// first) or a cut one never continues.
     fn request_continues(&self, session: SessionKey) -> bool {
         let request = &self.sessions[&session].request;
-        !request.bytes.is_empty()
-            && !request.truncated
-            && koala_protocols::frame_request(&request.bytes) == Completeness::NeedMore
+        if request.bytes.is_empty() || request.truncated {
+            return false;
+        }
+        let mut rest = &request.bytes[..];
+        loop {
+            match koala_protocols::frame_request(rest) {
+                Completeness::Complete(n) if n > 0 && n < rest.len() => rest = &rest[n..],
+                Completeness::NeedMore => return true,
+                _ => return false,
+            }
+        }
     }
 
     /// The open session an inbound connection carries.
@@ -552,7 +566,10 @@ impl Assembler {
             .expect("caller looked it up");
         let buf = match side {
             Side::Read => &mut open.request,
-            Side::Write => &mut open.response,
+            Side::Write => {
+                open.writes.record(open.response.bytes.len(), now_ns);
+                &mut open.response
+            }
         };
         if buf.append(data, now_ns, max, &mut self.spare) {
             self.stats.truncated_payloads += 1;
@@ -889,6 +906,14 @@ impl Assembler {
             self.keep_spare(open.response.bytes);
             return;
         }
+        if open.inbound.is_some()
+            && !open.request.truncated
+            && !open.response.truncated
+            && let Some(parts) = self.pipelined_parts(&open, &calls)
+        {
+            self.finish_pipelined(open, parts, calls, reason);
+            return;
+        }
         let (kind, inbound) = match open.inbound {
             Some(side) => (
                 Kind::Session,
@@ -910,6 +935,78 @@ impl Assembler {
             inbound,
             calls,
         });
+    }
+
+    /// Pipelined HTTP requests of one session, one part each (or `None`).
+    fn pipelined_parts(
+        &self,
+        open: &OpenSession,
+        calls: &[FinishedExchange],
+    ) -> Option<Vec<pipelining::Part>> {
+        let call_starts: Vec<u64> = calls
+            .iter()
+            .map(|c| match c.request_ns {
+                0 => c.response_ns, // a greeting
+                sent => sent,
+            })
+            .collect();
+        pipelining::split(
+            &open.request.bytes,
+            &open.response.bytes,
+            &open.writes,
+            &call_starts,
+        )
+    }
+
+    /// Writes one session per pipelined request; all but the last ended
+    /// because the next request was read.
+    fn finish_pipelined(
+        &mut self,
+        open: OpenSession,
+        parts: Vec<pipelining::Part>,
+        calls: Vec<FinishedExchange>,
+        reason: EndReason,
+    ) {
+        let side = open.inbound.as_ref().expect("caller checked");
+        let last = parts.len() - 1;
+        let mut calls = calls.into_iter();
+        for (index, part) in parts.into_iter().enumerate() {
+            let request = self.copy_of(&open.request.bytes[part.request]);
+            let response = self.copy_of(&open.response.bytes[part.response]);
+            let inbound = FinishedExchange {
+                local: side.local.clone(),
+                peer: side.peer.clone(),
+                request,
+                response,
+                // Read together: the time of the first request byte.
+                request_ns: open.request.first_ns,
+                response_ns: part.response_ns.unwrap_or(open.response.first_ns),
+                ..FinishedExchange::default()
+            };
+            self.sessions_written += 1;
+            self.finished.push(FinishedSession {
+                kind: Kind::Session,
+                seq: self.sessions_written,
+                pid: self.pid,
+                tid: open.tid,
+                end: if index == last {
+                    reason
+                } else {
+                    EndReason::NextRequest
+                },
+                inbound,
+                calls: calls.by_ref().take(part.calls.len()).collect(),
+            });
+        }
+        self.keep_spare(open.request.bytes);
+        self.keep_spare(open.response.bytes);
+    }
+
+    /// `bytes` in a buffer of the spare pool when there is one.
+    fn copy_of(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        buffer.extend_from_slice(bytes);
+        buffer
     }
 
     // ---- fork --------------------------------------------------------
@@ -940,6 +1037,7 @@ impl OpenSession {
             inbound,
             request: Buf::default(),
             response: Buf::default(),
+            writes: WriteTimes::default(),
             calls: Vec::new(),
             last_activity_ns: now_ns,
             inherited: false,

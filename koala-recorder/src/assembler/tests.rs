@@ -1054,3 +1054,81 @@ fn readiness_probes_are_counted_not_written() {
     assert_eq!(finished[0].id, "7-42-1", "ids stay dense");
     assert_eq!(a.stats().empty_sessions, 2);
 }
+
+const GET_A: &str = "GET /a HTTP/1.1\r\nHost: svc\r\n\r\n";
+const GET_B: &str = "GET /b HTTP/1.1\r\nHost: svc\r\n\r\n";
+const OK_A: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+const OK_B: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nbb";
+
+#[test]
+fn pipelined_http_requests_are_one_session_each() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    connect(&mut a, 9, 10, 40000, 6379, 1);
+    // Both requests in one read; each served in turn, with its own call.
+    a.received(5, 10, format!("{GET_A}{GET_B}").as_bytes(), 2);
+    a.sent(9, 10, b"GET a\r\n", 3);
+    a.received(9, 10, b"va\r\n", 4);
+    a.sent(5, 10, OK_A.as_bytes(), 5);
+    a.sent(9, 10, b"GET b\r\n", 6);
+    a.received(9, 10, b"vb\r\n", 7);
+    a.sent(5, 10, OK_B.as_bytes(), 8);
+    a.received(5, 10, b"GET /c HTTP/1.1\r\n\r\n", 9);
+    let finished = a.take_finished();
+    assert_eq!(finished.len(), 2, "one session per pipelined request");
+    let (sa, sb) = (&finished[0], &finished[1]);
+    assert_eq!(
+        (text(&sa.inbound.request), text(&sa.inbound.response)),
+        (GET_A, OK_A)
+    );
+    assert_eq!(
+        (text(&sb.inbound.request), text(&sb.inbound.response)),
+        (GET_B, OK_B)
+    );
+    assert_eq!(calls(sa), [("GET a\r\n", "va\r\n")]);
+    assert_eq!(calls(sb), [("GET b\r\n", "vb\r\n")]);
+    assert_eq!((sa.inbound.request_ns, sa.inbound.response_ns), (2, 5));
+    assert_eq!((sb.inbound.request_ns, sb.inbound.response_ns), (2, 8));
+    assert_eq!((sa.id.as_str(), sb.id.as_str()), ("7-42-1", "7-42-2"));
+    assert_eq!(sa.end, Some(EndReason::NextRequest));
+    assert_eq!(sb.end, Some(EndReason::NextRequest));
+    assert_eq!((sa.calls[0].seq, sb.calls[0].seq), (Some(0), Some(1)));
+    a.sent(5, 10, b"HTTP/1.1 204 No Content\r\n\r\n", 10);
+    a.forget_fd(5);
+    assert_eq!(
+        text(&a.take_finished()[0].inbound.request),
+        "GET /c HTTP/1.1\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_pipelined_request_split_across_reads_stays_with_its_session() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    let (b_start, b_rest) = GET_B.split_at(10);
+    a.received(5, 10, format!("{GET_A}{b_start}").as_bytes(), 2);
+    a.sent(5, 10, OK_A.as_bytes(), 3);
+    a.received(5, 10, b_rest.as_bytes(), 4);
+    a.sent(5, 10, OK_B.as_bytes(), 5);
+    a.forget_fd(5);
+    let finished = a.take_finished();
+    let pairs: Vec<(&str, &str)> = finished
+        .iter()
+        .map(|s| (text(&s.inbound.request), text(&s.inbound.response)))
+        .collect();
+    assert_eq!(pairs, [(GET_A, OK_A), (GET_B, OK_B)]);
+    assert_eq!(finished[1].end, Some(EndReason::Close));
+}
+
+#[test]
+fn pipelined_responses_written_together_are_split_without_calls() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, format!("{GET_A}{GET_B}").as_bytes(), 2);
+    a.sent(5, 10, format!("{OK_A}{OK_B}").as_bytes(), 3);
+    a.forget_fd(5);
+    let finished = a.take_finished();
+    assert_eq!(finished.len(), 2);
+    assert_eq!(text(&finished[1].inbound.response), OK_B);
+    assert_eq!(finished[1].inbound.response_ns, 3);
+}

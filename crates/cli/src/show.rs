@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use koala_protocols::{Protocol, Side};
+use koala_replayer::units;
 use koala_session::{Exchange, Payload, Session, read_sessions_file, session_files};
 
 pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
@@ -44,27 +46,72 @@ pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
 
 fn print_session(session: &Session, full: bool) {
     let end = session.end.map_or("-", |e| e.as_str());
+    let kind = if session.is_background() {
+        "background record"
+    } else {
+        "session"
+    };
     println!(
-        "  session {}  {} pid {} tid {}  end {end}",
+        "  {kind} {}  {} pid {} tid {}  end {end}",
         session.id, session.program, session.pid, session.tid
     );
-    print_exchange(
-        "inbound",
-        &session.inbound,
-        &format!("{} -> {}", session.inbound.peer, session.inbound.local),
-        full,
-    );
+    if !session.is_background() {
+        let protocol = koala_protocols::detect_request(session.inbound.request.as_bytes());
+        print_exchange(
+            &label("inbound", protocol),
+            &session.inbound,
+            &format!("{} -> {}", session.inbound.peer, session.inbound.local),
+            protocol,
+            full,
+        );
+    }
+    // What replay makes of the calls: their connection's protocol, and
+    // which of them open a connection.
+    let setup: Vec<usize> = units::expand(&session.calls)
+        .iter()
+        .filter(|unit| unit.setup)
+        .map(|unit| unit.call)
+        .collect();
     for (index, call) in session.calls.iter().enumerate() {
-        let label = if call.is_greeting() {
-            format!("call {} (greeting)", index + 1)
-        } else {
-            format!("call {}", index + 1)
-        };
-        print_exchange(&label, call, &format!("-> {}", call.peer), full);
+        let protocol = units::connection_protocol(
+            session
+                .calls
+                .iter()
+                .filter(|c| c.local == call.local && c.peer == call.peer),
+        );
+        let mut notes = Vec::new();
+        if call.is_greeting() {
+            notes.push("greeting");
+        }
+        if setup.contains(&index) {
+            notes.push("set-up");
+        }
+        if call.closed {
+            notes.push("then closed");
+        }
+        let mut text = label(&format!("call {}", index + 1), protocol);
+        if !notes.is_empty() {
+            text.push_str(&format!(" ({})", notes.join(", ")));
+        }
+        print_exchange(&text, call, &format!("-> {}", call.peer), protocol, full);
     }
 }
 
-fn print_exchange(label: &str, exchange: &Exchange, route: &str, full: bool) {
+/// `call 3 [postgres]`.
+fn label(what: &str, protocol: Option<&dyn Protocol>) -> String {
+    match protocol {
+        Some(protocol) => format!("{what} [{}]", protocol.name()),
+        None => what.to_string(),
+    }
+}
+
+fn print_exchange(
+    label: &str,
+    exchange: &Exchange,
+    route: &str,
+    protocol: Option<&dyn Protocol>,
+    full: bool,
+) {
     let took = match (exchange.request_ns, exchange.response_ns) {
         (start, end) if start > 0 && end >= start => {
             format!("  {}", duration((end - start) as f64 / 1e6))
@@ -77,20 +124,43 @@ fn print_exchange(label: &str, exchange: &Exchange, route: &str, full: bool) {
         ""
     };
     println!("    {label:<18} {route}{took}{cut}");
-    // Printable ASCII as is, every other byte escaped: binary stays on one line.
-    if full {
-        println!(
-            "      request  {}",
-            exchange.request.as_bytes().escape_ascii()
-        );
-        println!(
-            "      response {}",
-            exchange.response.as_bytes().escape_ascii()
-        );
-    } else {
-        println!("      request  {}", preview(&exchange.request));
-        println!("      response {}", preview(&exchange.response));
+    for (name, payload, side) in [
+        ("request ", &exchange.request, Side::Request),
+        ("response", &exchange.response, Side::Response),
+    ] {
+        let rendered = protocol
+            .filter(|_| !payload.is_empty())
+            .and_then(|protocol| protocol.render(payload.as_bytes(), side));
+        match (rendered, full) {
+            // The protocol's reading, every line of it.
+            (Some(text), true) => {
+                let mut lines = text.lines();
+                println!("      {name} {}", lines.next().unwrap_or_default());
+                for line in lines {
+                    println!("               {line}");
+                }
+            }
+            (Some(text), false) => {
+                println!("      {name} {}", first_line(&text, payload.len()));
+            }
+            // Printable ASCII as is, every other byte escaped: binary stays
+            // on one line.
+            (None, true) => println!("      {name} {}", payload.as_bytes().escape_ascii()),
+            (None, false) => println!("      {name} {}", preview(payload)),
+        }
     }
+}
+
+/// The first line of a rendering (at most 72 characters) and the size.
+fn first_line(text: &str, size: usize) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    let cut: String = line.chars().take(72).collect();
+    let more = if cut.len() < text.trim_end().len() {
+        " …"
+    } else {
+        ""
+    };
+    format!("{cut}{more}  ({size} B)")
 }
 
 /// Milliseconds, or microseconds below one millisecond.

@@ -4,8 +4,9 @@
 //! its response) and a keep-alive backend (one connection opened by the
 //! first request, used by every later one). Each call carries its
 //! connection's id and its position on it; the HTTP/1.0 calls are marked
-//! `closed`. Readiness probes (connect and close, connect and send a
-//! newline) are not written, and counted in the exit summary.
+//! `closed`. Two pipelined requests are two sessions, each with its own
+//! calls. Readiness probes (connect and close, connect and send a newline)
+//! are not written, and counted in the exit summary.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -92,7 +93,15 @@ handler = {"backend10": Backend10, "backend11": Backend11, "service": Service}[r
 ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
 "#;
 
-const REQUESTS: usize = 3;
+/// Requests one at a time on a keep-alive connection, then two pipelined
+/// (sent together) on another.
+const ONE_AT_A_TIME: usize = 3;
+const PIPELINED: usize = 2;
+const REQUESTS: usize = ONE_AT_A_TIME + PIPELINED;
+
+fn item_request(id: &str) -> String {
+    format!("GET /item/{id} HTTP/1.1\r\nHost: svc\r\n\r\n")
+}
 
 fn old_request(id: &str) -> Vec<u8> {
     format!("GET /old/{id} HTTP/1.0\r\n\r\n").into_bytes()
@@ -157,12 +166,27 @@ fn calls_carry_connection_positions_and_closes_and_probes_are_not_sessions() {
     .spawn(&dir);
     service.wait_for_port(port);
 
-    // Requests on one keep-alive connection.
     let ids: Vec<String> = (0..REQUESTS).map(|i| format!("i{i}")).collect();
     let mut stream = connect(port);
-    for id in &ids {
-        let request = format!("GET /item/{id} HTTP/1.1\r\nHost: svc\r\n\r\n");
-        let response = http_exchange(&mut stream, request.as_bytes());
+    for id in &ids[..ONE_AT_A_TIME] {
+        let response = http_exchange(&mut stream, item_request(id).as_bytes());
+        assert_bytes(
+            &response,
+            &service_response(id),
+            &format!("response to {id}"),
+        );
+    }
+    drop(stream);
+    // Pipelined: the service reads both requests at once and answers them
+    // in turn, each after its own calls.
+    let mut stream = connect(port);
+    let pipelined: String = ids[ONE_AT_A_TIME..]
+        .iter()
+        .map(|id| item_request(id))
+        .collect();
+    stream.write_all(pipelined.as_bytes()).unwrap();
+    for id in &ids[ONE_AT_A_TIME..] {
+        let response = read_http_response(&mut stream).unwrap();
         assert_bytes(
             &response,
             &service_response(id),
@@ -194,6 +218,11 @@ fn calls_carry_connection_positions_and_closes_and_probes_are_not_sessions() {
     let mut new_conns = BTreeSet::new();
     for (index, (session, id)) in sessions.iter().zip(&ids).enumerate() {
         let what = show(session);
+        assert_bytes(
+            session.inbound.request.as_bytes(),
+            item_request(id).as_bytes(),
+            &format!("{what}\ninbound request"),
+        );
         assert_bytes(
             session.inbound.response.as_bytes(),
             &service_response(id),

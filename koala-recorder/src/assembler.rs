@@ -943,6 +943,10 @@ impl Assembler {
         open: &OpenSession,
         calls: &[FinishedExchange],
     ) -> Option<Vec<pipelining::Part>> {
+        // Most sessions are ruled out here, before anything is allocated.
+        if !pipelining::may_hold_several(&open.request.bytes) {
+            return None;
+        }
         let call_starts: Vec<u64> = calls
             .iter()
             .map(|c| match c.request_ns {

@@ -169,7 +169,7 @@ fn frame_answer(http: &dyn Protocol, request: &[u8], response: &[u8]) -> Option<
 /// request starts with a method (upper-case letters), and holds anything
 /// after its head — a body or another request. A GET without a body, the
 /// common case, is ruled out by finding the end of its head at the end.
-fn may_hold_several(request: &[u8]) -> bool {
+pub(super) fn may_hold_several(request: &[u8]) -> bool {
     if !request.first().is_some_and(u8::is_ascii_uppercase) {
         return false;
     }

@@ -26,6 +26,8 @@
 //! - A read after a response continues the same request when the protocol
 //!   catalogue says the request is not complete yet (FastCGI's trailing
 //!   empty stdin record, an HTTP body after `100 Continue`).
+//! - Pipelined HTTP requests, read together, are split into one session
+//!   each when the session ends (`pipelining`).
 //! - A session whose request is empty or whitespace and which made no calls
 //!   (a readiness probe) is not written, only counted.
 //! - Calls made outside any session — by a thread with no current session
@@ -84,8 +86,8 @@ pub struct Stats {
     pub calls_over_limit: u64,
     pub truncated_payloads: u64,
     /// Sessions not written because their request was empty or whitespace
-    /// and they made no calls: readiness probes (connect and close, connect
-    /// and send a newline).
+    /// and they made no calls: readiness probes (connect and send a
+    /// newline, or connect to a service that speaks first, and close).
     pub empty_sessions: u64,
 }
 
@@ -898,8 +900,8 @@ impl Assembler {
             self.stats.sessions_left_to_parent += 1;
             return;
         }
-        // A readiness probe (connect and close, connect and send a newline)
-        // looks like traffic but is no request.
+        // A readiness probe (connect and send a newline; connect to a service
+        // that speaks first and close) looks like traffic but is no request.
         if open.inbound.is_some() && calls.is_empty() && is_blank(&open.request) {
             self.stats.empty_sessions += 1;
             self.keep_spare(open.request.bytes);

@@ -481,7 +481,7 @@ impl Registry {
             .closest
             .and_then(|(index, score)| Some((units.get(index)?, score)));
         let misses = MISSES.fetch_add(1, Ordering::Relaxed);
-        if misses < MISSES_LOGGED_IN_FULL || misses % MISS_LOG_EVERY == 0 {
+        if misses < MISSES_LOGGED_IN_FULL || misses.is_multiple_of(MISS_LOG_EVERY) {
             tracing::warn!(
                 session = session.unwrap_or("(none: outside any replay)"),
                 destination = request.destination.unwrap_or("?"),

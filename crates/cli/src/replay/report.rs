@@ -218,11 +218,7 @@ pub fn print_summary(out: &mut impl Write, run: &Run, summary: &Summary) -> io::
     row(out, "  unmatched", summary.calls.unmatched.to_string())?;
     row(out, "  missing", summary.calls.missing.to_string())?;
     row(out, "  reused", summary.calls.reused.to_string())?;
-    row(
-        out,
-        "set-up from other sessions",
-        summary.calls.setup.to_string(),
-    )?;
+    row(out, "  shared set-up", summary.calls.setup.to_string())?;
     row(
         out,
         "throughput",

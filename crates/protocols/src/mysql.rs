@@ -20,9 +20,12 @@
 //! ended a recorded authentication (for `caching_sha2_password` fast auth
 //! the recorded reply is `01 03`, fast-auth success, then that OK; after an
 //! auth switch the OK answers a later packet). With nothing recorded a
-//! minimal OK is made up. The client is thus accepted straight after its
+//! minimal OK is made up. A `caching_sha2_password` handshake response with
+//! a scramble gets `01 03` first, as from the server's fast path: PHP's
+//! mysqlnd waits for it. The client is thus accepted straight after its
 //! handshake response, whatever its password and plugin: it never reaches
-//! the auth switch, public key or full-auth steps.
+//! the auth switch, public key or full-auth steps. (Checked with PHP's
+//! mysqli and PDO and the mariadb client, against both plugins.)
 
 use crate::parse::{Step, printable, step};
 use crate::{Completeness, Exchange, NormalizeOptions, Normalized, Protocol, Side};
@@ -61,6 +64,9 @@ const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
 /// The payload of an SSL request: the first 32 bytes of a handshake
 /// response, after which the client starts TLS.
 const SSL_REQUEST_PAYLOAD: usize = 32;
+
+/// `caching_sha2_password`'s fast-auth success: auth-more-data `0x03`.
+const FAST_AUTH_SUCCESS: [u8; 2] = [0x01, 0x03];
 
 /// A minimal OK packet payload: no rows, no insert id, autocommit on.
 const MINIMAL_OK: [u8; 7] = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
@@ -198,19 +204,28 @@ impl Protocol for Mysql {
     }
 
     /// For authentication packets: the OK that ended a recorded
-    /// authentication, or a minimal OK, with the next sequence id (see the
-    /// module documentation). `None` for commands and the SSL request.
+    /// authentication, or a minimal OK, with the next sequence id; after
+    /// `01 03` for a `caching_sha2_password` handshake response with a
+    /// scramble (see the module documentation). `None` for commands and the
+    /// SSL request.
     fn answer_setup(&self, request: &[u8], recorded: &[Exchange<'_>]) -> Option<Vec<u8>> {
         let sequence = *request.get(3)?;
         if sequence == 0 || !self.expects_response(request) {
             return None;
         }
-        let payload = recorded
+        let ok = recorded
             .iter()
             .filter(|exchange| exchange.request.get(3).is_some_and(|&s| s != 0))
             .find_map(|exchange| auth_ok(exchange.response))
             .unwrap_or(&MINIMAL_OK);
-        Some(with_header(sequence.wrapping_add(1), payload))
+        let mut reply = Vec::new();
+        let mut sequence = sequence.wrapping_add(1);
+        if sequence == 2 && expects_fast_auth_result(request) {
+            reply = with_header(sequence, &FAST_AUTH_SUCCESS);
+            sequence = sequence.wrapping_add(1);
+        }
+        reply.extend(with_header(sequence, ok));
+        Some(reply)
     }
 
     /// An ERR packet: error 1105 (`ER_UNKNOWN_ERROR`), SQL state `HY000`,
@@ -433,6 +448,8 @@ fn greeting_payload(payload: &[u8]) -> Option<Greeting<'_>> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct HandshakeResponse<'a> {
     user: &'a [u8],
+    /// The proof of the password (a scramble, or empty).
+    auth: &'a [u8],
     database: Option<&'a [u8]>,
     plugin: Option<&'a [u8]>,
     /// Connection attributes, names and values.
@@ -470,6 +487,19 @@ fn lenenc_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((rest.get(..len)?, rest.get(len..)?))
 }
 
+/// Whether the client waits for `caching_sha2_password`'s fast-auth
+/// result before the OK (PHP's mysqlnd hangs on an OK alone): a handshake
+/// response of that plugin with a scramble (an empty password has none, and
+/// gets the OK at once).
+fn expects_fast_auth_result(request: &[u8]) -> bool {
+    request
+        .get(4..)
+        .and_then(handshake_response)
+        .is_some_and(|response| {
+            response.plugin == Some(&b"caching_sha2_password"[..]) && !response.auth.is_empty()
+        })
+}
+
 /// Parses a protocol 41 handshake response payload.
 fn handshake_response(payload: &[u8]) -> Option<HandshakeResponse<'_>> {
     let capabilities = capabilities(payload);
@@ -477,7 +507,7 @@ fn handshake_response(payload: &[u8]) -> Option<HandshakeResponse<'_>> {
         return None;
     }
     let (user, rest) = nul_string(payload.get(32..)?)?;
-    let (_auth, mut rest) = if capabilities & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+    let (auth, mut rest) = if capabilities & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
         lenenc_string(rest)?
     } else if capabilities & CLIENT_SECURE_CONNECTION != 0 {
         let (&len, rest) = rest.split_first()?;
@@ -488,6 +518,7 @@ fn handshake_response(payload: &[u8]) -> Option<HandshakeResponse<'_>> {
     };
     let mut response = HandshakeResponse {
         user,
+        auth,
         ..HandshakeResponse::default()
     };
     if capabilities & CLIENT_CONNECT_WITH_DB != 0 {
@@ -1506,14 +1537,26 @@ mod tests {
                 response: &recorded_response,
             },
         ];
+        // Fast-auth success first: PHP's mysqlnd waits for it.
         assert_eq!(
             Mysql.answer_setup(&request, &recorded),
-            Some(vec![7, 0, 0, 2, 0x00, 0x00, 0x00, 0x02, 0x40, 0x00, 0x00])
+            Some(vec![
+                2, 0, 0, 2, 0x01, 0x03, // fast-auth success
+                7, 0, 0, 3, 0x00, 0x00, 0x00, 0x02, 0x40, 0x00, 0x00, // the recorded OK
+            ])
         );
         // Nothing recorded: a minimal OK.
         assert_eq!(
             Mysql.answer_setup(&request, &recorded[..1]),
-            Some(vec![7, 0, 0, 2, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00])
+            Some(vec![
+                2, 0, 0, 2, 0x01, 0x03, // fast-auth success
+                7, 0, 0, 3, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, // a minimal OK
+            ])
+        );
+        // An empty password sends no scramble, and gets the OK at once.
+        assert_eq!(
+            Mysql.answer_setup(&handshake("caching_sha2_password", b""), &recorded),
+            Some(vec![7, 0, 0, 2, 0x00, 0x00, 0x00, 0x02, 0x40, 0x00, 0x00])
         );
     }
 

@@ -426,8 +426,12 @@ fn render_value(
             match kind {
                 b'$' => out.push_str(&quoted(data)),
                 b'!' => out.push_str(&format!("(error) {}", printable(data))),
-                // A verbatim string starts with its format: `txt:`.
-                _ => out.push_str(&printable(data.get(4..).unwrap_or_default())),
+                // A verbatim string starts with its format (`txt:`); its
+                // text's lines (INFO's) end with CRLF.
+                _ => {
+                    let text = printable(data.get(4..).unwrap_or_default());
+                    out.push_str(&text.replace("\\r\n", "\n"));
+                }
             }
             return Some(end + 2);
         }
@@ -773,6 +777,11 @@ mod tests {
         assert_eq!(
             Redis.render(nested, Side::Response).as_deref(),
             Some("1) 1) (integer) 1\n   2) (integer) 2\n2) 1) k => 1) v")
+        );
+        let info = b"=36\r\ntxt:# Server\r\nredis_version:7.0.15\r\n\r\n";
+        assert_eq!(
+            Redis.render(info, Side::Response).as_deref(),
+            Some("# Server\nredis_version:7.0.15\n")
         );
         let annotated = b"|1\r\n+ttl\r\n:3600\r\n$5\r\nvalue\r\n";
         assert_eq!(

@@ -875,4 +875,158 @@ mod tests {
         let answer = ask(&registry, a.id, b"GET k", Some(REDIS), 1);
         assert!(answer.background && answer.response.is_none());
     }
+
+    // ---- MySQL caching_sha2_password, at the registry level ---------------
+
+    /// A MySQL packet: 3-byte length, sequence id, payload.
+    fn packet(sequence: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        out.push(sequence);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A protocol-10 greeting offering caching_sha2_password, with `nonce`.
+    fn greeting(nonce: &[u8; 20]) -> Vec<u8> {
+        let mut payload = vec![0x0a];
+        payload.extend_from_slice(b"8.0.36\0");
+        payload.extend_from_slice(&7u32.to_le_bytes());
+        payload.extend_from_slice(&nonce[..8]);
+        payload.push(0);
+        let capabilities: u32 = 0x0008_8000 | 0x0000_0200 | 0x0010_0000 | 0x0000_0008;
+        payload.extend_from_slice(&(capabilities as u16).to_le_bytes());
+        payload.push(0xff); // utf8mb4_0900_ai_ci
+        payload.extend_from_slice(&2u16.to_le_bytes());
+        payload.extend_from_slice(&((capabilities >> 16) as u16).to_le_bytes());
+        payload.push(21);
+        payload.extend_from_slice(&[0; 10]);
+        payload.extend_from_slice(&nonce[8..]);
+        payload.push(0);
+        payload.extend_from_slice(b"caching_sha2_password\0");
+        packet(0, &payload)
+    }
+
+    /// A handshake response (sequence 1) with a 32-byte caching_sha2
+    /// scramble and connection attributes naming the client's pid.
+    fn handshake_response(scramble: u8, pid: &str) -> Vec<u8> {
+        let capabilities: u32 = 0x0008_8000 | 0x0000_0200 | 0x0010_0000 | 0x0000_0008;
+        let mut payload = capabilities.to_le_bytes().to_vec();
+        payload.extend_from_slice(&(16u32 << 20).to_le_bytes());
+        payload.push(0xff);
+        payload.extend_from_slice(&[0; 23]);
+        payload.extend_from_slice(b"app\0");
+        payload.push(32);
+        payload.extend_from_slice(&[scramble; 32]);
+        payload.extend_from_slice(b"shop\0");
+        payload.extend_from_slice(b"caching_sha2_password\0");
+        let mut attributes = Vec::new();
+        for (key, value) in [("_client_name", "libmysql"), ("_pid", pid)] {
+            attributes.push(key.len() as u8);
+            attributes.extend_from_slice(key.as_bytes());
+            attributes.push(value.len() as u8);
+            attributes.extend_from_slice(value.as_bytes());
+        }
+        payload.push(attributes.len() as u8);
+        payload.extend_from_slice(&attributes);
+        packet(1, &payload)
+    }
+
+    const MYSQL: &str = "127.0.0.1:3306";
+
+    fn mysql_call(request: Vec<u8>, response: Vec<u8>) -> Exchange {
+        Exchange {
+            local: "127.0.0.1:41000".into(),
+            peer: MYSQL.into(),
+            request: Payload::from(request.as_slice()),
+            response: Payload::from(response.as_slice()),
+            ..Exchange::default()
+        }
+    }
+
+    fn ok(sequence: u8) -> Vec<u8> {
+        packet(sequence, &[0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00])
+    }
+
+    fn update(timestamp: &str) -> Vec<u8> {
+        let mut payload = vec![0x03];
+        payload.extend_from_slice(
+            format!("UPDATE items SET seen = {timestamp} WHERE id = 7").as_bytes(),
+        );
+        packet(0, &payload)
+    }
+
+    /// Issue 8, acceptance 2 at the registry level: a MySQL 8 session
+    /// recorded with caching_sha2_password — fast auth (`01 03` then OK), or
+    /// full auth (`01 04`, public-key request, RSA-encrypted password with
+    /// random padding, OK) — replays with another client scramble and
+    /// other connection attributes: the handshake is answered with fast-auth
+    /// success and the recorded OK (the client never reaches full auth), the
+    /// statement with another timestamp matches, nothing is unmatched, and
+    /// the recorded authentication is not missing.
+    #[test]
+    fn mysql_caching_sha2_sessions_replay_with_any_scramble() {
+        let recorded_nonce = [b'n'; 20];
+        let update_ok = packet(1, &[0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00]);
+        let fast = vec![
+            mysql_call(Vec::new(), greeting(&recorded_nonce)),
+            mysql_call(
+                handshake_response(0xaa, "4242"),
+                [packet(2, &[0x01, 0x03]), ok(3)].concat(),
+            ),
+            mysql_call(update("1796209470456"), update_ok.clone()),
+        ];
+        let full = vec![
+            mysql_call(Vec::new(), greeting(&recorded_nonce)),
+            mysql_call(handshake_response(0xaa, "4242"), packet(2, &[0x01, 0x04])),
+            mysql_call(
+                packet(3, &[0x02]),
+                packet(4, b"\x01-----BEGIN PUBLIC KEY-----\n..."),
+            ),
+            mysql_call(packet(5, &[0x5a; 256]), ok(6)),
+            mysql_call(update("1796209470456"), update_ok.clone()),
+        ];
+        for (name, calls) in [("fast auth", fast), ("full auth", full)] {
+            let registry = Registry::new(MatchConfig::default(), OnMiss::Error);
+            let replay = registry.begin(session(Kind::Session, calls.clone()));
+            let served = registry.greeting(replay.id, Some(MYSQL), 1);
+            assert_eq!(
+                served.as_deref(),
+                Some(calls[0].response.as_bytes()),
+                "{name}"
+            );
+            let protocol = koala_protocols::detect_greeting(&served.unwrap());
+            assert_eq!(protocol.map(|p| p.name()), Some("mysql"), "{name}");
+            let ask_mysql = |bytes: &[u8]| {
+                registry.answer(Request {
+                    replay_id: replay.id,
+                    bytes,
+                    destination: Some(MYSQL),
+                    conn: 1,
+                    protocol,
+                    arrived: Instant::now(),
+                })
+            };
+            let answer = ask_mysql(&handshake_response(0x55, "9999"));
+            assert_eq!(
+                answer.response,
+                Some([packet(2, &[0x01, 0x03]), ok(3)].concat()),
+                "{name}: fast-auth success and the recorded OK"
+            );
+            let answer = ask_mysql(&update("1796309999999"));
+            assert_eq!(answer.response, Some(update_ok.clone()), "{name}");
+            let (made, unmatched) = replay.calls();
+            assert!(unmatched.is_empty(), "{name}: {made:?}");
+            assert_eq!(
+                made.iter().map(|c| c.setup).collect::<Vec<_>>(),
+                [true, true, false],
+                "{name}: greeting and handshake are set-up"
+            );
+            assert_eq!(made[2].matched, Some(calls.len() - 1), "{name}");
+            assert!(
+                replay.missing().is_empty(),
+                "{name}: {:?}",
+                replay.missing()
+            );
+        }
+    }
 }

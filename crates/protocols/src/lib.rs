@@ -27,6 +27,7 @@ mod exchange;
 mod normalized;
 mod parse;
 mod recorded;
+mod sql;
 
 pub use exchange::{Unit, split_exchange};
 pub use normalized::{NormalizeOptions, Normalized};

@@ -28,6 +28,7 @@
 //! mysqli and PDO and the mariadb client, against both plugins.)
 
 use crate::parse::{Step, printable, step};
+use crate::sql;
 use crate::{Completeness, Exchange, NormalizeOptions, Normalized, Protocol, Side};
 
 /// The MySQL protocol.
@@ -197,7 +198,8 @@ impl Protocol for Mysql {
         match command {
             command::INIT_DB | command::SET_OPTION => true,
             command::QUERY => {
-                sql_first_keyword(request.get(5..).unwrap_or_default()).eq_ignore_ascii_case(b"SET")
+                let statement = request.get(5..).unwrap_or_default();
+                sql::starts_with_keyword(statement, "SET", &sql::MYSQL)
             }
             _ => false,
         }
@@ -789,242 +791,18 @@ fn operation(request: &[u8]) -> Option<Vec<u8>> {
     Some(key)
 }
 
-/// SQL keywords upper-cased by [`normalize_sql`], sorted.
-const SQL_KEYWORDS: &[&str] = &[
-    "ALL",
-    "ALTER",
-    "AND",
-    "ANY",
-    "AS",
-    "ASC",
-    "BEGIN",
-    "BETWEEN",
-    "BY",
-    "CALL",
-    "CASE",
-    "COLLATE",
-    "COMMIT",
-    "CREATE",
-    "CROSS",
-    "DATABASE",
-    "DEFAULT",
-    "DELETE",
-    "DESC",
-    "DESCRIBE",
-    "DISTINCT",
-    "DO",
-    "DROP",
-    "DUPLICATE",
-    "ELSE",
-    "END",
-    "EXISTS",
-    "EXPLAIN",
-    "FALSE",
-    "FOR",
-    "FORCE",
-    "FROM",
-    "FULL",
-    "GLOBAL",
-    "GROUP",
-    "HAVING",
-    "IF",
-    "IGNORE",
-    "IN",
-    "INDEX",
-    "INNER",
-    "INSERT",
-    "INTERVAL",
-    "INTO",
-    "IS",
-    "ISOLATION",
-    "JOIN",
-    "KEY",
-    "LEFT",
-    "LEVEL",
-    "LIKE",
-    "LIMIT",
-    "LOCK",
-    "LOCKED",
-    "NAMES",
-    "NATURAL",
-    "NOT",
-    "NOWAIT",
-    "NULL",
-    "OFFSET",
-    "ON",
-    "OR",
-    "ORDER",
-    "OUTER",
-    "PRIMARY",
-    "READ",
-    "RELEASE",
-    "REPLACE",
-    "RIGHT",
-    "ROLLBACK",
-    "SAVEPOINT",
-    "SELECT",
-    "SESSION",
-    "SET",
-    "SHARE",
-    "SHOW",
-    "SKIP",
-    "START",
-    "STRAIGHT_JOIN",
-    "TABLE",
-    "THEN",
-    "TO",
-    "TRANSACTION",
-    "TRUE",
-    "TRUNCATE",
-    "UNION",
-    "UNIQUE",
-    "UNLOCK",
-    "UPDATE",
-    "USE",
-    "USING",
-    "VALUES",
-    "WHEN",
-    "WHERE",
-    "WITH",
-    "WORK",
-    "WRITE",
-    "XOR",
-];
-
-fn is_keyword(word: &[u8]) -> bool {
-    word.len() <= 16
-        && SQL_KEYWORDS
-            .binary_search_by(|keyword| {
-                let keyword = keyword.as_bytes();
-                keyword
-                    .iter()
-                    .map(u8::to_ascii_uppercase)
-                    .cmp(word.iter().map(u8::to_ascii_uppercase))
-            })
-            .is_ok()
-}
-
-/// A byte of an unquoted identifier or keyword.
-fn is_word_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
-}
-
 /// Appends `sql` to `out` in a form that leaves out what changes between
-/// runs, stopping when `out` holds `max_len` bytes:
-/// - number literals and quoted strings (`'...'`, `"..."`) become `?`;
-/// - comments are dropped, runs of whitespace become one space, leading
-///   and trailing whitespace goes;
-/// - SQL keywords are upper-cased; identifiers (also `` `quoted` ``) and
-///   punctuation are kept.
+/// runs, stopping when `out` holds `max_len` bytes: number literals and
+/// quoted strings (`'...'`, `"..."`) become `?`, comments are dropped, runs
+/// of whitespace become one space, SQL keywords are upper-cased;
+/// identifiers (also `` `quoted` ``) and punctuation are kept. (The
+/// crate's one SQL normaliser, in its MySQL dialect.)
 ///
 /// `select *  from t where id=7 -- x` gives `SELECT * FROM t WHERE id=?`.
 pub fn normalize_sql(sql: &[u8], out: &mut Vec<u8>, max_len: usize) {
     let start = out.len();
-    let mut at = 0;
-    let mut space = false;
-    while at < sql.len() && out.len() < max_len {
-        let byte = sql[at];
-        let rest = &sql[at..];
-        // The end of the token starting at `at`, and what replaces it.
-        let (end, replacement): (usize, Option<&[u8]>) = if byte.is_ascii_whitespace() {
-            space = true;
-            at += 1;
-            continue;
-        } else if rest.starts_with(b"/*") {
-            let close = rest[2..].windows(2).position(|pair| pair == b"*/");
-            space = true;
-            at += close.map_or(rest.len(), |close| close + 4);
-            continue;
-        } else if rest.starts_with(b"--") || byte == b'#' {
-            let newline = rest.iter().position(|&b| b == b'\n');
-            space = true;
-            at += newline.unwrap_or(rest.len());
-            continue;
-        } else if byte == b'\'' || byte == b'"' {
-            (at + quoted_len(rest), Some(b"?"))
-        } else if byte == b'`' {
-            let close = rest[1..].iter().position(|&b| b == b'`');
-            (at + close.map_or(rest.len(), |close| close + 2), None)
-        } else if byte.is_ascii_digit() {
-            let len = rest
-                .iter()
-                .take_while(|&&b| is_word_byte(b) || b == b'.')
-                .count();
-            (at + len, Some(b"?"))
-        } else if is_word_byte(byte) {
-            let len = rest.iter().take_while(|&&b| is_word_byte(b)).count();
-            (at + len, None)
-        } else {
-            (at + 1, None)
-        };
-        if space && out.len() > start {
-            out.push(b' ');
-        }
-        space = false;
-        let token = &sql[at..end];
-        match replacement {
-            Some(replacement) => out.extend_from_slice(replacement),
-            None if is_word_byte(byte) && is_keyword(token) => {
-                out.extend(token.iter().map(u8::to_ascii_uppercase))
-            }
-            None => out.extend_from_slice(token),
-        }
-        at = end;
-    }
+    sql::push_key(out, sql, &sql::MYSQL, max_len.saturating_sub(start));
     out.truncate(max_len.max(start));
-}
-
-/// The length of the quoted string at the start of `sql` (quote included),
-/// with doubled quotes and backslash escapes; all of `sql` when unclosed.
-fn quoted_len(sql: &[u8]) -> usize {
-    let quote = sql[0];
-    let mut at = 1;
-    while at < sql.len() {
-        match sql[at] {
-            b'\\' => at += 2,
-            byte if byte == quote => {
-                if sql.get(at + 1) == Some(&quote) {
-                    at += 2;
-                } else {
-                    return at + 1;
-                }
-            }
-            _ => at += 1,
-        }
-    }
-    sql.len()
-}
-
-/// The first word of an SQL statement, after whitespace, comments and
-/// opening parentheses.
-fn sql_first_keyword(mut sql: &[u8]) -> &[u8] {
-    loop {
-        let trimmed = sql.trim_ascii_start();
-        if let Some(rest) = trimmed.strip_prefix(b"/*") {
-            let end = rest
-                .windows(2)
-                .position(|pair| pair == b"*/")
-                .map_or(rest.len(), |at| at + 2);
-            sql = &rest[end..];
-        } else if let Some(rest) = trimmed
-            .strip_prefix(b"--")
-            .or_else(|| trimmed.strip_prefix(b"#"))
-        {
-            let end = rest
-                .iter()
-                .position(|&byte| byte == b'\n')
-                .unwrap_or(rest.len());
-            sql = &rest[end..];
-        } else if let Some(rest) = trimmed.strip_prefix(b"(") {
-            sql = rest;
-        } else {
-            let len = trimmed
-                .iter()
-                .take_while(|byte| byte.is_ascii_alphabetic())
-                .count();
-            return &trimmed[..len];
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

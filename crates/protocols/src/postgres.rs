@@ -53,12 +53,12 @@
 
 mod render;
 mod setup;
-mod sql;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
+use crate::sql;
 use crate::{Completeness, Exchange, NormalizeOptions, Normalized, Protocol, Side};
 use wire::{BACKEND_TYPES, FRONTEND_TYPES, Message, StartupPacket, Step};
 
@@ -292,7 +292,7 @@ fn operation_key(request: &[u8]) -> Option<Vec<u8>> {
         if let Some(text) = statement_text(request) {
             key.push(b' ');
             let room = MAX_KEY_LEN - key.len();
-            sql::push_sql_key(&mut key, text, room);
+            sql::push_key(&mut key, text, &sql::POSTGRES, room);
         } else if let Some(name) = name.filter(|name| !name.is_empty()) {
             key.push(b' ');
             key.extend_from_slice(&name);
@@ -454,7 +454,8 @@ impl Protocol for Postgres {
             Some(Request::Startup | Request::Ssl | Request::GssEnc | Request::Auth) => true,
             Some(Request::Ready { .. } | Request::Flush) => {
                 statement_text(request).is_some_and(|text| {
-                    sql::starts_with_keyword(text, "SET") || sql::starts_with_keyword(text, "SHOW")
+                    sql::starts_with_keyword(text, "SET", &sql::POSTGRES)
+                        || sql::starts_with_keyword(text, "SHOW", &sql::POSTGRES)
                 })
             }
             _ => false,

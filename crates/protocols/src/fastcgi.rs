@@ -607,7 +607,7 @@ impl Protocol for FastCgi {
 
     /// Key `fastcgi METHOD SCRIPT`; canonical bytes built from the streams,
     /// so the request id, padding and record boundaries do not matter (see
-    /// [`normalize_request`]).
+    /// `normalize_request`).
     fn normalize(&self, request: &[u8], options: &NormalizeOptions) -> Option<Normalized> {
         let (records, _) = records(request);
         let first = records.first()?;

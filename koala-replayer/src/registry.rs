@@ -407,10 +407,12 @@ impl Registry {
                         return Some(self.served_setup(replay, request, &outcome, index));
                     }
                 }
-                let mut pool = lock(&self.setup);
+                // Nothing is consumed: every new connection may need the same
+                // set-up, near-misses (a pid in CLIENT SETNAME) included.
+                let pool = lock(&self.setup);
                 let outcome =
                     pool.matcher
-                        .match_request(request.bytes, request.destination, request.conn);
+                        .trial_match(request.bytes, request.destination, request.conn);
                 let index = outcome.matched?;
                 let unit = &pool.units[index];
                 (
@@ -1028,5 +1030,61 @@ mod tests {
                 replay.missing()
             );
         }
+    }
+
+    /// Another session's recorded set-up answers every new connection, also
+    /// when the request differs in a value (a pid in the client's name).
+    #[test]
+    fn recorded_set_up_answers_every_new_connection() {
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Error);
+        let setname = |pid: &str| {
+            let name = format!("worker-{pid}");
+            format!(
+                "*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n${}\r\n{name}\r\n",
+                name.len()
+            )
+        };
+        let get = "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let opened = vec![
+            Exchange {
+                seq: Some(0),
+                ..call(REDIS, &setname("123"), "+OK\r\n")
+            },
+            Exchange {
+                seq: Some(1),
+                ..call(REDIS, get, "$1\r\na\r\n")
+            },
+        ];
+        let reused = vec![Exchange {
+            seq: Some(7),
+            ..call(REDIS, get, "$1\r\nb\r\n")
+        }];
+        // What koala replay loads: every session's set-up.
+        registry.add_background(&[session(Kind::Session, opened)]);
+        let replay = registry.begin(session(Kind::Session, reused));
+        let redis = koala_protocols::by_name("redis");
+        for conn in 1..=3 {
+            let pid = format!("{}", 900 + conn);
+            let answer = registry.answer(Request {
+                replay_id: replay.id,
+                bytes: setname(&pid).as_bytes(),
+                destination: Some(REDIS),
+                conn,
+                protocol: redis,
+                arrived: Instant::now(),
+            });
+            assert_eq!(
+                answer.response.as_deref(),
+                Some(&b"+OK\r\n"[..]),
+                "conn {conn}"
+            );
+        }
+        let (calls, unmatched) = replay.calls();
+        assert!(unmatched.is_empty(), "{calls:?}");
+        assert!(calls.iter().all(|c| c.setup && c.matched.is_none()));
+        assert_eq!(
+            registry.counters.setup_calls_served.load(Ordering::Relaxed),
+            3
+        );
     }
 }

@@ -525,12 +525,7 @@ impl Protocol for Memcached {
             Some(last) if key_tokens.start == 1 && !key_tokens.is_empty() => last.end,
             _ => name.len(),
         };
-        Some(Normalized {
-            bytes: request.to_vec(),
-            header_range: 0..0,
-            key,
-            scored_from,
-        })
+        Some(Normalized::keyed(request, key, scored_from))
     }
 
     /// `SERVER_ERROR <message>` (on one line); `None` for a request that

@@ -178,12 +178,7 @@ impl Protocol for Mysql {
     /// `mysql auth` for later authentication packets.
     fn normalize(&self, request: &[u8], _options: &NormalizeOptions) -> Option<Normalized> {
         let key = operation(request)?;
-        Some(Normalized {
-            bytes: request.to_vec(),
-            header_range: 0..0,
-            key,
-            scored_from: 0,
-        })
+        Some(Normalized::keyed(request, key, 0))
     }
 
     /// Authentication packets (sequence id not 0), COM_INIT_DB,

@@ -34,6 +34,17 @@ impl Normalized {
         }
     }
 
+    /// A request compared as it is, under operation `key`; scoring starts at
+    /// `scored_from` (after the bytes that spell the key, if they lead).
+    pub fn keyed(request: &[u8], key: Vec<u8>, scored_from: usize) -> Self {
+        Normalized {
+            bytes: request.to_vec(),
+            header_range: 0..0,
+            key,
+            scored_from,
+        }
+    }
+
     /// The bytes scoring compares, and the header range within them.
     pub fn scored(&self) -> (&[u8], Range<usize>) {
         let start = self.scored_from.min(self.bytes.len());

@@ -438,12 +438,7 @@ impl Protocol for Postgres {
 
     fn normalize(&self, request: &[u8], _options: &NormalizeOptions) -> Option<Normalized> {
         let key = operation_key(request)?;
-        Some(Normalized {
-            bytes: request.to_vec(),
-            header_range: 0..0,
-            key,
-            scored_from: 0,
-        })
+        Some(Normalized::keyed(request, key, 0))
     }
 
     /// The start-up packets, authentication messages, and `SET`/`SHOW`

@@ -54,12 +54,7 @@ impl Protocol for Redis {
     /// (see [`operation`]) and scoring starts after them.
     fn normalize(&self, request: &[u8], _options: &NormalizeOptions) -> Option<Normalized> {
         let (key, scored_from) = operation(request)?;
-        Some(Normalized {
-            bytes: request.to_vec(),
-            header_range: 0..0,
-            key,
-            scored_from,
-        })
+        Some(Normalized::keyed(request, key, scored_from))
     }
 
     /// `HELLO`, `AUTH`, `SELECT`, `READONLY` and the `CLIENT` settings of a

@@ -4,9 +4,10 @@
 //! [`ConfigError`] naming the variable, and its default is used instead, so a
 //! typo never stops the host. `docs/environment.md` lists every variable.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What the library does in this process.
@@ -304,6 +305,19 @@ impl Config {
     }
 }
 
+/// Where the library logs when its log file cannot be opened (an unusable
+/// record directory holding the default log): `<TMPDIR>/koala-<uid>/koala.log`,
+/// `/tmp` when `TMPDIR` is unset or relative. Per user, so a worker that
+/// runs as another user gets a directory of its own. `koala record` reads
+/// it too, to say why nothing was recorded.
+pub fn fallback_log_path(tmpdir: Option<&OsStr>, uid: u32) -> PathBuf {
+    let tmp = tmpdir
+        .map(Path::new)
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or(Path::new("/tmp"));
+    tmp.join(format!("koala-{uid}")).join("koala.log")
+}
+
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("built-in default address")
 }
@@ -513,6 +527,23 @@ mod tests {
         assert_eq!(
             errors[0].to_string(),
             r#"KOALA_MODE="recrod" ignored: unknown mode "recrod"; expected record, replay or record,replay"#
+        );
+    }
+
+    #[test]
+    fn the_fallback_log_is_per_user_under_an_absolute_tmpdir() {
+        assert_eq!(
+            fallback_log_path(None, 1000),
+            PathBuf::from("/tmp/koala-1000/koala.log")
+        );
+        assert_eq!(
+            fallback_log_path(Some(OsStr::new("/var/tmp/x")), 0),
+            PathBuf::from("/var/tmp/x/koala-0/koala.log")
+        );
+        // A relative TMPDIR would follow each process's cwd.
+        assert_eq!(
+            fallback_log_path(Some(OsStr::new("tmp")), 7),
+            PathBuf::from("/tmp/koala-7/koala.log")
         );
     }
 

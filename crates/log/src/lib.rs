@@ -10,6 +10,7 @@
 mod subscriber;
 
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +40,10 @@ struct Settings {
     target: LogTarget,
     /// For the line prefix, also after fork.
     program: String,
+    /// Where a log file that cannot be opened is replaced
+    /// (`koala_config::fallback_log_path`), read from the environment at
+    /// init, while the process is still single-threaded.
+    fallback: std::path::PathBuf,
 }
 
 static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
@@ -53,6 +58,11 @@ pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Res
         .set(Settings {
             target: target.clone(),
             program: program.to_owned(),
+            // SAFETY: getuid cannot fail.
+            fallback: koala_config::fallback_log_path(
+                std::env::var_os("TMPDIR").as_deref(),
+                unsafe { libc::getuid() },
+            ),
         })
         .is_err()
     {
@@ -128,8 +138,9 @@ fn ensure_drain() {
         return;
     };
     // The output is opened on the drain thread, so its fd is the library's
-    // own (moved high, close-on-exec). A log that cannot be opened is
-    // silently dropped: there is nowhere else to say so.
+    // own (moved high, close-on-exec). A log file that cannot be opened is
+    // replaced by the per-user fallback; if that fails too, lines are
+    // dropped: there is nowhere else to say so.
     let _ = koala_runtime::thread::spawn_internal("koala-log", move || {
         if let Ok(output) = open_output() {
             drain(rx.clone(), output);
@@ -148,23 +159,53 @@ fn open_output() -> io::Result<Output> {
         LogTarget::Stdout => Output::Fd(1),
         LogTarget::Stderr => Output::Fd(2),
         LogTarget::Off => Output::Fd(-1),
-        LogTarget::File(path) => {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(".".as_ref());
-            let name = path
-                .file_name()
-                .ok_or_else(|| io::Error::other("KOALA_LOG_FILE names a directory"))?;
-            std::fs::create_dir_all(dir)?;
-            let appender = tracing_appender::rolling::RollingFileAppender::builder()
-                .rotation(tracing_appender::rolling::Rotation::HOURLY)
-                .filename_prefix(name.to_string_lossy())
-                .build(dir)
-                .map_err(io::Error::other)?;
-            Output::File(appender)
-        }
+        LogTarget::File(path) => match open_rotating(path) {
+            Ok(appender) => Output::File(appender),
+            // The default log lives in the record directory: when that is
+            // unusable, the one line saying so must go somewhere.
+            Err(error) => {
+                let appender = open_fallback(&settings.fallback)?;
+                tracing::error!(log = %path.display(), %error, "cannot open the log file; logging here instead");
+                Output::File(appender)
+            }
+        },
     })
+}
+
+fn open_rotating(path: &Path) -> io::Result<tracing_appender::rolling::RollingFileAppender> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(".".as_ref());
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("KOALA_LOG_FILE names a directory"))?;
+    std::fs::create_dir_all(dir)?;
+    tracing_appender::rolling::RollingFileAppender::builder()
+        .rotation(tracing_appender::rolling::Rotation::HOURLY)
+        .filename_prefix(name.to_string_lossy())
+        .build(dir)
+        .map_err(io::Error::other)
+}
+
+/// The fallback log, in a directory of the user's own (0700) under the
+/// shared temp dir: one planted by another user, or a symlink, is refused.
+fn open_fallback(path: &Path) -> io::Result<tracing_appender::rolling::RollingFileAppender> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = path.parent().unwrap_or(Path::new("/tmp"));
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+        _ => {}
+    }
+    let metadata = std::fs::symlink_metadata(dir)?;
+    // SAFETY: getuid cannot fail.
+    let ours = metadata.is_dir()
+        && metadata.uid() == unsafe { libc::getuid() }
+        && metadata.mode() & 0o077 == 0;
+    if !ours {
+        return Err(io::Error::other("fallback log directory is not private"));
+    }
+    open_rotating(path)
 }
 
 fn drain(rx: Receiver<Message>, mut output: Output) {

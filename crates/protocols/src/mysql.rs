@@ -127,8 +127,18 @@ impl Protocol for Mysql {
 
     /// A command or a handshake response, as [`client_packet`] recognises
     /// them.
+    /// A complete command packet or a handshake response (see
+    /// [`client_packet`]). A command is only claimed once the whole packet
+    /// is there: many binary protocols start with a little-endian length
+    /// and a small byte (MongoDB's messages do), and an unfinished "MySQL
+    /// packet" would otherwise wait for bytes that never come. A real
+    /// MySQL connection is known from its greeting anyway.
     fn detect_request(&self, bytes: &[u8]) -> bool {
-        client_packet(bytes) != Completeness::Unknown
+        match client_packet(bytes) {
+            Completeness::Complete(_) => true,
+            Completeness::NeedMore => bytes.get(3) == Some(&1),
+            Completeness::Unknown => false,
+        }
     }
 
     /// A protocol 10 greeting: sequence id 0, payload `0x0a`, a printable
@@ -169,6 +179,14 @@ impl Protocol for Mysql {
             (Some(1), _) => payload_len(request) != SSL_REQUEST_PAYLOAD,
             _ => true,
         }
+    }
+
+    /// `COM_QUIT`: the server closes the connection, answering nothing.
+    fn closes_after(&self, request: &[u8], _response: &[u8]) -> bool {
+        matches!(
+            (request.get(3), request.get(4)),
+            (Some(0), Some(&command::QUIT))
+        )
     }
 
     /// The request as it is; the key is `mysql <command hex>`, plus the
@@ -1784,7 +1802,9 @@ mod tests {
         assert_eq!(crate::frame_request(&command[..6]), NeedMore);
         let select = query("SELECT 1");
         assert_eq!(crate::frame_request(&select), Complete(select.len()));
-        assert_eq!(crate::frame_request(&select[..7]), NeedMore);
+        // An unfinished command is claimed by no protocol (see
+        // commands_are_detected_only_when_complete).
+        assert_eq!(crate::frame_request(&select[..7]), Unknown);
         // A MySQL packet that starts with '*' (a 42-byte payload).
         let star = wire(0, &[&b"\x03"[..], &[b' '; 41]].concat());
         assert_eq!(star[0], b'*');
@@ -1883,5 +1903,21 @@ mod tests {
             normalize_sql(bytes, &mut sql, 64);
             assert!(sql.len() <= 64);
         });
+    }
+
+    /// A command is claimed only whole: the start of another binary
+    /// protocol with a little-endian length (a MongoDB message: length,
+    /// request id...) must not wait for a MySQL packet that never comes.
+    #[test]
+    fn commands_are_detected_only_when_complete() {
+        let query = [&[9, 0, 0, 0, 0x03][..], b"SELECT 1"].concat();
+        assert!(Mysql.detect_request(&query));
+        assert!(!Mysql.detect_request(&query[..query.len() - 1]));
+        // A MongoDB OP_MSG header: messageLength 45, requestID 5, ...
+        let mongo = [45, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0xdd, 7, 0, 0];
+        assert!(!Mysql.detect_request(&mongo));
+        assert!(crate::detect_request(&mongo).is_none());
+        assert!(Mysql.closes_after(&[1, 0, 0, 0, 0x01], b""));
+        assert!(!Mysql.closes_after(&query, b""));
     }
 }

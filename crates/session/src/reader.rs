@@ -47,8 +47,16 @@ pub fn read_session_line(line: &str) -> Result<Session, String> {
     Ok(session)
 }
 
+/// Parses one line as read from a file: UTF-8 first (a torn write leaves
+/// invalid bytes), then a session.
+fn read_session_bytes(line: &[u8]) -> Result<Session, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not valid UTF-8: {e}"))?;
+    read_session_line(text)
+}
+
 /// Reads every session of a JSON Lines file. Blank lines are skipped; a bad
-/// line is reported with its number and does not stop the others.
+/// line (not JSON, not a session, not even UTF-8) is reported with its
+/// number and does not stop the others.
 pub fn read_sessions_file(
     path: &Path,
 ) -> Result<Vec<Result<Session, LineError>>, SessionFileError> {
@@ -56,19 +64,27 @@ pub fn read_sessions_file(
         path: path.to_path_buf(),
         source,
     };
-    let reader = BufReader::new(fs::File::open(path).map_err(file_error)?);
+    let mut reader = BufReader::new(fs::File::open(path).map_err(file_error)?);
     let mut sessions = Vec::new();
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.map_err(file_error)?;
-        if line.trim().is_empty() {
+    let mut buffer = Vec::new();
+    let mut number = 0;
+    loop {
+        buffer.clear();
+        // Bytes, not `lines()`: one non-UTF-8 line must not fail the file.
+        if reader.read_until(b'\n', &mut buffer).map_err(file_error)? == 0 {
+            return Ok(sessions);
+        }
+        number += 1;
+        let line = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        sessions.push(read_session_line(&line).map_err(|message| LineError {
-            line: index + 1,
+        sessions.push(read_session_bytes(line).map_err(|message| LineError {
+            line: number,
             message,
         }));
     }
-    Ok(sessions)
 }
 
 /// Expands files and directories into the `.jsonl` files they name, in a
@@ -249,6 +265,29 @@ mod tests {
         assert_eq!(sessions.len(), 3);
         assert!(sessions[0].is_ok() && sessions[2].is_ok());
         assert_eq!(sessions[1].as_ref().unwrap_err().line, 3);
+
+        // A torn line (cut inside a multi-byte character, then the next
+        // session appended) is one bad line, not a bad file.
+        let mut torn = format!("{good}\r\n").into_bytes();
+        torn.extend_from_slice(&good.as_bytes()[..good.len() / 2]);
+        torn.extend_from_slice(&[0xe2, 0x82]);
+        torn.extend_from_slice(format!("{good}\n\n{good}").as_bytes());
+        fs::write(&file, &torn).unwrap();
+        let sessions = read_sessions_file(&file).unwrap();
+        assert_eq!(sessions.len(), 3);
+        assert_eq!(sessions[0].as_ref().unwrap(), &sample());
+        let bad = sessions[1].as_ref().unwrap_err();
+        assert_eq!(bad.line, 2);
+        assert!(
+            bad.message
+                .starts_with("not valid UTF-8: invalid utf-8 sequence"),
+            "{bad}"
+        );
+        assert_eq!(
+            sessions[2].as_ref().unwrap(),
+            &sample(),
+            "last line without a newline"
+        );
         assert_eq!(
             session_files(std::slice::from_ref(&dir)).unwrap(),
             vec![file]

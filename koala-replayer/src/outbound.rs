@@ -189,11 +189,8 @@ impl Connection<'_> {
         }
         // A protocol koala does not parse: complete when it equals a recorded
         // request, otherwise after KOALA_REPLAY_IDLE_MS of silence.
-        let registry = self.replayer.registry();
-        let recorded =
-            registry.recorded_requests(self.replayer.server_tables().outbound_replay(self.port));
-        let recorded: Vec<&[u8]> = recorded.iter().map(Vec::as_slice).collect();
-        match koala_protocols::recorded_prefix(pending, &recorded) {
+        let replay = self.replayer.server_tables().outbound_replay(self.port);
+        match self.replayer.registry().recorded_prefix(replay, pending) {
             Completeness::Complete(length) => (Some(length), None),
             _ => (None, Some(self.replayer.idle)),
         }

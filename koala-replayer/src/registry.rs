@@ -1,13 +1,13 @@
 //! The replays in flight, the background and set-up pools, and how a
 //! request the service sent to a dependency finds its answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use koala_config::OnMiss;
-use koala_protocols::Protocol;
+use koala_protocols::{Completeness, Protocol};
 use koala_session::replay::{MissingCall, ReplayedCall};
 use koala_session::{Exchange, Payload, Session};
 
@@ -54,8 +54,6 @@ pub struct Answer {
     /// The request came with no known replay and was answered from the
     /// background pool (or from nothing).
     pub background: bool,
-    /// The request matched no recorded call.
-    pub missed: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +97,10 @@ impl Pool {
 
 pub struct Registry {
     active: Mutex<HashMap<u64, Arc<Replay>>>,
+    /// Outbound connections whose set-up is over: a request on them that
+    /// looks like set-up (`SELECT 2`, `SET ...` in the middle of a session)
+    /// is the session's own business, answered from its recording only.
+    set_up: Mutex<HashSet<u64>>,
     background: Mutex<Pool>,
     setup: Mutex<Pool>,
     next_id: AtomicU64,
@@ -135,6 +137,7 @@ impl Registry {
     pub fn new(match_config: MatchConfig, on_miss: OnMiss) -> Self {
         Registry {
             active: Mutex::new(HashMap::new()),
+            set_up: Mutex::new(HashSet::new()),
             background: Mutex::new(Pool::new(&match_config)),
             setup: Mutex::new(Pool::new(&match_config)),
             next_id: AtomicU64::new(1),
@@ -201,32 +204,30 @@ impl Registry {
         lock(&self.active).get(&id).cloned()
     }
 
-    /// The recorded requests a request on this connection may turn out to
-    /// be, for framing protocols koala does not parse.
-    pub fn recorded_requests(&self, replay_id: u64) -> Vec<Vec<u8>> {
+    /// Whether `bytes` start with a complete recorded request, for framing
+    /// protocols koala does not parse ([`koala_protocols::recorded_prefix`]):
+    /// the replay's own recorded requests (all replays' and the background
+    /// records' when the replay is unknown or a guess), and every recorded
+    /// set-up. Compared in place, nothing copied.
+    pub fn recorded_prefix(&self, replay_id: u64, bytes: &[u8]) -> Completeness {
         let certain = self
             .replay(replay_id)
             .filter(|_| replay_id & TENTATIVE == 0);
-        // Empty requests (greetings) can frame nothing: not copied.
-        let requests = |units: &[Unit]| {
-            units
-                .iter()
-                .map(|unit| unit.exchange.request.as_bytes())
-                .filter(|request| !request.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect::<Vec<_>>()
+        let known = certain.is_some();
+        let replays: Vec<Arc<Replay>> = match certain {
+            Some(replay) => vec![replay],
+            None => lock(&self.active).values().cloned().collect(),
         };
-        let mut all = requests(&lock(&self.setup).units);
-        match certain {
-            Some(replay) => all.extend(requests(&replay.units)),
-            None => {
-                all.extend(requests(&lock(&self.background).units));
-                for replay in lock(&self.active).values() {
-                    all.extend(requests(&replay.units));
-                }
-            }
-        }
-        all
+        let setup = lock(&self.setup);
+        let background = (!known).then(|| lock(&self.background));
+        let pools =
+            std::iter::once(&setup.units).chain(background.as_ref().map(|pool| &pool.units));
+        let recorded: Vec<&[u8]> = pools
+            .flat_map(|units| units.iter())
+            .chain(replays.iter().flat_map(|replay| replay.units.iter()))
+            .map(|unit| unit.exchange.request.as_bytes())
+            .collect();
+        koala_protocols::recorded_prefix(bytes, &recorded)
     }
 
     /// The protocol recorded for connections to `destination`, for a
@@ -263,21 +264,7 @@ impl Registry {
         {
             let unit = &replay.units[index];
             let greeting = unit.exchange.response.as_bytes().to_vec();
-            replay.log(ReplayedCall {
-                peer: destination.unwrap_or_default().to_string(),
-                request: Payload::default(),
-                matched: Some(unit.call),
-                score: 1.0,
-                closest: Some(unit.call),
-                reused: false,
-                greeting: true,
-                setup: true,
-                protocol: unit.protocol.map(|p| p.name().to_string()),
-                on_miss: None,
-                served: Payload::from(greeting.as_slice()),
-                at_ms: replay.elapsed_ms(),
-                wait_ms: 0.0,
-            });
+            replay.log_greeting(destination, Some(unit.call), unit.protocol, &greeting);
             self.counters.calls_matched.fetch_add(1, Ordering::Relaxed);
             return Some(greeting);
         }
@@ -285,41 +272,22 @@ impl Registry {
         // connecting at start-up, or for another session): a greeting
         // recorded for the same destination.
         let destination = destination?;
-        let greeting = [&self.setup, &self.background].iter().find_map(|pool| {
+        let (greeting, protocol) = [&self.setup, &self.background].iter().find_map(|pool| {
             lock(pool)
                 .units
                 .iter()
                 .find(|u| u.exchange.is_greeting() && u.exchange.peer == destination)
                 .map(|u| (u.exchange.response.as_bytes().to_vec(), u.protocol))
         })?;
-        match &replay {
+        let counter = match &replay {
             Some(replay) => {
-                replay.log(ReplayedCall {
-                    peer: destination.to_string(),
-                    request: Payload::default(),
-                    matched: None,
-                    score: 1.0,
-                    closest: None,
-                    reused: false,
-                    greeting: true,
-                    setup: true,
-                    protocol: greeting.1.map(|p| p.name().to_string()),
-                    on_miss: None,
-                    served: Payload::from(greeting.0.as_slice()),
-                    at_ms: replay.elapsed_ms(),
-                    wait_ms: 0.0,
-                });
-                self.counters
-                    .setup_calls_served
-                    .fetch_add(1, Ordering::Relaxed);
+                replay.log_greeting(Some(destination), None, protocol, &greeting);
+                &self.counters.setup_calls_served
             }
-            None => {
-                self.counters
-                    .background_calls_served
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Some(greeting.0)
+            None => &self.counters.background_calls_served,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(greeting)
     }
 
     /// Answers a request the service sent on a redirected connection.
@@ -344,7 +312,11 @@ impl Registry {
         let replay = replay.or_else(|| {
             self.best_in_flight(request.bytes, request.destination, request.conn, guess)
         });
-        let setup = request.protocol.is_some_and(|p| p.is_setup(request.bytes));
+        let setup = request.protocol.is_some_and(|p| p.is_setup(request.bytes))
+            && !lock(&self.set_up).contains(&request.conn);
+        if !setup {
+            lock(&self.set_up).insert(request.conn);
+        }
         if setup && let Some(answer) = self.answer_setup(replay.as_deref(), &request) {
             return answer;
         }
@@ -354,31 +326,23 @@ impl Registry {
         let outcome =
             lock(&replay.matcher).match_request(request.bytes, request.destination, request.conn);
         if let Some(index) = outcome.matched {
-            self.counters.calls_matched.fetch_add(1, Ordering::Relaxed);
-            let unit = &replay.units[index];
-            let response = unit.exchange.response.as_bytes().to_vec();
-            replay.log(replay.call_log(&request, &outcome, unit.setup, None, &response));
-            return Answer {
-                response: Some(response),
-                close: unit.closes,
-                background: false,
-                missed: false,
-            };
+            return self.served(&replay, &request, &outcome, index);
         }
-        if !expects_response(&request) {
-            // A message the dependency never answers (COM_QUIT, Terminate):
-            // nothing to send, and nothing the service waits for.
+        if says_goodbye(&request) {
+            // COM_QUIT, Terminate, `quit`: nothing to send, nothing the
+            // service waits for, and no answer to miss.
             return Answer::default();
         }
         self.counters
             .calls_unmatched
             .fetch_add(1, Ordering::Relaxed);
-        let answer = self.miss(&request, &outcome, &replay.units, Some(&replay.session.id));
+        let (answer, action) =
+            self.miss(&request, &outcome, &replay.units, Some(&replay.session.id));
         replay.log(replay.call_log(
             &request,
             &outcome,
             false,
-            Some(self.on_miss),
+            Some(action),
             answer.response.as_deref().unwrap_or_default(),
         ));
         answer
@@ -386,7 +350,8 @@ impl Registry {
 
     /// A set-up request: built by the protocol from recorded set-ups (for
     /// authentication, whose recorded replies cannot verify again), else
-    /// the session's own recorded set-up, else any session's.
+    /// the session's own recorded set-up, else any session's. `None`:
+    /// nothing recorded answers it (the caller reports the miss).
     fn answer_setup(&self, replay: Option<&Replay>, request: &Request<'_>) -> Option<Answer> {
         let protocol = request.protocol?;
         let built = {
@@ -395,30 +360,28 @@ impl Registry {
             let recorded = setup_exchanges(own.iter().chain(&pool.units), protocol, request);
             protocol.answer_setup(request.bytes, &recorded)
         };
-        let (response, served) = match built {
-            Some(response) => (response, None),
+        let (response, close, outcome) = match built {
+            Some(response) => (response, false, None),
             None => {
                 if let Some(replay) = replay {
-                    let mut matcher = lock(&replay.matcher);
-                    let outcome =
-                        matcher.match_request(request.bytes, request.destination, request.conn);
-                    drop(matcher);
+                    let outcome = lock(&replay.matcher).match_request(
+                        request.bytes,
+                        request.destination,
+                        request.conn,
+                    );
                     if let Some(index) = outcome.matched {
-                        return Some(self.served_setup(replay, request, &outcome, index));
+                        return Some(self.served(replay, request, &outcome, index));
                     }
                 }
-                // Nothing is consumed: every new connection may need the same
-                // set-up, near-misses (a pid in CLIENT SETNAME) included.
+                // Nothing is consumed: every new connection may need the
+                // same set-up, near-misses (a pid in CLIENT SETNAME) included.
                 let pool = lock(&self.setup);
                 let outcome =
                     pool.matcher
                         .trial_match(request.bytes, request.destination, request.conn);
-                let index = outcome.matched?;
-                let unit = &pool.units[index];
-                (
-                    unit.exchange.response.as_bytes().to_vec(),
-                    Some((outcome, unit.closes)),
-                )
+                let unit = &pool.units[outcome.matched?];
+                let response = unit.exchange.response.as_bytes().to_vec();
+                (response, unit.closes, Some(outcome))
             }
         };
         // Outside any replay it is start-up traffic like the rest.
@@ -427,9 +390,8 @@ impl Registry {
             None => &self.counters.background_calls_served,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let close = served.as_ref().is_some_and(|(_, closes)| *closes);
         if let Some(replay) = replay {
-            let outcome = served.map(|(outcome, _)| outcome).unwrap_or(MatchOutcome {
+            let outcome = outcome.unwrap_or(MatchOutcome {
                 matched: None,
                 score: 1.0,
                 closest: None,
@@ -446,12 +408,11 @@ impl Registry {
             response: Some(response),
             close,
             background: replay.is_none(),
-            missed: false,
         })
     }
 
-    /// The session's own recorded set-up unit `index` answered `request`.
-    fn served_setup(
+    /// The session's own recorded unit `index` answers `request`.
+    fn served(
         &self,
         replay: &Replay,
         request: &Request<'_>,
@@ -461,24 +422,24 @@ impl Registry {
         self.counters.calls_matched.fetch_add(1, Ordering::Relaxed);
         let unit = &replay.units[index];
         let response = unit.exchange.response.as_bytes().to_vec();
-        replay.log(replay.call_log(request, outcome, true, None, &response));
+        replay.log(replay.call_log(request, outcome, unit.setup, None, &response));
         Answer {
             response: Some(response),
             close: unit.closes,
             background: false,
-            missed: false,
         }
     }
 
     /// No recorded call matches `request`: say so in the log, and answer as
-    /// KOALA_REPLAY_ON_MISS says.
+    /// KOALA_REPLAY_ON_MISS says. Returns the answer and what was done:
+    /// `closest`, `error`, `close`, or `none` (a message that gets no reply).
     fn miss(
         &self,
         request: &Request<'_>,
         outcome: &MatchOutcome,
         units: &[Unit],
         session: Option<&str>,
-    ) -> Answer {
+    ) -> (Answer, &'static str) {
         let closest = outcome
             .closest
             .and_then(|(index, score)| Some((units.get(index)?, score)));
@@ -498,35 +459,44 @@ impl Registry {
                 "replay: no recorded call matches this request"
             );
         }
+        let protocol = request
+            .protocol
+            .or_else(|| koala_protocols::detect_request(request.bytes));
+        if !protocol.is_none_or(|p| p.expects_response(request.bytes)) {
+            // Sent and forgotten (memcached `noreply`, COM_STMT_CLOSE): the
+            // miss is reported, there is nothing to answer.
+            let answer = Answer {
+                background: session.is_none(),
+                ..Answer::default()
+            };
+            return (answer, "none");
+        }
         let error = || {
-            let protocol = request
-                .protocol
-                .or_else(|| koala_protocols::detect_request(request.bytes))?;
-            protocol.error_reply(
+            protocol?.error_reply(
                 request.bytes,
                 "koala replay: no recorded call matches this request",
             )
         };
-        let response = match self.on_miss {
-            OnMiss::Closest => closest
-                .map(|(unit, _)| unit.exchange.response.as_bytes().to_vec())
-                .or_else(error),
-            OnMiss::Error => error(),
-            OnMiss::Close => None,
+        let (response, action) = match (self.on_miss, closest) {
+            (OnMiss::Closest, Some((unit, _))) => {
+                (Some(unit.exchange.response.as_bytes().to_vec()), "closest")
+            }
+            (OnMiss::Closest | OnMiss::Error, _) => match error() {
+                Some(reply) => (Some(reply), "error"),
+                None => (None, "close"),
+            },
+            (OnMiss::Close, _) => (None, "close"),
         };
-        let protocol = request
-            .protocol
-            .or_else(|| koala_protocols::detect_request(request.bytes));
         let close = match &response {
             Some(response) => protocol.is_some_and(|p| p.closes_after(request.bytes, response)),
             None => true,
         };
-        Answer {
+        let answer = Answer {
             close,
             response,
             background: session.is_none(),
-            missed: true,
-        }
+        };
+        (answer, action)
     }
 
     /// Among the replays in flight, the one whose session matches the
@@ -571,7 +541,6 @@ impl Registry {
                 response: Some(unit.exchange.response.as_bytes().to_vec()),
                 close: unit.closes,
                 background: true,
-                missed: false,
             };
             drop(pool);
             self.counters
@@ -579,29 +548,40 @@ impl Registry {
                 .fetch_add(1, Ordering::Relaxed);
             return answer;
         }
-        if !expects_response(request) {
+        if says_goodbye(request) {
             return Answer::default();
         }
         self.counters
             .calls_unmatched
             .fetch_add(1, Ordering::Relaxed);
-        let units = pool.units.clone();
+        // Only the closest unit is needed for the log and a `closest` answer.
+        let closest: Vec<Unit> = outcome
+            .closest
+            .and_then(|(index, _)| pool.units.get(index).cloned())
+            .into_iter()
+            .collect();
         drop(pool);
-        self.miss(request, &outcome, &units, None)
+        let outcome = MatchOutcome {
+            closest: outcome.closest.map(|(_, score)| (0, score)),
+            ..outcome
+        };
+        self.miss(request, &outcome, &closest, None).0
     }
 
     pub fn connection_closed(&self, replay_id: u64, conn: u64) {
+        lock(&self.set_up).remove(&conn);
         if let Some(replay) = self.replay(replay_id & !TENTATIVE) {
             lock(&replay.matcher).connection_closed(conn);
         }
     }
 }
 
-/// Whether the dependency answers `request` at all.
-fn expects_response(request: &Request<'_>) -> bool {
-    request
-        .protocol
-        .is_none_or(|protocol| protocol.expects_response(request.bytes))
+/// A message that ends the conversation and gets no reply (COM_QUIT,
+/// PostgreSQL's Terminate, memcached's `quit`): unrecorded, it is no miss.
+fn says_goodbye(request: &Request<'_>) -> bool {
+    request.protocol.is_some_and(|protocol| {
+        !protocol.expects_response(request.bytes) && protocol.closes_after(request.bytes, b"")
+    })
 }
 
 /// The recorded set-up exchanges answering `request`'s kind: those to the
@@ -638,13 +618,36 @@ impl Replay {
         self.started.elapsed().as_secs_f64() * 1000.0
     }
 
+    /// A greeting served on connect: the session's own recorded call
+    /// `call`, or (`None`) another recording's.
+    fn log_greeting(
+        &self,
+        destination: Option<&str>,
+        call: Option<usize>,
+        protocol: Option<&'static dyn Protocol>,
+        greeting: &[u8],
+    ) {
+        self.log(ReplayedCall {
+            peer: destination.unwrap_or_default().to_string(),
+            matched: call,
+            score: 1.0,
+            closest: call,
+            greeting: true,
+            setup: true,
+            protocol: protocol.map(|p| p.name().to_string()),
+            served: Payload::from(greeting),
+            at_ms: self.elapsed_ms(),
+            ..ReplayedCall::default()
+        });
+    }
+
     /// How a request was answered, for the report.
     fn call_log(
         &self,
         request: &Request<'_>,
         outcome: &MatchOutcome,
         setup: bool,
-        on_miss: Option<OnMiss>,
+        on_miss: Option<&str>,
         served: &[u8],
     ) -> ReplayedCall {
         let call_of = |index: usize| self.units.get(index).map(|u| u.call);
@@ -658,7 +661,7 @@ impl Replay {
             greeting: false,
             setup,
             protocol: request.protocol.map(|p| p.name().to_string()),
-            on_miss: on_miss.map(|policy| policy.as_str().to_string()),
+            on_miss: on_miss.map(str::to_string),
             served: Payload::from(served),
             at_ms: self.elapsed_ms(),
             wait_ms: request.arrived.elapsed().as_secs_f64() * 1000.0,
@@ -847,7 +850,7 @@ mod tests {
     }
 
     #[test]
-    fn recorded_requests_of_a_replay_or_of_everything_loaded() {
+    fn framing_by_the_recording_of_a_replay_or_of_everything_loaded() {
         let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
         let greeting = call("127.0.0.1:3306", "", "hello");
         registry.add_background(&[session(
@@ -859,14 +862,17 @@ mod tests {
             vec![greeting, call(REDIS, "GET a", "a")],
         ));
         registry.begin(session(Kind::Session, vec![call(REDIS, "GET b", "b")]));
-        // Greetings (empty requests) are left out.
-        assert_eq!(registry.recorded_requests(a.id), [b"GET a".to_vec()]);
-        let mut everything = registry.recorded_requests(0);
-        everything.sort();
-        assert_eq!(everything, [&b"GET a"[..], b"GET b", b"PING"]);
-        let mut guessed = registry.recorded_requests(a.id | TENTATIVE);
-        guessed.sort();
-        assert_eq!(guessed, everything);
+        use koala_protocols::Completeness::{Complete, NeedMore, Unknown};
+        // A replay's own requests only.
+        assert_eq!(registry.recorded_prefix(a.id, b"GET a"), Complete(5));
+        assert_eq!(registry.recorded_prefix(a.id, b"GET b"), Unknown);
+        assert_eq!(registry.recorded_prefix(a.id, b"PIN"), Unknown);
+        // Unknown or guessed: everything loaded.
+        for id in [0, a.id | TENTATIVE] {
+            assert_eq!(registry.recorded_prefix(id, b"GET b"), Complete(5));
+            assert_eq!(registry.recorded_prefix(id, b"PIN"), NeedMore);
+            assert_eq!(registry.recorded_prefix(id, b"PINGGET a"), Complete(4));
+        }
     }
 
     #[test]
@@ -1086,5 +1092,89 @@ mod tests {
             registry.counters.setup_calls_served.load(Ordering::Relaxed),
             3
         );
+    }
+
+    fn ask_on(
+        registry: &Registry,
+        replay: &Replay,
+        protocol: &str,
+        bytes: &[u8],
+        conn: u64,
+    ) -> Answer {
+        registry.answer(Request {
+            replay_id: replay.id,
+            bytes,
+            destination: Some(REDIS),
+            conn,
+            protocol: koala_protocols::by_name(protocol),
+            arrived: Instant::now(),
+        })
+    }
+
+    /// Review finding: a request that looks like set-up in the middle of a
+    /// session (`SELECT 2` after a GET) is the session's own business: when
+    /// the session did not record it, it is a miss, not another session's
+    /// set-up.
+    #[test]
+    fn set_up_is_answered_from_other_recordings_only_while_a_connection_opens() {
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Error);
+        let select = |db: &str| format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n", db.len());
+        let get = "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        registry.add_background(&[session(
+            Kind::Session,
+            vec![Exchange {
+                seq: Some(0),
+                ..call(REDIS, &select("2"), "+OK\r\n")
+            }],
+        )]);
+        let replay = registry.begin(session(
+            Kind::Session,
+            vec![Exchange {
+                seq: Some(3),
+                ..call(REDIS, get, "$1\r\nv\r\n")
+            }],
+        ));
+        // Opening a connection: answered from the other recording.
+        let answer = ask_on(&registry, &replay, "redis", select("2").as_bytes(), 1);
+        assert_eq!(answer.response.as_deref(), Some(&b"+OK\r\n"[..]));
+        let answer = ask_on(&registry, &replay, "redis", get.as_bytes(), 1);
+        assert_eq!(answer.response.as_deref(), Some(&b"$1\r\nv\r\n"[..]));
+        // The same connection, past its set-up: a miss.
+        let answer = ask_on(&registry, &replay, "redis", select("2").as_bytes(), 1);
+        assert!(answer.response.unwrap().starts_with(b"-ERR koala replay"));
+        let (calls, unmatched) = replay.calls();
+        assert_eq!(unmatched, [2], "{calls:?}");
+        assert_eq!(calls[2].on_miss.as_deref(), Some("error"));
+        // A new connection opens again.
+        let answer = ask_on(&registry, &replay, "redis", select("2").as_bytes(), 2);
+        assert_eq!(answer.response.as_deref(), Some(&b"+OK\r\n"[..]));
+    }
+
+    /// Review finding: a request that gets no reply (memcached `noreply`)
+    /// and matches nothing is still a miss, reported; only a goodbye
+    /// (COM_QUIT, Terminate, `quit`) that was not recorded is no miss.
+    #[test]
+    fn unanswered_requests_are_misses_but_goodbyes_are_not() {
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Error);
+        let replay = registry.begin(session(
+            Kind::Session,
+            vec![call(REDIS, "get k\r\n", "END\r\n")],
+        ));
+        let answer = ask_on(
+            &registry,
+            &replay,
+            "memcached",
+            b"set k 0 0 1 noreply\r\nx\r\n",
+            1,
+        );
+        assert_eq!((answer.response, answer.close), (None, false));
+        let answer = ask_on(&registry, &replay, "memcached", b"quit\r\n", 1);
+        assert_eq!(answer.response, None);
+        let answer = ask_on(&registry, &replay, "mysql", &[1, 0, 0, 0, 0x01], 2);
+        assert_eq!(answer.response, None);
+        let (calls, unmatched) = replay.calls();
+        assert_eq!(unmatched, [0], "only the noreply set: {calls:?}");
+        assert_eq!(calls[0].on_miss.as_deref(), Some("none"));
+        assert_eq!(registry.counters.calls_unmatched.load(Ordering::Relaxed), 1);
     }
 }

@@ -63,26 +63,26 @@ pub fn connection_protocol<'a>(
     })
 }
 
+/// What tells a call's connection: the service's end, the peer, the
+/// recorded connection id.
+type Connection<'a> = (&'a str, &'a str, Option<u64>);
+
 /// The calls of a session (or a background record) as units, in order.
-pub fn expand(calls: &[Exchange]) -> Vec<Unit> {
-    // Calls sharing the service's end of a connection were made on it.
-    let mut protocols: HashMap<(&str, &str), Option<&'static dyn Protocol>> = HashMap::new();
+pub fn expand<'a>(calls: &'a [Exchange]) -> Vec<Unit> {
+    // Calls of one connection: the same `conn` where recorded, else the
+    // same two addresses (a port reused within a session would merge two).
+    let connection = |call: &'a Exchange| (call.local.as_str(), call.peer.as_str(), call.conn);
+    let mut protocols: HashMap<Connection<'_>, Option<&'static dyn Protocol>> = HashMap::new();
     for call in calls {
-        protocols
-            .entry((call.local.as_str(), call.peer.as_str()))
-            .or_insert_with(|| {
-                connection_protocol(
-                    calls
-                        .iter()
-                        .filter(|c| c.local == call.local && c.peer == call.peer),
-                )
-            });
+        protocols.entry(connection(call)).or_insert_with(|| {
+            connection_protocol(calls.iter().filter(|c| connection(c) == connection(call)))
+        });
     }
     // Connections whose recorded calls are all set-up so far.
-    let mut opening: HashMap<(&str, &str), bool> = HashMap::new();
+    let mut opening: HashMap<Connection<'_>, bool> = HashMap::new();
     let mut units = Vec::with_capacity(calls.len());
     for (index, call) in calls.iter().enumerate() {
-        let key = (call.local.as_str(), call.peer.as_str());
+        let key = connection(call);
         let protocol = protocols.get(&key).copied().flatten();
         // A connection whose first call here is not its first exchange was
         // opened (and set up) elsewhere.

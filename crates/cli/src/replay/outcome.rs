@@ -281,12 +281,11 @@ fn describe_unmatched(
         None => "no recorded call is close".to_string(),
     };
     let answered = match call.on_miss.as_deref() {
-        Some("closest") if call.served.is_empty() => "; answered: nothing".to_string(),
-        Some("closest") => "; answered with the closest call's response".to_string(),
-        Some("error") if call.served.is_empty() => "; connection closed".to_string(),
-        Some("error") => "; answered with a protocol error".to_string(),
-        Some("close") => "; connection closed".to_string(),
-        _ => String::new(),
+        Some("closest") => "; answered with the closest call's response",
+        Some("error") => "; answered with a protocol error",
+        Some("close") => "; connection closed",
+        Some("none") => "; a request that gets no reply",
+        _ => "",
     };
     lines.push(format!(
         "unmatched call {} to {} ({about}{answered}):",

@@ -61,7 +61,9 @@ pub fn init() {
         let _ = REPLAYER.set(Replayer::start(&config));
     }
     if !config.mode.is_active() {
-        tracing::error!("KOALA_MODE is set but names no mode: the library stays passive");
+        // `off`/`passive` on purpose, or a typo already logged above as an
+        // error; either way only where KOALA_LOG_FILE says (see koala-config).
+        tracing::info!("KOALA_MODE names no mode: the library stays passive");
         return;
     }
     tracing::debug!(mode = %config.mode, dir = %config.record_to.display(), "koala active");

@@ -130,23 +130,52 @@ pub struct Config {
     pub replay_timeout: Duration,
     pub replay_background: Option<PathBuf>,
     pub on_miss: OnMiss,
+    /// The token every replay API request must carry (`KOALA_REPLAY_TOKEN`).
+    pub replay_token: Option<Secret>,
+    /// Replay API connections open at once; more get 429.
+    pub replay_max_connections: usize,
+    /// The largest replay API request body; larger ones get 413.
+    pub replay_max_body_bytes: usize,
+    /// Bytes `POST /v1/background` may retain in all; beyond, 413.
+    pub replay_max_background_bytes: usize,
 }
 
-/// A variable whose value could not be used; its default applies.
+/// A value never shown: `Debug` prints `<secret>`, so a logged `Config`
+/// cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// A variable whose value could not be used (its default applies), or
+/// could be used only in part (`applied` says what was kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub variable: &'static str,
     pub value: String,
     pub reason: String,
+    /// `None`: the whole value was ignored.
+    pub applied: Option<String>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}={:?} ignored: {}",
-            self.variable, self.value, self.reason
-        )
+        match &self.applied {
+            None => write!(
+                f,
+                "{}={:?} ignored: {}",
+                self.variable, self.value, self.reason
+            ),
+            Some(applied) => write!(
+                f,
+                "{}={:?}: {}; using {applied}",
+                self.variable, self.value, self.reason
+            ),
+        }
     }
 }
 
@@ -155,7 +184,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "KOALA_MODE",
         "(unset: passive)",
-        "record, replay or record,replay",
+        "record, replay or record,replay; off: passive; unknown words are ignored",
     ),
     (
         "KOALA_RECORD_TO",
@@ -169,7 +198,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     (
         "KOALA_LOG_FILE",
-        "<KOALA_RECORD_TO>/koala.log when KOALA_MODE is set",
+        "<KOALA_RECORD_TO>/koala.log when KOALA_MODE names a mode",
         "STDOUT, STDERR, OFF or a path (rotated hourly)",
     ),
     (
@@ -237,6 +266,26 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "error",
         "replay: closest, close or error, for a request no recorded call matches",
     ),
+    (
+        "KOALA_REPLAY_TOKEN",
+        "(unset: every API request is refused)",
+        "replay: the token each replay API request must carry (Authorization: Bearer)",
+    ),
+    (
+        "KOALA_REPLAY_MAX_CONNECTIONS",
+        "64",
+        "replay: API connections open at once; more are answered 429",
+    ),
+    (
+        "KOALA_REPLAY_MAX_BODY_BYTES",
+        "268435456",
+        "replay: the largest API request body; larger ones are answered 413",
+    ),
+    (
+        "KOALA_REPLAY_MAX_BACKGROUND_BYTES",
+        "268435456",
+        "replay: bytes POST /v1/background may retain in all; beyond, 413",
+    ),
 ];
 
 impl Config {
@@ -251,14 +300,19 @@ impl Config {
             lookup: &lookup,
             errors: Vec::new(),
         };
-        let mode_value = lookup("KOALA_MODE");
-        let mode_requested = mode_value.as_deref().is_some_and(|v| !v.trim().is_empty());
-        let mode = parser.parse("KOALA_MODE", Mode::default(), parse_mode);
+        let mode_value = lookup("KOALA_MODE").filter(|v| !v.trim().is_empty());
+        let mode_requested = mode_value.is_some();
+        let mode = match mode_value {
+            Some(value) => parser.mode(value),
+            None => Mode::default(),
+        };
         let record_to = lookup("KOALA_RECORD_TO")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("./koala-sessions"));
-        let default_log = if mode_requested {
+        // An inactive library creates nothing: its log is only where
+        // KOALA_LOG_FILE puts it.
+        let default_log = if mode.is_active() {
             LogTarget::File(record_to.join("koala.log"))
         } else {
             LogTarget::Off
@@ -299,6 +353,24 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             on_miss: parser.parse("KOALA_REPLAY_ON_MISS", OnMiss::default(), str::parse),
+            replay_token: lookup("KOALA_REPLAY_TOKEN")
+                .filter(|v| !v.is_empty())
+                .map(Secret),
+            replay_max_connections: parser.parse(
+                "KOALA_REPLAY_MAX_CONNECTIONS",
+                64,
+                parse_positive,
+            ),
+            replay_max_body_bytes: parser.parse(
+                "KOALA_REPLAY_MAX_BODY_BYTES",
+                256 << 20,
+                parse_positive,
+            ),
+            replay_max_background_bytes: parser.parse(
+                "KOALA_REPLAY_MAX_BACKGROUND_BYTES",
+                256 << 20,
+                parse_positive,
+            ),
             record_to,
         };
         (config, parser.errors)
@@ -345,28 +417,56 @@ impl Parser<'_> {
                     variable,
                     value,
                     reason,
+                    applied: None,
                 });
                 default
             }
         }
     }
+
+    /// `KOALA_MODE`: an unknown word is reported and the known ones kept,
+    /// so `replay,typo` still replays; with no known word the library is
+    /// off. (Falling back to passive for the whole value would silently
+    /// stop a recording over a typo.)
+    fn mode(&mut self, value: String) -> Mode {
+        let (mode, unknown) = parse_mode(&value);
+        if !unknown.is_empty() {
+            let words = unknown.join(", ");
+            let reason =
+                format!("unknown mode {words}; expected record, replay, record,replay or off");
+            let (reason, applied) = if mode.is_active() {
+                (
+                    format!("{reason} ({words} ignored)"),
+                    Some(mode.to_string()),
+                )
+            } else {
+                (format!("{reason}; the library stays off"), None)
+            };
+            self.errors.push(ConfigError {
+                variable: "KOALA_MODE",
+                value,
+                reason,
+                applied,
+            });
+        }
+        mode
+    }
 }
 
-fn parse_mode(text: &str) -> Result<Mode, String> {
+/// The modes named in `text`, and the words that name none (quoted).
+/// `off` and `passive` are known words that add no mode.
+fn parse_mode(text: &str) -> (Mode, Vec<String>) {
     let mut mode = Mode::default();
-    for part in text.split(',').map(str::trim) {
+    let mut unknown = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.to_ascii_lowercase().as_str() {
             "record" => mode.record = true,
             "replay" => mode.replay = true,
             "off" | "passive" => {}
-            _ => {
-                return Err(format!(
-                    "unknown mode {part:?}; expected record, replay or record,replay"
-                ));
-            }
+            _ => unknown.push(format!("{part:?}")),
         }
     }
-    Ok(mode)
+    (mode, unknown)
 }
 
 fn parse_millis(text: &str) -> Result<Duration, String> {
@@ -509,9 +609,11 @@ mod tests {
             ("KOALA_INBOUND_ADDR", "localhost"),
         ]);
         assert!(!config.mode.is_active());
-        assert!(
-            config.mode_requested,
-            "a mistyped mode still gets a log to explain it"
+        assert!(config.mode_requested);
+        assert_eq!(
+            config.log_target,
+            LogTarget::Off,
+            "an inactive library creates no log unless KOALA_LOG_FILE says where"
         );
         assert_eq!(config.session_idle, Duration::from_millis(1000));
         let names: Vec<_> = errors.iter().map(|e| e.variable).collect();
@@ -526,8 +628,52 @@ mod tests {
         );
         assert_eq!(
             errors[0].to_string(),
-            r#"KOALA_MODE="recrod" ignored: unknown mode "recrod"; expected record, replay or record,replay"#
+            r#"KOALA_MODE="recrod" ignored: unknown mode "recrod"; expected record, replay, record,replay or off; the library stays off"#
         );
+    }
+
+    #[test]
+    fn an_unknown_mode_word_keeps_the_known_modes() {
+        let (config, errors) = parse(&[("KOALA_MODE", "replay,typo")]);
+        assert_eq!(
+            config.mode,
+            Mode {
+                record: false,
+                replay: true
+            }
+        );
+        assert_eq!(
+            config.log_target,
+            LogTarget::File(PathBuf::from("./koala-sessions/koala.log"))
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].to_string(),
+            r#"KOALA_MODE="replay,typo": unknown mode "typo"; expected record, replay, record,replay or off ("typo" ignored); using replay"#
+        );
+        let (config, errors) = parse(&[("KOALA_MODE", "Record, x ,off,y,")]);
+        assert_eq!(config.mode.to_string(), "record");
+        assert_eq!(
+            errors[0].to_string(),
+            r#"KOALA_MODE="Record, x ,off,y,": unknown mode "x", "y"; expected record, replay, record,replay or off ("x", "y" ignored); using record"#
+        );
+    }
+
+    #[test]
+    fn an_inactive_mode_logs_only_where_configured() {
+        for value in ["off", "passive", "OFF, passive", "typo"] {
+            let (config, errors) = parse(&[("KOALA_MODE", value)]);
+            assert!(!config.mode.is_active(), "{value}");
+            assert!(config.mode_requested, "{value}");
+            assert_eq!(config.log_target, LogTarget::Off, "{value}");
+            assert_eq!(errors.len(), usize::from(value == "typo"), "{value}");
+            let (config, _) = parse(&[("KOALA_MODE", value), ("KOALA_LOG_FILE", "/x/k.log")]);
+            assert_eq!(
+                config.log_target,
+                LogTarget::File(PathBuf::from("/x/k.log")),
+                "{value}"
+            );
+        }
     }
 
     #[test]

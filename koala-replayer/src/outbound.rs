@@ -57,7 +57,13 @@ fn serve(stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
     let tables = replayer.server_tables();
     let registry = replayer.registry();
     let port = peer.port();
-    let destination = wait_for_slot(replayer, port, accepted_at).map(|d| d.to_string());
+    // Only the library's own redirect writes a slot: a connection without
+    // one is someone else on the machine, who must not read the recording.
+    let Some(destination) = wait_for_slot(replayer, port, accepted_at) else {
+        refuse(&stream, peer);
+        return;
+    };
+    let destination = Some(destination.to_string());
     let mut connection = Connection {
         stream,
         replayer,
@@ -108,8 +114,30 @@ fn serve(stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
 }
 
 /// How long to wait for a new connection's slot: the service's hook writes
-/// it right after its connect() returns, usually before the accept.
-const SLOT_WAIT: Duration = Duration::from_millis(200);
+/// it right after its connect() returns, usually before the accept. Generous,
+/// since a connection still without a slot then is refused: only a
+/// descheduled hook takes longer.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections refused for want of a slot, since the process started.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Closes a connection that no redirect registered: logged once (WARN),
+/// then counted (DEBUG with the count).
+fn refuse(stream: &TcpStream, peer: std::net::SocketAddr) {
+    let _ = stream.shutdown(Shutdown::Both);
+    let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    if refused == 1 {
+        tracing::warn!(%peer, "outbound server: refused a connection that no redirect of the service registered (further ones are logged at DEBUG)");
+    } else {
+        tracing::debug!(%peer, refused, "outbound server: refused an unregistered connection");
+    }
+}
+
+/// How many connections the outbound server refused (no redirect registered them).
+pub fn refused_connections() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
 /// A slot written this long before the accept belongs to an older
 /// connection from the same port (one whose close the library missed).
 const SLOT_FRESHNESS: Duration = Duration::from_secs(2);

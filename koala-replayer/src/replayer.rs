@@ -66,12 +66,12 @@ impl Replayer {
                     tracing::debug!(table = ?path, server = tables.server_pid(), "replay: joined the servers of an ancestor process");
                     return Box::leak(Box::new(make(Some(tables), None)));
                 }
-                Ok(tables) => {
+                Ok(_) => {
                     // This process ran the servers before it exec'd (a launcher
-                    // script, a shim), or their process is gone: start anew.
-                    if tables.server_pid() == std::process::id() {
-                        let _ = std::fs::remove_file(&path);
-                    }
+                    // script, a shim), or their process is gone: start anew,
+                    // and remove the table replaced, so that none is left
+                    // behind per exec.
+                    let _ = std::fs::remove_file(&path);
                     tracing::debug!(table = ?path, "replay: the servers of {TABLE_VARIABLE} are gone, starting new ones");
                 }
                 Err(error) => {

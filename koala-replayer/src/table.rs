@@ -23,6 +23,11 @@
 //! The mapping is a file in /dev/shm (MAP_SHARED): forked children inherit
 //! it, and `exec`'d descendants find it through `KOALA_REPLAY_TABLE`. Where
 //! /dev/shm is unavailable an anonymous shared mapping serves forked children.
+//!
+//! Nothing is left behind for long: the creating process removes its file at
+//! exit; a process killed before (SIGKILL) or replaced by `exec` leaves one,
+//! which the next [`SharedTables::create`] on the machine removes (its owner
+//! pid, in the name, is gone or is the creator's own earlier image).
 
 use std::ffi::CString;
 use std::io;
@@ -32,6 +37,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAGIC: u64 = 0x6b6f_616c_615f_7631; // "koala_v1"
 const PORTS: usize = 1 << 16;
+const SHM_DIR: &str = "/dev/shm";
+/// Table files are named `koala-replay-<creator pid>-<CLOCK_REALTIME ns>`.
+const FILE_PREFIX: &str = "koala-replay-";
+
+/// The table files this program image created (normally one).
+static CREATED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 /// Where a redirected connection was going, and for which replay.
 #[repr(C)]
@@ -64,15 +75,22 @@ pub struct SharedTables {
 impl SharedTables {
     /// Creates the tables for a new replay server (in /dev/shm if possible).
     pub fn create() -> io::Result<SharedTables> {
-        let path = PathBuf::from(format!(
-            "/dev/shm/koala-replay-{}-{}",
+        // Held while cleaning and creating, so that a table this image just
+        // made is never taken for one of an earlier image.
+        let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+        remove_stale(Path::new(SHM_DIR), &created);
+        let path = Path::new(SHM_DIR).join(format!(
+            "{FILE_PREFIX}{}-{}",
             std::process::id(),
             koala_runtime::clock::now_ns()
         ));
         match map_file(&path, true) {
             Ok(layout) => Ok(SharedTables {
                 layout,
-                path: Some(path),
+                path: Some({
+                    created.push(path.clone());
+                    path
+                }),
             }),
             Err(_) => Ok(SharedTables {
                 layout: map_anonymous()?,
@@ -171,6 +189,57 @@ impl SharedTables {
     }
 }
 
+/// The pid that created the table file `name`, if `name` is one.
+fn owner_pid(name: &str) -> Option<u32> {
+    let (pid, nanos) = name.strip_prefix(FILE_PREFIX)?.split_once('-')?;
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(pid) || !all_digits(nanos) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether a table file created by `owner` may be removed by process `me`:
+/// its creator is gone, or is this very process, which creates tables once
+/// per program image: the file is from the image an `exec` replaced.
+fn is_stale(owner: u32, me: u32, alive: impl Fn(u32) -> bool) -> bool {
+    owner == me || !alive(owner)
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    (unsafe { libc::kill(pid, 0) }) == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Removes the table files in `dir` whose creator is gone (SIGKILL, or
+/// replaced by `exec`), except `keep` (this image's own). Best effort:
+/// another user's files stay (sticky /dev/shm).
+fn remove_stale(dir: &Path, keep: &[PathBuf]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name.to_str().and_then(owner_pid) else {
+            continue;
+        };
+        if is_stale(owner, me, process_exists)
+            && !keep.contains(&entry.path())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            tracing::debug!(file = %entry.path().display(), owner, "replay: removed a stale replay table");
+        }
+    }
+}
+
 fn encode(addr: SocketAddr) -> (u64, u64, u64) {
     let bits = match addr.ip() {
         IpAddr::V4(ip) => u32::from(ip) as u128,
@@ -266,6 +335,64 @@ unsafe fn map(fd: i32, flags: i32) -> io::Result<&'static Layout> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_file_names_give_their_owner() {
+        assert_eq!(
+            owner_pid("koala-replay-4242-1700000000123456789"),
+            Some(4242)
+        );
+        for other in [
+            "koala-replay-",
+            "koala-replay-4242",
+            "koala-replay-4242-",
+            "koala-replay--17",
+            "koala-replay-42a-17",
+            "koala-replay-42-17.tmp",
+            "koala-replay-99999999999-1",
+            "sem.koala-replay-1-2",
+            "pulse-shm-1234",
+        ] {
+            assert_eq!(owner_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn stale_means_owner_gone_or_an_earlier_image_of_this_process() {
+        let alive = |pid: u32| pid == 10 || pid == 20;
+        assert!(!is_stale(10, 20, alive), "a living owner keeps its table");
+        assert!(is_stale(30, 20, alive), "a dead owner's table goes");
+        assert!(
+            is_stale(20, 20, alive),
+            "this pid's table is from before exec"
+        );
+    }
+
+    #[test]
+    fn stale_files_are_removed_and_living_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("koala-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // pid 1 lives; i32::MAX is above any pid_max, so never a process.
+        let living = dir.join("koala-replay-1-5");
+        let dead = dir.join(format!("koala-replay-{}-5", i32::MAX));
+        let own = dir.join(format!("koala-replay-{}-5", std::process::id()));
+        let unrelated = dir.join(format!("other-{}-5", i32::MAX));
+        let mine = dir.join(format!("koala-replay-{}-6", std::process::id()));
+        for file in [&living, &dead, &own, &unrelated, &mine] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        remove_stale(&dir, std::slice::from_ref(&mine));
+        let left: Vec<bool> = [&living, &dead, &own, &unrelated, &mine]
+            .iter()
+            .map(|f| f.exists())
+            .collect();
+        assert_eq!(
+            left,
+            [true, false, false, true, true],
+            "living, dead, own from an earlier image, unrelated, this image's"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn addresses_round_trip() {

@@ -294,6 +294,32 @@ fn syscall_connect_is_recorded_and_never_reaches_the_real_backend() {
     record_then_replay_with_a_trap("syscall_connect", &service);
 }
 
+/// TCP Fast Open: `sendto(MSG_FASTOPEN)` with the backend's address
+/// connects and sends in one call, with no connect() for a hook to see.
+#[test]
+fn tcp_fast_open_is_recorded_and_never_reaches_the_real_backend() {
+    let build = TestDir::new("fast_open_build");
+    let service = Service {
+        name: "deepbind_service fastopen",
+        program: build_deepbind_service(&build),
+        args: |port, backend_port| {
+            vec![
+                port.to_string(),
+                backend_port.to_string(),
+                "fastopen".into(),
+            ]
+        },
+        env: |_| Vec::new(),
+        call_request: |id, backend_port| {
+            format!("GET /backend/{id} HTTP/1.1\r\nHost: 127.0.0.1:{backend_port}\r\n\r\n")
+                .into_bytes()
+        },
+        exact_answers: true,
+        exits_cleanly: true,
+    };
+    record_then_replay_with_a_trap("fast_open", &service);
+}
+
 #[test]
 fn php_curl_is_recorded_and_never_reaches_the_real_backend() {
     let php = require_program("php", "php-cli php-curl");

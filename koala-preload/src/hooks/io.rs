@@ -10,6 +10,8 @@
 
 use libc::{c_int, c_void, iovec, msghdr, off_t, size_t, sockaddr, socklen_t, ssize_t};
 
+use koala_runtime::{FdKind, fdkind, sockaddr as addr};
+
 use crate::layer::{self, Observed, Sending, Way};
 use crate::real::hook;
 
@@ -374,6 +376,59 @@ unsafe fn send_detour(
     n
 }
 
+/// TCP Fast Open: `sendto`/`sendmsg` with `MSG_FASTOPEN` and a destination
+/// on a TCP socket not connected yet connects and sends in one call, with no
+/// connect() for the connect hook to see. It is treated as connect() is:
+/// redirected to the outbound server in replay (so replay still fails
+/// closed), recorded as an outbound connection; its bytes are then handed
+/// over as any send's.
+struct FastOpen {
+    peer: std::net::SocketAddr,
+    /// In replay: the address to send to instead.
+    target: Option<(libc::sockaddr_storage, socklen_t)>,
+}
+
+impl FastOpen {
+    /// `Some` for a fast-open send the library must see. Other sends cost
+    /// one test of `flags`.
+    fn starting(fd: c_int, flags: c_int, to: *const sockaddr, to_len: socklen_t) -> Option<Self> {
+        if flags & libc::MSG_FASTOPEN == 0 || to.is_null() {
+            return None;
+        }
+        let _busy = layer::enter()?;
+        // Classifying an fd never seen may fail a syscall: the host's errno
+        // stays as it was.
+        let errno = koala_runtime::errno::get();
+        let kind = fdkind::get_or_classify(fd);
+        koala_runtime::errno::set(errno);
+        if kind != FdKind::TcpSocket {
+            return None;
+        }
+        // SAFETY: the caller passes `to_len` readable bytes at `to`.
+        let peer = unsafe { addr::from_raw(to, to_len) }?;
+        let target = layer::redirect(fd, peer);
+        Some(FastOpen { peer, target })
+    }
+
+    /// Where to send: the outbound server in replay, else as asked.
+    fn destination(&self, to: *const sockaddr, to_len: socklen_t) -> (*const sockaddr, socklen_t) {
+        match &self.target {
+            Some((target, len)) => ((target as *const libc::sockaddr_storage).cast(), *len),
+            None => (to, to_len),
+        }
+    }
+
+    /// The real call returned `n`: the connection is open (or opening), and
+    /// the bytes sent are recorded as on any outbound connection.
+    fn finish(self, fd: c_int) -> Option<Observed> {
+        {
+            let _busy = layer::enter()?;
+            layer::connected(fd, self.peer);
+        }
+        layer::observe(fd)
+    }
+}
+
 unsafe fn sendto_detour(
     real: SendToFn,
     fd: c_int,
@@ -383,6 +438,15 @@ unsafe fn sendto_detour(
     addr: *const sockaddr,
     addr_len: socklen_t,
 ) -> ssize_t {
+    if let Some(open) = FastOpen::starting(fd, flags, addr, addr_len) {
+        let (to, to_len) = open.destination(addr, addr_len);
+        // SAFETY: the caller's arguments, the destination redirected in replay.
+        let n = unsafe { real(fd, buf, len, flags, to, to_len) };
+        if layer::connect_started(if n >= 0 { 0 } else { -1 }) {
+            moved(open.finish(fd), fd, Way::Sent, n, buf);
+        }
+        return n;
+    }
     let sending = layer::sending(fd, addr, addr_len);
     if let Sending::Hint = sending {
         // SAFETY: the caller's buffer of `len` bytes.
@@ -408,6 +472,34 @@ unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_
 }
 
 unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: the caller's valid msghdr, when not null.
+    let name = (!msg.is_null()).then(|| unsafe { ((*msg).msg_name.cast(), (*msg).msg_namelen) });
+    if let Some((to, to_len)) = name
+        && let Some(open) = FastOpen::starting(fd, flags, to, to_len)
+    {
+        let (to, to_len) = open.destination(to, to_len);
+        // SAFETY: the caller's msghdr, the destination redirected in replay.
+        let mut redirected = unsafe { *msg };
+        redirected.msg_name = to.cast_mut().cast();
+        redirected.msg_namelen = to_len;
+        // SAFETY: as the caller's, with a valid destination.
+        let n = unsafe { real(fd, &redirected, flags) };
+        if layer::connect_started(if n >= 0 { 0 } else { -1 }) {
+            let observed = open.finish(fd);
+            // SAFETY: the kernel took the first n bytes across msg's iovecs.
+            unsafe {
+                moved_iov(
+                    observed,
+                    fd,
+                    Way::Sent,
+                    n,
+                    (*msg).msg_iov,
+                    (*msg).msg_iovlen as c_int,
+                )
+            };
+        }
+        return n;
+    }
     let sending = if msg.is_null() {
         Sending::Pass
     } else {

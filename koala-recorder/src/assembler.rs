@@ -526,8 +526,10 @@ impl Assembler {
     /// Whether bytes read after `session`'s response still belong to its
     /// request: the protocol catalogue frames the request read so far as
     /// unfinished (FastCGI's trailing empty stdin record, read after the
-    /// response; an HTTP body sent after `100 Continue`). Only asked when a
-    /// read follows a response, so the hot path is unchanged. With pipelined
+    /// response; an HTTP body sent after `100 Continue`). Asked once per
+    /// request, when a read follows a response (and at a shutdown): one
+    /// framing pass over the previous request on the host thread — the
+    /// cost `make bench` measures (docs/benchmarks.md). With pipelined
     /// requests the last one counts. An empty request (the service spoke
     /// first) or a cut one never continues.
     fn request_continues(&self, session: SessionKey) -> bool {

@@ -62,7 +62,8 @@ extern "C" fn forward_dlmopen(namespace: c_long, file: *const c_char, flags: c_i
 }
 
 /// `flags` without RTLD_DEEPBIND when the library is active (record or
-/// replay); passive, they are untouched after one relaxed load. Never
+/// replay); passive, they are untouched after one relaxed load (and the
+/// lookup of the real function, a load once resolved). Never
 /// panics: it runs inside the host's dlopen call.
 fn flags_to_use(file: *const c_char, flags: c_int) -> c_int {
     if flags & libc::RTLD_DEEPBIND == 0 || !layer::is_active() {

@@ -3,13 +3,14 @@
 //! `tracing` events are formatted on the thread that logs and handed to a
 //! bounded channel with `try_send` (a full channel drops the line); an
 //! internal thread drains it into the configured target: stdout, stderr, or
-//! a file rotated every hour by `tracing-appender`. So a host thread never
-//! writes to a file or a terminal itself, and nothing is printed unless
+//! a file rotated every hour (see [`file`]). So a host thread never writes
+//! to a file or a terminal itself, and nothing is printed unless
 //! `KOALA_LOG_FILE` asks for it.
 
+mod file;
 mod subscriber;
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -150,7 +151,7 @@ fn ensure_drain() {
 
 enum Output {
     Fd(i32),
-    File(tracing_appender::rolling::RollingFileAppender),
+    File(file::LogFile),
 }
 
 fn open_output() -> io::Result<Output> {
@@ -159,7 +160,7 @@ fn open_output() -> io::Result<Output> {
         LogTarget::Stdout => Output::Fd(1),
         LogTarget::Stderr => Output::Fd(2),
         LogTarget::Off => Output::Fd(-1),
-        LogTarget::File(path) => match open_rotating(path) {
+        LogTarget::File(path) => match file::LogFile::open(path) {
             Ok(appender) => Output::File(appender),
             // The default log lives in the record directory: when that is
             // unusable, the one line saying so must go somewhere.
@@ -172,25 +173,9 @@ fn open_output() -> io::Result<Output> {
     })
 }
 
-fn open_rotating(path: &Path) -> io::Result<tracing_appender::rolling::RollingFileAppender> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(".".as_ref());
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("KOALA_LOG_FILE names a directory"))?;
-    std::fs::create_dir_all(dir)?;
-    tracing_appender::rolling::RollingFileAppender::builder()
-        .rotation(tracing_appender::rolling::Rotation::HOURLY)
-        .filename_prefix(name.to_string_lossy())
-        .build(dir)
-        .map_err(io::Error::other)
-}
-
 /// The fallback log, in a directory of the user's own (0700) under the
 /// shared temp dir: one planted by another user, or a symlink, is refused.
-fn open_fallback(path: &Path) -> io::Result<tracing_appender::rolling::RollingFileAppender> {
+fn open_fallback(path: &Path) -> io::Result<file::LogFile> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let dir = path.parent().unwrap_or(Path::new("/tmp"));
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -205,7 +190,7 @@ fn open_fallback(path: &Path) -> io::Result<tracing_appender::rolling::RollingFi
     if !ours {
         return Err(io::Error::other("fallback log directory is not private"));
     }
-    open_rotating(path)
+    file::LogFile::open(path)
 }
 
 fn drain(rx: Receiver<Message>, mut output: Output) {
@@ -224,17 +209,12 @@ impl Output {
     fn write_line(&mut self, line: &[u8]) {
         match self {
             Output::Fd(fd) => write_all_fd(*fd, line),
-            Output::File(file) => {
-                let _ = file.write_all(line);
-            }
+            Output::File(file) => file.write_line(line),
         }
     }
 
-    fn flush(&mut self) {
-        if let Output::File(file) = self {
-            let _ = file.flush();
-        }
-    }
+    /// Lines are written unbuffered: nothing waits but in the channel.
+    fn flush(&mut self) {}
 }
 
 /// Raw write(2): the host may have replaced fd 1/2, and std's handles

@@ -31,6 +31,9 @@ pub struct Counters {
     pub dropped_queue_full: AtomicU64,
     pub written: AtomicU64,
     pub write_errors: AtomicU64,
+    /// The session file was reopened: the host closed its fd, or it was
+    /// deleted (with its directory, say).
+    pub file_reopened: AtomicU64,
     drops_reported: AtomicU64,
 }
 
@@ -58,6 +61,9 @@ pub struct Recorder {
     pub(crate) identity: ProcessIdentity,
     /// The assembler's pid, readable without its lock (for the file name).
     pid: AtomicU64,
+    /// The file the writer writes to, once open: not always the wanted
+    /// name (a name taken, a reopen).
+    session_file: Mutex<Option<PathBuf>>,
     /// KOALA_MAX_PAYLOAD_BYTES, also read by the sendfile hook.
     max_payload_bytes: usize,
     queue_capacity: usize,
@@ -87,6 +93,7 @@ impl Recorder {
             dir: config.record_to.clone(),
             identity,
             pid: AtomicU64::new(u64::from(pid)),
+            session_file: Mutex::new(None),
             max_payload_bytes: config.max_payload_bytes,
             inner: Mutex::new(Inner {
                 assembler: Assembler::new(pid, limits),
@@ -117,6 +124,21 @@ impl Recorder {
             self.identity.program,
             self.pid.load(Ordering::Relaxed)
         ))
+    }
+
+    /// The writer opened `path` for this process's sessions.
+    pub(crate) fn set_session_file(&self, path: &std::path::Path) {
+        // try_lock: in a forked child the lock may have been inherited held.
+        if let Ok(mut file) = self.session_file.try_lock() {
+            *file = Some(path.to_path_buf());
+        }
+    }
+
+    /// The file sessions are written to: the last one opened, or the
+    /// wanted name before any.
+    fn current_session_file(&self) -> PathBuf {
+        let opened = self.session_file.try_lock().ok().and_then(|f| f.clone());
+        opened.unwrap_or_else(|| self.session_file_path())
     }
 
     /// The most bytes kept per request or response (KOALA_MAX_PAYLOAD_BYTES).
@@ -326,6 +348,7 @@ impl Recorder {
             sessions_written = c.written.load(Ordering::Relaxed),
             sessions_dropped_queue_full = c.dropped_queue_full.load(Ordering::Relaxed),
             sessions_lost_write_error = c.write_errors.load(Ordering::Relaxed),
+            session_file_reopened = c.file_reopened.load(Ordering::Relaxed),
             sessions_without_inbound = stats.sessions_without_inbound,
             sessions_left_to_parent = stats.sessions_left_to_parent,
             background_records = stats.background_records,
@@ -333,7 +356,7 @@ impl Recorder {
             calls_over_limit = stats.calls_over_limit,
             truncated_payloads = stats.truncated_payloads,
             empty_sessions = stats.empty_sessions,
-            file = %self.session_file_path().display(),
+            file = %self.current_session_file().display(),
             "koala recording summary"
         );
     }
@@ -378,9 +401,13 @@ impl Recorder {
             &self.counters.dropped_queue_full,
             &self.counters.written,
             &self.counters.write_errors,
+            &self.counters.file_reopened,
             &self.counters.drops_reported,
         ] {
             counter.store(0, Ordering::Relaxed);
+        }
+        if let Ok(mut file) = self.session_file.try_lock() {
+            *file = None;
         }
         // Sessions the parent finished are the parent's to write.
         inner.outbox = Outbox::default();

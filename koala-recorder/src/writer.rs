@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -41,7 +41,7 @@ pub(crate) fn run(recorder: &'static Recorder) {
         for mut session in sessions.drain(..) {
             session.write_json_line(&recorder.identity, &mut batch.bytes);
             session.take_buffers(&mut spent);
-            batch.lines += 1;
+            batch.end_line();
             if batch.bytes.len() >= BATCH_BYTES {
                 file.write_batch(recorder, &mut batch);
             }
@@ -64,80 +64,274 @@ pub(crate) fn run(recorder: &'static Recorder) {
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
-    lines: u64,
+    /// Where each line ends in `bytes` (just after its newline).
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn end_line(&mut self) {
+        self.ends.push(self.bytes.len());
+    }
+}
+
+/// How much of a batch a short write kept: the lines whose newline was
+/// written, and their bytes. What follows is a torn line.
+fn whole_lines(ends: &[usize], written: usize) -> (usize, usize) {
+    let lines = ends.partition_point(|&end| end <= written);
+    let bytes = if lines == 0 { 0 } else { ends[lines - 1] };
+    (lines, bytes)
+}
+
+/// The file being written, as it was when opened.
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+/// Why an open session file is not used for the next batch.
+#[derive(Debug, PartialEq)]
+enum Lost {
+    /// The host closed our fd (the number may now be one of its own).
+    FdClosed,
+    /// The file was deleted (its directory removed, say): lines written to
+    /// it would be lost when it is closed.
+    Unlinked,
 }
 
 /// The session file, opened on first use, re-opened if the host closed or
-/// replaced its fd behind the library's back.
+/// replaced its fd behind the library's back or the file was deleted.
 struct SessionFile {
-    path: PathBuf,
-    open: Option<(File, u64, u64)>,
+    /// `<dir>/<program>-<pid>.jsonl`: the first name tried.
+    wanted: PathBuf,
+    open: Option<OpenFile>,
+    /// A torn line could not be cut off: start the next write on a fresh line.
+    torn: bool,
 }
 
 impl SessionFile {
-    fn new(path: PathBuf) -> Self {
-        SessionFile { path, open: None }
+    fn new(wanted: PathBuf) -> Self {
+        SessionFile {
+            wanted,
+            open: None,
+            torn: false,
+        }
     }
 
+    /// Writes the batch's lines, each whole or not at all, and counts them:
+    /// written, or lost (disk full, EFBIG, unwritable directory).
     fn write_batch(&mut self, recorder: &Recorder, batch: &mut Batch) {
         if batch.bytes.is_empty() {
             return;
         }
-        let lines = std::mem::take(&mut batch.lines);
-        let result = self.file().and_then(|f| f.write_all(&batch.bytes));
-        match result {
-            Ok(()) => recorder
-                .counters
-                .written
-                .fetch_add(lines, Ordering::Relaxed),
-            Err(error) => {
-                tracing::error!(path = %self.path.display(), %error, lines, "cannot write sessions; they are lost");
-                recorder
-                    .counters
-                    .write_errors
-                    .fetch_add(lines, Ordering::Relaxed)
+        let lines = batch.ends.len();
+        let (kept, error) = match (self.ensure_open(recorder), self.open.as_mut()) {
+            (Ok(size), Some(open)) => {
+                let torn = std::mem::take(&mut self.torn);
+                append_whole_lines(open, size, torn, batch, &mut self.torn)
             }
+            (Err(error), _) => (0, Some(error)),
+            (Ok(_), None) => (0, Some(io::Error::other("session file not open"))),
         };
+        let counters = &recorder.counters;
+        counters.written.fetch_add(kept as u64, Ordering::Relaxed);
+        if let Some(error) = error {
+            let lost = (lines - kept) as u64;
+            counters.write_errors.fetch_add(lost, Ordering::Relaxed);
+            let path = self.open.as_ref().map_or(&self.wanted, |open| &open.path);
+            tracing::error!(path = %path.display(), %error, lost, "cannot write sessions; they are lost");
+        }
         batch.bytes.clear();
+        batch.ends.clear();
     }
 
-    fn file(&mut self) -> io::Result<&mut File> {
-        if let Some((file, dev, ino)) = &self.open {
-            let still_ours = fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                .map(|m| m.dev() == *dev && m.ino() == *ino)
-                .unwrap_or(false);
-            if !still_ours {
-                // The host closed our fd, and the number may now be one of
-                // its own: forget it without closing.
-                let (file, _, _) = self.open.take().expect("checked above");
-                let _ = file.into_raw_fd();
-                tracing::warn!(path = %self.path.display(), "session file fd was closed by the host; reopening");
+    /// Opens or reopens the file as needed; returns its size.
+    fn ensure_open(&mut self, recorder: &Recorder) -> io::Result<u64> {
+        if let Some(open) = self.open.take() {
+            match check(&open) {
+                Ok(size) => {
+                    self.open = Some(open);
+                    return Ok(size);
+                }
+                Err(lost) => {
+                    if lost == Lost::FdClosed {
+                        // The number may now be one of the host's: forget
+                        // it without closing.
+                        let _ = open.file.into_raw_fd();
+                    }
+                    recorder
+                        .counters
+                        .file_reopened
+                        .fetch_add(1, Ordering::Relaxed);
+                    let why = match lost {
+                        Lost::FdClosed => "its fd was closed by the host",
+                        Lost::Unlinked => "it was deleted",
+                    };
+                    tracing::warn!(path = %open.path.display(), "session file reopened: {why}");
+                    // A torn line in the old file stays there.
+                    self.torn = false;
+                }
             }
         }
-        if self.open.is_none() {
-            let file = open_session_file(&self.path)?;
-            let metadata = file.metadata()?;
-            self.open = Some((file, metadata.dev(), metadata.ino()));
-        }
-        Ok(&mut self.open.as_mut().expect("opened above").0)
+        let (file, path) = create_session_file(&self.wanted)?;
+        let metadata = file.metadata()?;
+        recorder.set_session_file(&path);
+        self.open = Some(OpenFile {
+            file,
+            path,
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        });
+        Ok(metadata.size())
     }
 }
 
-/// Creates the directory (0700) if needed and opens the file for appending
-/// (0600), close-on-exec at a high fd number.
-fn open_session_file(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
+/// Is the open file still ours and still linked? Returns its size.
+fn check(open: &OpenFile) -> Result<u64, Lost> {
+    // fstat on the fd number: if the host closed it and the number was
+    // reused, this is another file.
+    let metadata = open.file.metadata().map_err(|_| Lost::FdClosed)?;
+    if metadata.dev() != open.dev || metadata.ino() != open.ino {
+        return Err(Lost::FdClosed);
+    }
+    if metadata.nlink() == 0 {
+        return Err(Lost::Unlinked);
+    }
+    Ok(metadata.size())
+}
+
+/// Appends the batch to a file of `size` bytes. On a short write the torn
+/// line is cut off again, so the file only ever holds whole lines; if that
+/// fails, `torn` is set so the next write starts on a fresh line. Returns
+/// the lines written and the error, if any.
+fn append_whole_lines(
+    open: &mut OpenFile,
+    size: u64,
+    torn: bool,
+    batch: &Batch,
+    still_torn: &mut bool,
+) -> (usize, Option<io::Error>) {
+    if torn && let Err(error) = open.file.write_all(b"\n") {
+        *still_torn = true;
+        return (0, Some(error));
+    }
+    let size = size + u64::from(torn);
+    let mut written = 0;
+    let error = loop {
+        if written == batch.bytes.len() {
+            return (batch.ends.len(), None);
+        }
+        match open.file.write(&batch.bytes[written..]) {
+            Ok(0) => break io::Error::from(io::ErrorKind::WriteZero),
+            Ok(n) => written += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => break error,
+        }
+    };
+    let (lines, bytes) = whole_lines(&batch.ends, written);
+    if bytes < written && open.file.set_len(size + bytes as u64).is_err() {
+        *still_torn = true;
+    }
+    (lines, Some(error))
+}
+
+/// How many other names are tried when `<program>-<pid>.jsonl` exists.
+const FRESH_NAMES: u32 = 100;
+
+/// Creates the directory (0700) if needed and a new session file (0600),
+/// close-on-exec at a high fd number. The file is always new (O_EXCL) and
+/// never reached through a symlink (O_NOFOLLOW): a file or link already at
+/// the name (a pid reused, a link planted by another user, our own file
+/// after a reopen) is left alone and `<program>-<pid>-<n>.jsonl` used.
+fn create_session_file(wanted: &Path) -> io::Result<(File, PathBuf)> {
+    if let Some(dir) = wanted.parent() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    let fd = koala_runtime::fds::relocate_high(file.into_raw_fd());
-    // SAFETY: relocate_high returns an fd we own (the original or its dup).
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let mut path = wanted.to_path_buf();
+    for n in 1..=FRESH_NAMES {
+        match OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => {
+                let fd = koala_runtime::fds::relocate_high(file.into_raw_fd());
+                // SAFETY: relocate_high returns an fd we own (the original or its dup).
+                return Ok((unsafe { File::from_raw_fd(fd) }, path));
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                path = fresh_name(wanted, n);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("{} and {FRESH_NAMES} other names exist", wanted.display()),
+    ))
+}
+
+/// `<program>-<pid>-<n>.jsonl` for `<program>-<pid>.jsonl`.
+fn fresh_name(wanted: &Path, n: u32) -> PathBuf {
+    let stem = wanted.file_stem().unwrap_or_default().to_string_lossy();
+    wanted.with_file_name(format!("{stem}-{n}.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_write_keeps_the_lines_whose_newline_was_written() {
+        let ends = [10, 25, 40];
+        assert_eq!(whole_lines(&ends, 0), (0, 0));
+        assert_eq!(whole_lines(&ends, 9), (0, 0));
+        assert_eq!(whole_lines(&ends, 10), (1, 10));
+        assert_eq!(whole_lines(&ends, 24), (1, 10));
+        assert_eq!(whole_lines(&ends, 25), (2, 25));
+        assert_eq!(whole_lines(&ends, 40), (3, 40));
+        assert_eq!(whole_lines(&[], 0), (0, 0));
+    }
+
+    #[test]
+    fn fresh_names_keep_the_extension() {
+        assert_eq!(
+            fresh_name(Path::new("/r/python3-12.jsonl"), 2),
+            Path::new("/r/python3-12-2.jsonl")
+        );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("koala-writer-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn session_files_are_new_private_files_never_reached_through_a_link() {
+        let dir = temp_dir("create");
+        let wanted = dir.join("sub/svc-7.jsonl");
+        let (_, first) = create_session_file(&wanted).unwrap();
+        assert_eq!(first, wanted);
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o777;
+        assert_eq!((mode(&first), mode(&dir.join("sub"))), (0o600, 0o700));
+        // Taken: a fresh name, the existing file untouched.
+        let (_, second) = create_session_file(&wanted).unwrap();
+        assert_eq!(second, dir.join("sub/svc-7-1.jsonl"));
+        // A link planted at the next names is not followed.
+        let target = dir.join("target");
+        fs::write(&target, "secret\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("sub/svc-8.jsonl")).unwrap();
+        let (mut file, third) = create_session_file(&dir.join("sub/svc-8.jsonl")).unwrap();
+        assert_eq!(third, dir.join("sub/svc-8-1.jsonl"));
+        file.write_all(b"line\n").unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "secret\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -126,6 +126,23 @@ pub fn flush_before_exit() {
     });
 }
 
+/// exec*(): the new program starts with a fresh library, so this image
+/// writes what it recorded first, within the bound exit has. Open sessions
+/// end here (as at exit: the new image cannot continue them). The replay
+/// tables stay: the exec'd program may replay on with them.
+pub fn flush_before_exec() {
+    if !is_active() || !is_owner_process() {
+        return;
+    }
+    let Some(_busy) = Busy::enter() else { return };
+    contain("exec", || {
+        if let Some(recorder) = recorder() {
+            recorder.flush_at_exit(EXIT_FLUSH_TIMEOUT);
+        }
+        koala_log::flush(Duration::from_millis(500));
+    });
+}
+
 #[inline]
 pub fn is_active() -> bool {
     ACTIVE.load(Ordering::Relaxed)

@@ -1,0 +1,316 @@
+//! exec() replaces the image that holds the recorder: sessions finished or
+//! still open on kept-alive connections must be written before it, whichever
+//! exported entry point of the exec family the program calls (glibc's own
+//! execv, execvp and execl* never go through the exported execve). The real
+//! exec runs once with the caller's arguments; when it fails, the program
+//! goes on and is recorded as before.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use koala_tests::*;
+
+/// `exec_server PORT COUNT MODE`: answers COUNT connections, one request
+/// each, keeping them open, then execs through the entry point MODE into
+/// `sh -c 'echo "$0 $1 ${MARK:-none}"' exec-ok MODE` (the variants taking
+/// an environment add MARK=from-envp to it). MODE `fail` first execvp's a
+/// program that does not exist; on its failure it answers COUNT more
+/// connections and exits.
+const SERVER: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static int answer(int listener, int item) {
+    int fd = accept(listener, NULL, NULL);
+    if (fd < 0) return -1;
+    char request[512];
+    size_t got = 0;
+    while (got < sizeof request - 1) {
+        ssize_t n = read(fd, request + got, sizeof request - 1 - got);
+        if (n <= 0) return -1;
+        got += n;
+        request[got] = 0;
+        if (strstr(request, "\r\n\r\n")) break;
+    }
+    char body[64], response[256];
+    int body_len = snprintf(body, sizeof body, "item %d", item);
+    int len = snprintf(response, sizeof response,
+                       "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", body_len, body);
+    if (write(fd, response, len) != len) return -1;
+    return fd; /* kept open: the session is not over */
+}
+
+static char **with_mark(void) {
+    size_t n = 0;
+    while (environ[n]) n++;
+    char **envp = calloc(n + 2, sizeof *envp);
+    memcpy(envp, environ, n * sizeof *envp);
+    envp[n] = "MARK=from-envp";
+    return envp;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    int port = atoi(argv[1]), count = atoi(argv[2]);
+    const char *mode = argv[3];
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port),
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(listener, (struct sockaddr *)&addr, sizeof addr) || listen(listener, 64)) return 3;
+    for (int i = 0; i < count; i++)
+        if (answer(listener, i) < 0) return 4;
+
+    const char *script = "echo \"$0 $1 ${MARK:-none}\"";
+    char *args[] = {"sh", "-c", (char *)script, "exec-ok", (char *)mode, NULL};
+    char **envp = with_mark();
+    if (!strcmp(mode, "execve")) execve("/bin/sh", args, envp);
+    else if (!strcmp(mode, "execv")) execv("/bin/sh", args);
+    else if (!strcmp(mode, "execvp")) execvp("sh", args);
+    else if (!strcmp(mode, "execvpe")) execvpe("sh", args, envp);
+    else if (!strcmp(mode, "execl")) execl("/bin/sh", "sh", "-c", script, "exec-ok", mode, (char *)NULL);
+    else if (!strcmp(mode, "execle")) execle("/bin/sh", "sh", "-c", script, "exec-ok", mode, (char *)NULL, envp);
+    else if (!strcmp(mode, "execlp")) execlp("sh", "sh", "-c", script, "exec-ok", mode, (char *)NULL);
+    else if (!strcmp(mode, "fexecve")) {
+        int fd = open("/bin/sh", O_RDONLY | O_CLOEXEC);
+        fexecve(fd, args, envp);
+    } else if (!strcmp(mode, "execveat")) execveat(AT_FDCWD, "/bin/sh", args, envp, 0);
+    else if (!strcmp(mode, "fail")) {
+        execvp("koala-no-such-program", args);
+        printf("exec failed: errno %d\n", errno);
+        fflush(stdout);
+        for (int i = count; i < 2 * count; i++) {
+            int fd = answer(listener, i);
+            if (fd < 0) return 5;
+            close(fd);
+        }
+        return 0;
+    }
+    printf("%s returned: errno %d\n", mode, errno);
+    return 6;
+}
+"#;
+
+const COUNT: usize = 20;
+
+fn request(item: usize) -> Vec<u8> {
+    format!("GET /item/{item} HTTP/1.1\r\nHost: svc\r\n\r\n").into_bytes()
+}
+
+fn response(item: usize) -> Vec<u8> {
+    let body = format!("item {item}");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Compiles the server and checks it imports `symbol` itself (else the
+/// test would not exercise that entry point's hook).
+fn build_server(dir: &TestDir, symbol: &str) -> std::path::PathBuf {
+    let source = dir.join("exec_server.c");
+    std::fs::write(&source, SERVER).expect("write exec_server.c");
+    let binary = dir.join("exec_server");
+    compile_c(&source, &["-O2", "-Wall"], &binary);
+    let nm = Command::new(require_program("nm", "binutils"))
+        .arg("-D")
+        .arg(&binary)
+        .output()
+        .expect("run nm -D");
+    let imports = String::from_utf8_lossy(&nm.stdout).into_owned();
+    assert!(
+        imports
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("U "))
+            .any(|s| s.split('@').next() == Some(symbol)),
+        "exec_server does not import {symbol}:\n{imports}"
+    );
+    binary
+}
+
+/// Runs the server in record mode, makes COUNT exchanges (their sessions
+/// still open: the connections stay up and the idle timeout is far), waits
+/// for the exit of the program it exec'd (or, for `fail`, answers COUNT
+/// more), and returns the sessions written and the program's stdout.
+fn record_around_exec(mode: &str, symbol: &str) -> (Vec<koala_session::Session>, String) {
+    let dir = TestDir::new(&format!("record_exec_{mode}"));
+    let server = build_server(&dir, symbol);
+    let record = dir.join("record");
+    let port = free_port();
+    let mut program = Spec::new("exec_server", &server)
+        .args([port.to_string(), COUNT.to_string(), mode.to_string()])
+        .record_to(&record)
+        .env("KOALA_SESSION_IDLE_MS", 600_000)
+        .spawn(&dir);
+    program.wait_for_port(port);
+    let mut kept = Vec::new();
+    for item in 0..COUNT {
+        let mut stream = connect(port);
+        let answer = http_exchange(&mut stream, &request(item));
+        assert_bytes(&answer, &response(item), &format!("response {item}"));
+        kept.push(stream);
+    }
+    if mode == "fail" {
+        for item in COUNT..2 * COUNT {
+            let mut stream = connect(port);
+            let answer = http_exchange(&mut stream, &request(item));
+            assert_bytes(&answer, &response(item), &format!("response {item}"));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = program.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exec_server {mode} did not exit\n{}",
+            program.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        status.success(),
+        "exec_server {mode}: {status}\n{}",
+        program.output_report()
+    );
+    // Every line was written before the exec (or at exit): nothing to wait for.
+    let sessions = read_sessions(&record);
+    let stdout = program.stdout();
+    drop(kept);
+    (sessions, stdout)
+}
+
+/// The COUNT sessions of the first image: exact bytes, ended by the exec.
+#[track_caller]
+fn assert_flushed(sessions: &[koala_session::Session], mode: &str) {
+    let mut firsts: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.end == Some(koala_session::EndReason::Exit))
+        .collect();
+    assert_eq!(
+        firsts.len(),
+        COUNT,
+        "{mode}: sessions ended by the exec:\n{}",
+        sessions.iter().map(show).collect::<Vec<_>>().join("\n")
+    );
+    firsts.sort_by_key(|s| s.inbound.request.as_bytes().to_vec());
+    let mut expected: Vec<usize> = (0..COUNT).collect();
+    expected.sort_by_key(|&item| request(item));
+    for (session, item) in firsts.iter().zip(expected) {
+        assert_bytes(
+            session.inbound.request.as_bytes(),
+            &request(item),
+            &format!("{mode}: request {item}"),
+        );
+        assert_bytes(
+            session.inbound.response.as_bytes(),
+            &response(item),
+            &format!("{mode}: response {item}"),
+        );
+        assert!(session.calls.is_empty(), "{mode}: {}", show(session));
+    }
+}
+
+/// One test per exported entry point: `(mode, symbol imported, MARK seen)`.
+fn exec_through(mode: &str, mark: &str) {
+    let (sessions, stdout) = record_around_exec(mode, mode);
+    assert_eq!(
+        stdout,
+        format!("exec-ok {mode} {mark}\n"),
+        "{mode}: the exec'd program's output"
+    );
+    assert_eq!(sessions.len(), COUNT, "{mode}: sessions written");
+    assert_flushed(&sessions, mode);
+}
+
+#[test]
+fn execve_flushes_first() {
+    exec_through("execve", "from-envp");
+}
+
+#[test]
+fn execv_flushes_first() {
+    exec_through("execv", "none");
+}
+
+#[test]
+fn execvp_flushes_first() {
+    exec_through("execvp", "none");
+}
+
+#[test]
+fn execvpe_flushes_first() {
+    exec_through("execvpe", "from-envp");
+}
+
+#[test]
+fn execl_flushes_first() {
+    exec_through("execl", "none");
+}
+
+#[test]
+fn execle_flushes_first() {
+    exec_through("execle", "from-envp");
+}
+
+#[test]
+fn execlp_flushes_first() {
+    exec_through("execlp", "none");
+}
+
+#[test]
+fn fexecve_flushes_first() {
+    exec_through("fexecve", "from-envp");
+}
+
+#[test]
+fn execveat_flushes_first() {
+    exec_through("execveat", "from-envp");
+}
+
+/// An exec that fails (execvp of a program that does not exist) still
+/// flushed first; the program goes on and its later sessions are recorded.
+#[test]
+fn failed_exec_goes_on_recording() {
+    let (sessions, stdout) = record_around_exec("fail", "execvp");
+    assert_eq!(stdout, "exec failed: errno 2\n");
+    assert_eq!(sessions.len(), 2 * COUNT, "sessions written");
+    let before: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.end == Some(koala_session::EndReason::Exit))
+        .cloned()
+        .collect();
+    assert_flushed(&before, "fail");
+    let mut after: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.end != Some(koala_session::EndReason::Exit))
+        .collect();
+    after.sort_by_key(|s| s.inbound.request.as_bytes().to_vec());
+    let mut expected: Vec<usize> = (COUNT..2 * COUNT).collect();
+    expected.sort_by_key(|&item| request(item));
+    assert_eq!(after.len(), COUNT);
+    for (session, item) in after.iter().zip(expected) {
+        assert_bytes(
+            session.inbound.request.as_bytes(),
+            &request(item),
+            &format!("after the failed exec: request {item}"),
+        );
+        assert_bytes(
+            session.inbound.response.as_bytes(),
+            &response(item),
+            &format!("after the failed exec: response {item}"),
+        );
+    }
+}

@@ -64,6 +64,9 @@ pub fn init() {
         // `off`/`passive` on purpose, or a typo already logged above as an
         // error; either way only where KOALA_LOG_FILE says (see koala-config).
         tracing::info!("KOALA_MODE names no mode: the library stays passive");
+        // No exit handler in a passive process: write these lines now
+        // (nothing waits unless KOALA_LOG_FILE set up a log).
+        koala_log::flush(Duration::from_millis(500));
         return;
     }
     tracing::debug!(mode = %config.mode, dir = %config.record_to.display(), "koala active");

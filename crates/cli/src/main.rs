@@ -29,9 +29,14 @@ struct Cli {
 enum Command {
     /// Run a command with libkoala.so loaded in record mode.
     ///
-    /// Sets LD_PRELOAD, KOALA_MODE=record and KOALA_RECORD_TO, then
-    /// replaces itself with the command. Each process of the command
-    /// writes its sessions to DIR/<program>-<pid>.jsonl.
+    /// Sets LD_PRELOAD, KOALA_MODE=record and KOALA_RECORD_TO, runs the
+    /// command and waits for it, passing on the signals it gets (SIGTERM,
+    /// SIGINT, SIGHUP, ...). Each process of the command writes its sessions
+    /// to DIR/<program>-<pid>.jsonl. At the end koala prints a summary on
+    /// stderr: sessions written, dropped and lost, in which files, or why
+    /// none (an unusable directory, nothing connected, a static or Go
+    /// program, which LD_PRELOAD cannot see: that is also said before it
+    /// starts). The exit code is the command's.
     #[command(
         after_help = "Example:\n  koala record --to ./sessions -- python3 service.py --port 8080"
     )]

@@ -1,0 +1,225 @@
+//! `koala record` ends with a summary on stderr: sessions written, dropped
+//! and lost, in which files — or why none: an unusable record directory
+//! (the library then logs to its per-user fallback, which the summary
+//! reads), a statically linked program (named before it starts), nothing
+//! connected. It stays in front of the command, passing signals on, and
+//! exits with the command's code.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use koala_tests::replay::koala_bin;
+use koala_tests::*;
+
+/// `koala record --to DIR -- CMD...`, with `TMPDIR` (where the fallback
+/// log goes) inside the test's directory.
+fn koala_record(dir: &TestDir, to: &Path, command: &[&str]) -> Program {
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    Spec::new("koala", koala_bin())
+        .args(["record", "--lib"])
+        .arg(koala_lib().display())
+        .arg("--to")
+        .arg(to.display())
+        .arg("--")
+        .args(command)
+        .env("TMPDIR", tmp.display())
+        .spawn(dir)
+}
+
+fn wait_for_exit(program: &mut Program) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = program.exited() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "koala record did not end\n{}",
+            program.output_report()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Python HTTP server answering `count` connections (0: until SIGTERM,
+/// which it takes as a clean exit), one request each.
+fn server_script(port: u16, count: u32) -> String {
+    format!(
+        "import signal, socket, sys\n\
+         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen()\n\
+         served = 0\n\
+         while {count} == 0 or served < {count}:\n\
+         \x20   c, _ = s.accept(); c.recv(65536)\n\
+         \x20   c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n\
+         \x20   c.close(); served += 1\n"
+    )
+}
+
+fn exchange(port: u16, path: &str) {
+    let mut stream = connect(port);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    assert_bytes(
+        &read_to_close(&mut stream),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "response",
+    );
+}
+
+/// The `.jsonl` files of `dir`.
+fn jsonl_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".jsonl"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// SIGTERM to koala alone (not its process group) reaches the service,
+/// which exits cleanly; the summary names the file and its sessions.
+#[test]
+fn the_summary_counts_the_sessions_of_each_file() {
+    let dir = TestDir::new("record-summary");
+    let record = dir.join("record");
+    let port = free_port();
+    let script = server_script(port, 0);
+    let python = python().display().to_string();
+    let mut koala = koala_record(&dir, &record, &[&python, "-c", &script]);
+    koala.wait_for_port(port);
+    exchange(port, "/a");
+    exchange(port, "/b");
+    wait_for_sessions(&record, 2);
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(koala.pid() as i32, libc::SIGTERM) };
+    let status = wait_for_exit(&mut koala);
+    assert!(status.success(), "{status}\n{}", koala.output_report());
+    let files = jsonl_files(&record);
+    assert_eq!(files.len(), 1, "{}", describe_dir(&record));
+    assert_eq!(read_sessions(&record).len(), 2);
+    assert_eq!(
+        koala.stderr(),
+        format!(
+            "koala record: 2 sessions written, 0 dropped, 0 lost\n\
+             koala record:   {}: 2 sessions\n",
+            record.join(&files[0]).display()
+        ),
+        "{}",
+        koala.output_report()
+    );
+}
+
+/// The record directory is below a regular file: every session is lost.
+/// The library's log, which would live there too, goes to the fallback
+/// `$TMPDIR/koala-<uid>/`, and the summary says all of it.
+#[test]
+fn an_unusable_record_directory_is_reported() {
+    let dir = TestDir::new("record-unusable");
+    fs::write(dir.join("afile"), b"").unwrap();
+    let record = dir.join("afile/sub");
+    let port = free_port();
+    let script = server_script(port, 1);
+    let python = python().display().to_string();
+    let mut koala = koala_record(&dir, &record, &[&python, "-c", &script]);
+    koala.wait_for_port(port);
+    exchange(port, "/lost");
+    let status = wait_for_exit(&mut koala);
+    assert!(status.success(), "{status}\n{}", koala.output_report());
+
+    let stderr = koala.stderr();
+    let lines: Vec<&str> = stderr.lines().collect();
+    let record = record.display().to_string();
+    // SAFETY: getuid cannot fail.
+    let fallback = dir.join(format!("tmp/koala-{}", unsafe { libc::getuid() }));
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert_eq!(
+        lines[0], "koala record: 0 sessions written, 0 dropped, 1 lost",
+        "{stderr}"
+    );
+    let lost = lines[1]
+        .strip_prefix(&format!("koala record:   lost: cannot write {record}/"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        lost.ends_with(".jsonl: Not a directory (os error 20)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("koala record:   why none: {record}: Not a directory (os error 20)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[3],
+        format!("koala record:   why none: sessions could not be written to {record} (above)"),
+        "{stderr}"
+    );
+    let log = lines[4]
+        .strip_prefix("koala record:   log: ")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        log.starts_with(&format!("{}/koala.log.", fallback.display())),
+        "{stderr}"
+    );
+    let text = fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains(&format!(
+            " ERROR cannot open the log file; logging here instead log={record}/koala.log error=Not a directory (os error 20)"
+        )),
+        "{text}"
+    );
+}
+
+/// A static binary is named before it starts (LD_PRELOAD cannot load
+/// the library into it); its exit code passes through.
+#[test]
+fn a_static_program_is_named_before_it_starts() {
+    let dir = TestDir::new("record-static");
+    let source = dir.join("exit3.c");
+    fs::write(&source, "int main(void) { return 3; }\n").unwrap();
+    let program = dir.join("exit3");
+    compile_c(&source, &["-static"], &program);
+    let program = program.display().to_string();
+    let mut koala = koala_record(&dir, &dir.join("record"), &[&program]);
+    let status = wait_for_exit(&mut koala);
+    assert_eq!(status.code(), Some(3), "{}", koala.output_report());
+    let blind = "is statically linked: the dynamic loader never runs, so LD_PRELOAD cannot load libkoala.so into it";
+    assert_eq!(
+        koala.stderr(),
+        format!(
+            "koala record: warning: {program} {blind}; nothing will be recorded\n\
+             koala record: 0 sessions written, 0 dropped, 0 lost\n\
+             koala record:   why none: {program} {blind}\n"
+        )
+    );
+}
+
+/// A command that never handles a connection records nothing, and says so.
+#[test]
+fn nothing_connected_is_said() {
+    let dir = TestDir::new("record-nothing");
+    let python = python().display().to_string();
+    let mut koala = koala_record(&dir, &dir.join("record"), &[&python, "-c", "pass"]);
+    let status = wait_for_exit(&mut koala);
+    assert!(status.success(), "{}", koala.output_report());
+    assert_eq!(
+        koala.stderr(),
+        "koala record: 0 sessions written, 0 dropped, 0 lost\n\
+         koala record:   why none: no process of the command handled a TCP connection: nothing listened, nothing connected to it, or the library was not loaded (a setuid program, a cleared environment)\n"
+    );
+    assert!(
+        !dir.join("record").exists(),
+        "nothing recorded, nothing created"
+    );
+}

@@ -63,11 +63,23 @@ struct Service {
 /// Starts the service recording into `record`, logging (at `level`) to
 /// `<dir>/koala.log`.
 fn start(dir: &TestDir, record: &Path, level: &str) -> Service {
+    start_with(dir, record, level, &[])
+}
+
+/// [`start`], the service started through `wrapper` (a command and its
+/// arguments, which end with the command they run).
+fn start_with(dir: &TestDir, record: &Path, level: &str, wrapper: &[&str]) -> Service {
     let script = dir.join("item_service.py");
     fs::write(&script, SERVICE).unwrap();
     let port = free_port();
     let log = dir.join("koala.log");
-    let mut program = Spec::new("service", python())
+    let spec = match wrapper.split_first() {
+        Some((program, args)) => Spec::new("service", program)
+            .args(args)
+            .arg(python().display()),
+        None => Spec::new("service", python()),
+    };
+    let mut program = spec
         .arg(script.display())
         .arg(port)
         .record_to(record)
@@ -226,6 +238,43 @@ fn a_full_disk_leaves_whole_lines_and_true_counts() {
     );
 }
 
+/// File too large (EFBIG: the service runs under a 256 KiB RLIMIT_FSIZE):
+/// the same whole lines and true counts, and the host is not killed by the
+/// SIGXFSZ that comes with EFBIG (the writer thread blocks it).
+#[test]
+fn a_file_size_limit_leaves_whole_lines_and_true_counts() {
+    let dir = TestDir::new("files-efbig");
+    let record = dir.join("record");
+    let prlimit = require_program("prlimit", "util-linux");
+    let prlimit = prlimit.to_str().unwrap();
+    let mut service = start_with(&dir, &record, "INFO", &[prlimit, "--fsize=262144"]);
+    const REQUESTS: usize = 40;
+    let mut stream = connect(service.port);
+    for n in 0..REQUESTS {
+        get_item(&mut stream, &format!("i{n}"), 8000 + n * 383);
+    }
+    drop(stream);
+    service.program.stop_cleanly();
+
+    let file = record.join(format!("python3-{}.jsonl", service.program.pid()));
+    let sessions = whole_lines(&file);
+    let written = summary_field(&service.log, "sessions_written");
+    let lost = summary_field(&service.log, "sessions_lost_write_error");
+    assert!(
+        lost > 0 && !sessions.is_empty(),
+        "{written} written, {lost} lost"
+    );
+    assert_eq!(
+        (written, written + lost),
+        (sessions.len() as u64, REQUESTS as u64),
+        "summary: written = lines in the file, written + lost = requests"
+    );
+    assert!(
+        log_text(&service.log).contains("File too large"),
+        "the loss is logged with its reason"
+    );
+}
+
 /// The record directory deleted while recording: the library notices
 /// (the file is unlinked), recreates the directory (0700) and a new file,
 /// and counts the reopen.
@@ -375,4 +424,52 @@ fn a_host_that_closes_every_fd_gets_no_log_line_in_a_session_file() {
         "{log}"
     );
     assert_eq!(summary_field(&service.log, "session_file_reopened"), 1);
+}
+
+/// In every mode, a record directory the library creates is 0700 and its
+/// files 0600 — also when only the log goes there (no session at all).
+#[test]
+fn the_record_directory_and_the_log_are_private_in_every_mode() {
+    let dir = TestDir::new("files-private");
+    for mode in ["record", "replay"] {
+        let record = dir.join(format!("{mode}-dir"));
+        let mut program = Spec::new(mode, python())
+            .args(["-c", "pass"])
+            .preload()
+            .env("KOALA_MODE", mode)
+            .env("KOALA_RECORD_TO", record.display())
+            .env("KOALA_LOG_LEVEL", "DEBUG")
+            .env("KOALA_INBOUND_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("KOALA_OUTBOUND_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("KOALA_SUT_ADDR", format!("127.0.0.1:{}", free_port()))
+            .spawn(&dir);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = program.exited() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: python did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "{mode}: {status}\n{}",
+            program.output_report()
+        );
+        let mode_of =
+            |path: &Path| format!("{:o}", fs::symlink_metadata(path).unwrap().mode() & 0o777);
+        assert_eq!(mode_of(&record), "700", "{mode}: the directory");
+        let files: Vec<PathBuf> = fs::read_dir(&record)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(!files.is_empty(), "{mode}: a log in {}", record.display());
+        for file in files {
+            assert_eq!(mode_of(&file), "600", "{mode}: {}", file.display());
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::process::ExitStatus;
 use std::thread;
@@ -221,5 +222,62 @@ fn nothing_connected_is_said() {
     assert!(
         !dir.join("record").exists(),
         "nothing recorded, nothing created"
+    );
+}
+
+/// A worker that switched to another user (nginx's `user nobody;`) cannot
+/// write to a record directory only root may write to: its log goes to
+/// that user's own fallback, `$TMPDIR/koala-<its uid>/`, which the summary
+/// reads too.
+#[test]
+fn a_directory_the_worker_user_cannot_write_is_reported() {
+    const NOBODY: u32 = 65534;
+    let dir = TestDir::new("record-worker-user");
+    let record = dir.join("record");
+    fs::DirBuilder::new().mode(0o700).create(&record).unwrap();
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    // A shared temp dir, as /tmp is.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    // The test directory must be traversable by the worker.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    // Binds as root, then serves as nobody.
+    let script = server_script(port, 1).replace(
+        "served = 0\n",
+        &format!("os.setgid({NOBODY}); os.setuid({NOBODY})\nserved = 0\n"),
+    );
+    let script = format!("import os\n{script}");
+    let python = python().display().to_string();
+    let mut koala = koala_record(&dir, &record, &[&python, "-c", &script]);
+    koala.wait_for_port(port);
+    exchange(port, "/as-nobody");
+    let status = wait_for_exit(&mut koala);
+    assert!(status.success(), "{status}\n{}", koala.output_report());
+
+    let stderr = koala.stderr();
+    let lines: Vec<&str> = stderr.lines().collect();
+    let record = record.display().to_string();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert_eq!(
+        lines[0], "koala record: 0 sessions written, 0 dropped, 1 lost",
+        "{stderr}"
+    );
+    let lost = lines[1]
+        .strip_prefix(&format!("koala record:   lost: cannot write {record}/"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        lost.ends_with(".jsonl: Permission denied (os error 13)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("koala record:   why none: sessions could not be written to {record} (above)"),
+        "{stderr}"
+    );
+    let fallback = tmp.join(format!("koala-{NOBODY}/koala.log."));
+    assert!(
+        lines[3].starts_with(&format!("koala record:   log: {}", fallback.display())),
+        "{stderr}"
     );
 }

@@ -40,6 +40,9 @@ pub fn run(dir: &Path, lib: Option<&Path>, command: &[String]) -> Result<ExitCod
             .env("KOALA_RECORD_TO", dir),
     )
     .map_err(|error| format!("cannot run {program}: {error}"))?;
+    // Looked for again: a worker that switched user made its fallback
+    // directory during the run.
+    let logs = log_places(dir);
     let outcome = Outcome::read(dir, &logs, &before);
     let context = Context {
         dir,

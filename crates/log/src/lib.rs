@@ -41,10 +41,10 @@ struct Settings {
     target: LogTarget,
     /// For the line prefix, also after fork.
     program: String,
-    /// Where a log file that cannot be opened is replaced
-    /// (`koala_config::fallback_log_path`), read from the environment at
+    /// `TMPDIR`, for the fallback of a log file that cannot be opened
+    /// (`koala_config::fallback_log_path`): read from the environment at
     /// init, while the process is still single-threaded.
-    fallback: std::path::PathBuf,
+    tmpdir: Option<std::ffi::OsString>,
 }
 
 static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
@@ -59,11 +59,7 @@ pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Res
         .set(Settings {
             target: target.clone(),
             program: program.to_owned(),
-            // SAFETY: getuid cannot fail.
-            fallback: koala_config::fallback_log_path(
-                std::env::var_os("TMPDIR").as_deref(),
-                unsafe { libc::getuid() },
-            ),
+            tmpdir: std::env::var_os("TMPDIR"),
         })
         .is_err()
     {
@@ -165,7 +161,12 @@ fn open_output() -> io::Result<Output> {
             // The default log lives in the record directory: when that is
             // unusable, the one line saying so must go somewhere.
             Err(error) => {
-                let appender = open_fallback(&settings.fallback)?;
+                // The uid of now, not of init: a worker that switched
+                // user (nginx's `user nobody;`) gets a directory of its own.
+                // SAFETY: getuid cannot fail.
+                let uid = unsafe { libc::getuid() };
+                let fallback = koala_config::fallback_log_path(settings.tmpdir.as_deref(), uid);
+                let appender = open_fallback(&fallback)?;
                 tracing::error!(log = %path.display(), %error, "cannot open the log file; logging here instead");
                 Output::File(appender)
             }

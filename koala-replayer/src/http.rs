@@ -1,5 +1,6 @@
 //! Just enough HTTP/1.1 for the replay API: one request at a time on a
-//! keep-alive connection, bodies framed by Content-Length, bounded sizes.
+//! keep-alive connection, bodies framed by Content-Length, bounded sizes,
+//! a bearer token checked before any body is read.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -30,10 +31,13 @@ impl From<io::Error> for ReadError {
     }
 }
 
-/// Reads the next request. `max_body` bounds the body.
+/// Reads the next request. `max_body` bounds the body. `authorize` is
+/// given the bearer token of the `Authorization` header (if any) once the
+/// head is read, before the body: its rejection is the answer.
 pub fn read_request<R: Read>(
     reader: &mut BufReader<R>,
     max_body: usize,
+    authorize: impl Fn(Option<&str>) -> Result<(), (u16, String)>,
 ) -> Result<Request, ReadError> {
     let mut head = Vec::new();
     loop {
@@ -83,6 +87,7 @@ pub fn read_request<R: Read>(
     }
     let mut content_length = None;
     let mut close = version == "HTTP/1.0";
+    let mut token = None;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(ReadError::Reject(
@@ -104,11 +109,13 @@ pub fn read_request<R: Read>(
                     "send the body with a Content-Length".into(),
                 ));
             }
+            "authorization" => token = Some(bearer_token(value)),
             "connection" if value.eq_ignore_ascii_case("close") => close = true,
             "connection" if value.eq_ignore_ascii_case("keep-alive") => close = false,
             _ => {}
         }
     }
+    authorize(token).map_err(|(status, message)| ReadError::Reject(status, message))?;
     let method = method.to_string();
     let path = target.split('?').next().unwrap_or_default().to_string();
     let body = match content_length {
@@ -141,14 +148,36 @@ pub fn read_request<R: Read>(
     })
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any
+/// case); another scheme yields the whole value, which matches no token.
+fn bearer_token(value: &str) -> &str {
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value,
+    }
+}
+
+/// Whether `presented` equals `expected`, in a time that does not depend on
+/// where they differ (a local user timing answers learns nothing).
+pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        401 => "Unauthorized",
         411 => "Length Required",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -167,8 +196,14 @@ pub fn write_json(
     close: bool,
 ) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
         reason(status),
+        // 401 names the scheme that authenticates (RFC 9110).
+        if status == 401 {
+            "WWW-Authenticate: Bearer realm=\"koala replay\"\r\n"
+        } else {
+            ""
+        },
         body.len(),
         if close { "close" } else { "keep-alive" }
     );
@@ -182,7 +217,7 @@ mod tests {
     use super::*;
 
     fn read(raw: &[u8], max_body: usize) -> Result<Request, ReadError> {
-        read_request(&mut BufReader::new(raw), max_body)
+        read_request(&mut BufReader::new(raw), max_body, |_| Ok(()))
     }
 
     fn rejected(raw: &[u8]) -> (u16, String) {
@@ -196,20 +231,20 @@ mod tests {
     fn reads_requests_one_after_another() {
         let raw = b"POST /v1/replay?x=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /v1/status HTTP/1.1\r\nConnection: close\r\n\r\n";
         let mut reader = BufReader::new(&raw[..]);
-        let first = read_request(&mut reader, 1024).unwrap();
+        let first = read_request(&mut reader, 1024, |_| Ok(())).unwrap();
         assert_eq!(
             (first.method.as_str(), first.path.as_str(), &first.body[..]),
             ("POST", "/v1/replay", &b"hello"[..])
         );
         assert!(!first.close);
-        let second = read_request(&mut reader, 1024).unwrap();
+        let second = read_request(&mut reader, 1024, |_| Ok(())).unwrap();
         assert_eq!(
             (second.method.as_str(), second.path.as_str()),
             ("GET", "/v1/status")
         );
         assert!(second.close);
         assert!(matches!(
-            read_request(&mut reader, 1024),
+            read_request(&mut reader, 1024, |_| Ok(())),
             Err(ReadError::Closed)
         ));
     }
@@ -258,5 +293,65 @@ mod tests {
                 "no reason phrase for {status}"
             );
         }
+    }
+
+    /// What `authorize` is given, and that its rejection comes before the
+    /// body is read (a 5-byte body the reader never gets to).
+    #[test]
+    fn the_bearer_token_is_checked_before_the_body() {
+        let presented = |raw: &[u8]| {
+            let seen = std::cell::RefCell::new(None);
+            let result = read_request(&mut BufReader::new(raw), 1024, |token| {
+                *seen.borrow_mut() = Some(token.map(str::to_string));
+                Err((401, "no".into()))
+            });
+            assert!(matches!(result, Err(ReadError::Reject(401, _))));
+            seen.into_inner().expect("authorize was called")
+        };
+        assert_eq!(presented(b"GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(
+            presented(b"GET / HTTP/1.1\r\nAuthorization: Bearer  s3cr3t \r\n\r\n"),
+            Some("s3cr3t".into())
+        );
+        assert_eq!(
+            presented(b"GET / HTTP/1.1\r\nauthorization: bEaReR s3cr3t\r\n\r\n"),
+            Some("s3cr3t".into())
+        );
+        assert_eq!(
+            presented(b"GET / HTTP/1.1\r\nAuthorization: Basic czNjcjN0\r\n\r\n"),
+            Some("Basic czNjcjN0".into())
+        );
+        // Rejected with the body unread: the next bytes are still there.
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let mut reader = BufReader::new(&raw[..]);
+        let result = read_request(&mut reader, 1024, |_| Err((401, "who?".into())));
+        assert!(matches!(result, Err(ReadError::Reject(401, m)) if m == "who?"));
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"hello");
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(token_matches(b"abc", b"abc"));
+        for other in [&b"abd"[..], b"ab", b"abcd", b"", b"ABC"] {
+            assert!(!token_matches(other, b"abc"), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_401_names_the_bearer_scheme() {
+        let mut out = Vec::new();
+        write_json(&mut out, 401, b"{}", true).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"koala replay\"\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        );
+        let mut out = Vec::new();
+        write_json(&mut out, 429, b"{}", false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+        );
     }
 }

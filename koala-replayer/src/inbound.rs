@@ -4,11 +4,15 @@
 //! from a source port tagged with the replay's id in the shared table, reads
 //! the response, and answers what happened: the response, every outbound
 //! call and the recorded call it was served from, the calls never made.
-//! One internal thread per API connection: concurrency is the client's.
+//! One internal thread per API connection: concurrency is the client's, up
+//! to `KOALA_REPLAY_MAX_CONNECTIONS` (one more is answered 429). Every
+//! request carries the run's token (`KOALA_REPLAY_TOKEN`, as
+//! `Authorization: Bearer`), or is answered 401 before its body is read.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use koala_session::replay::{ApiError, BackgroundLoaded, Durations, ReplayResult, Status};
@@ -19,20 +23,53 @@ use crate::registry::Replay;
 use crate::replayer::Replayer;
 use koala_protocols::Completeness;
 
-/// Largest session accepted by `POST /v1/replay` and `/v1/background`.
-pub const MAX_BODY_BYTES: usize = 256 << 20;
 /// How long connecting to the service may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// An API connection idle this long between requests is closed.
 const API_IDLE: Duration = Duration::from_secs(300);
+/// Until its first request is authorized, a connection is closed after
+/// this long idle: strangers cannot hold the connection slots.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 /// An answer that is not 200: status and message.
 type Failure = (u16, String);
 
+/// API connections being served.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Bytes retained by `POST /v1/background`.
+static BACKGROUND_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Connections past the cap waiting for their 429; beyond, they are
+/// closed unanswered (a flood costs neither threads nor fds).
+const REJECT_QUEUE: usize = 64;
+/// How long a rejected connection is given to send its request and read
+/// the 429 (closing with its request unread would reset the connection
+/// and could destroy the answer).
+const REJECT_LINGER: Duration = Duration::from_millis(500);
+
+/// One API connection counted in [`OPEN`] while it is served.
+struct Slot;
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
+    let rejects = start_rejecter(replayer.max_connections);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        if OPEN.fetch_add(1, Ordering::Relaxed) >= replayer.max_connections {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+            // A full queue (or no rejecter thread): closed unanswered.
+            if let Some(rejects) = &rejects {
+                let _ = rejects.try_send(stream);
+            }
+            continue;
+        }
+        let slot = Slot;
         let spawned = koala_runtime::thread::spawn_internal("koala-inbound", move || {
+            let _slot = slot;
             serve(stream, replayer);
         });
         if let Err(error) = spawned {
@@ -41,16 +78,87 @@ pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
     }
 }
 
+/// The thread that answers connections past the cap, one at a time: 429
+/// and close.
+fn start_rejecter(max: usize) -> Option<mpsc::SyncSender<TcpStream>> {
+    let (sender, receiver) = mpsc::sync_channel::<TcpStream>(REJECT_QUEUE);
+    let body = error_body(&format!(
+        "too many replay API connections: {max} are open (KOALA_REPLAY_MAX_CONNECTIONS); close idle ones or raise it"
+    ));
+    let spawned = koala_runtime::thread::spawn_internal("koala-inbound-reject", move || {
+        let mut rejected: u64 = 0;
+        for mut stream in receiver {
+            rejected += 1;
+            if rejected == 1 {
+                tracing::warn!(
+                    max,
+                    "replay API: a connection past KOALA_REPLAY_MAX_CONNECTIONS answered 429 (further ones are logged at DEBUG)"
+                );
+            } else {
+                tracing::debug!(
+                    max,
+                    rejected,
+                    "replay API: a connection past the cap answered 429"
+                );
+            }
+            let _ = stream.set_write_timeout(Some(REJECT_LINGER));
+            let _ = http::write_json(&mut stream, 429, &body, true);
+            let _ = stream.shutdown(Shutdown::Write);
+            // Take what the client sends until it closes, or the linger ends.
+            let _ = stream.set_read_timeout(Some(REJECT_LINGER));
+            let deadline = Instant::now() + REJECT_LINGER;
+            let mut sink = [0u8; 4096];
+            while Instant::now() < deadline && matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    });
+    match spawned {
+        Ok(_) => Some(sender),
+        Err(error) => {
+            tracing::error!(%error, "inbound server: cannot start the thread that answers 429");
+            None
+        }
+    }
+}
+
+/// Whether a request presenting `token` may use the API of `replayer`.
+fn authorize(replayer: &Replayer, token: Option<&str>) -> Result<(), Failure> {
+    let Some(expected) = &replayer.token else {
+        return Err((
+            401,
+            "this replay server has no token, so it refuses every request: start the service with KOALA_REPLAY_TOKEN=<secret> and send `Authorization: Bearer <secret>` (koala replay -- CMD does both)".into(),
+        ));
+    };
+    match token {
+        None => Err((
+            401,
+            "missing token: send `Authorization: Bearer <KOALA_REPLAY_TOKEN of the service>` (koala replay: --token or KOALA_REPLAY_TOKEN)".into(),
+        )),
+        Some(token) if http::token_matches(token.as_bytes(), expected.0.as_bytes()) => Ok(()),
+        Some(_) => Err((
+            401,
+            "wrong token: it is not the service's KOALA_REPLAY_TOKEN".into(),
+        )),
+    }
+}
+
 fn serve(stream: TcpStream, replayer: &'static Replayer) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(API_IDLE));
+    let _ = stream.set_read_timeout(Some(FIRST_REQUEST_WAIT));
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(stream);
+    let mut authorized = false;
     loop {
-        let (status, body, close) = match http::read_request(&mut reader, MAX_BODY_BYTES) {
+        let read = http::read_request(&mut reader, replayer.max_body_bytes, |token| {
+            authorize(replayer, token)
+        });
+        let (status, body, close) = match read {
             Ok(request) => {
+                if !authorized {
+                    authorized = true;
+                    let _ = reader.get_ref().set_read_timeout(Some(API_IDLE));
+                }
                 let close = request.close;
                 let (status, body) = route(&request, replayer);
                 (status, body, close)
@@ -116,7 +224,30 @@ fn status(replayer: &Replayer) -> Status {
 }
 
 /// `POST /v1/background`: JSON lines whose calls answer start-up traffic.
+/// What it retains is bounded in all by `KOALA_REPLAY_MAX_BACKGROUND_BYTES`.
 fn background(body: &[u8], replayer: &Replayer) -> Result<Vec<u8>, Failure> {
+    let max = replayer.max_background_bytes;
+    let reserved = BACKGROUND_BYTES.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+        held.checked_add(body.len()).filter(|&total| total <= max)
+    });
+    if let Err(held) = reserved {
+        return Err((
+            413,
+            format!(
+                "background records of {} bytes would retain more than the {max}-byte limit (KOALA_REPLAY_MAX_BACKGROUND_BYTES); {held} bytes are held already, nothing of this body was kept",
+                body.len()
+            ),
+        ));
+    }
+    let loaded = load_background(body, replayer);
+    if loaded.is_err() {
+        // Nothing of a rejected body is kept.
+        BACKGROUND_BYTES.fetch_sub(body.len(), Ordering::Relaxed);
+    }
+    loaded
+}
+
+fn load_background(body: &[u8], replayer: &Replayer) -> Result<Vec<u8>, Failure> {
     let text = std::str::from_utf8(body)
         .map_err(|_| (400, "the body is not UTF-8 JSON lines".to_string()))?;
     let mut records = Vec::new();

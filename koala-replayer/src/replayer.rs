@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use koala_config::{Bypass, Config};
+use koala_config::{Bypass, Config, Secret};
 use koala_runtime::{FdKind, fdkind, fds};
 
 use crate::attribution;
@@ -36,6 +36,15 @@ pub struct Replayer {
     pub idle: Duration,
     pub timeout: Duration,
     pub started: Instant,
+    /// The replay API's token (`KOALA_REPLAY_TOKEN`); none: every request
+    /// is refused.
+    pub(crate) token: Option<Secret>,
+    /// API connections open at once (`KOALA_REPLAY_MAX_CONNECTIONS`).
+    pub(crate) max_connections: usize,
+    /// The largest API request body (`KOALA_REPLAY_MAX_BODY_BYTES`).
+    pub(crate) max_body_bytes: usize,
+    /// What `POST /v1/background` may retain (`KOALA_REPLAY_MAX_BACKGROUND_BYTES`).
+    pub(crate) max_background_bytes: usize,
     /// The tables or the servers could not start: redirected connects are
     /// refused, never sent to the real dependencies.
     refusing: AtomicBool,
@@ -58,6 +67,10 @@ impl Replayer {
             idle: config.replay_idle,
             timeout: config.replay_timeout,
             started: Instant::now(),
+            token: config.replay_token.clone(),
+            max_connections: config.replay_max_connections,
+            max_body_bytes: config.replay_max_body_bytes,
+            max_background_bytes: config.replay_max_background_bytes,
             refusing: AtomicBool::new(false),
         };
         if let Some(path) = std::env::var_os(TABLE_VARIABLE) {
@@ -137,6 +150,19 @@ impl Replayer {
             replayer.refusing.store(true, Ordering::Relaxed);
         }
         tracing::info!(inbound = %config.inbound_addr, outbound = %config.outbound_addr, sut = %config.sut_addr, "replay servers started");
+        for (what, addr) in [
+            ("inbound", config.inbound_addr),
+            ("outbound", config.outbound_addr),
+        ] {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "replay: the {what} server listens on a non-loopback address: other machines can reach it (the API needs its token; the outbound server answers only the service's redirected connections)");
+            }
+        }
+        if config.replay_token.is_none() {
+            tracing::warn!(
+                "replay: KOALA_REPLAY_TOKEN is not set: the replay API refuses every request (401); koala replay -- CMD sets it"
+            );
+        }
         replayer
     }
 

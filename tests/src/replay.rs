@@ -147,6 +147,11 @@ impl KoalaRun {
 /// runner), and waits at most [`KOALA_TIMEOUT`] for it to exit.
 pub fn run_koala(dir: &TestDir, name: &str, args: &[String], env: &[(&str, String)]) -> KoalaRun {
     let mut spec = Spec::new(name, koala_bin()).args(args);
+    // The token of the services the tests start ([`ReplayPorts::apply`]),
+    // for koala replaying them without CMD; with CMD koala passes it on.
+    if !env.iter().any(|(key, _)| *key == "KOALA_REPLAY_TOKEN") {
+        spec = spec.env("KOALA_REPLAY_TOKEN", REPLAY_TOKEN);
+    }
     for (key, value) in env {
         spec = spec.env(key, value);
     }
@@ -243,10 +248,37 @@ impl fmt::Display for ApiAnswer {
     }
 }
 
-/// Sends `request` (raw bytes: head and body) to the inbound server on
-/// `127.0.0.1:port` and reads one answer. With `shutdown_write`, the write
-/// side is closed after sending (a body shorter than its Content-Length).
+/// The replay API token (`KOALA_REPLAY_TOKEN`) of the services the tests
+/// start in replay mode ([`ReplayPorts::apply`]); the `api_*` helpers send it.
+pub const REPLAY_TOKEN: &str = "koala-tests-replay-token";
+
+/// `request` with an `Authorization: Bearer <token>` header after its first
+/// line. Only a complete head gets one: an unfinished head is sent exactly
+/// as it is (it is rejected before any token is looked at).
+pub fn with_token(request: &[u8], token: &str) -> Vec<u8> {
+    let (Some(line_end), Some(_)) = (
+        crate::find(request, b"\r\n"),
+        crate::find(request, b"\r\n\r\n"),
+    ) else {
+        return request.to_vec();
+    };
+    let at = line_end + 2;
+    let mut out = request[..at].to_vec();
+    out.extend_from_slice(format!("Authorization: Bearer {token}\r\n").as_bytes());
+    out.extend_from_slice(&request[at..]);
+    out
+}
+
+/// Sends `request` (raw bytes: head and body), with the tests' token
+/// ([`with_token`]), to the inbound server on `127.0.0.1:port` and reads
+/// one answer. With `shutdown_write`, the write side is closed after
+/// sending (a body shorter than its Content-Length).
 pub fn api_raw(port: u16, request: &[u8], shutdown_write: bool) -> ApiAnswer {
+    api_raw_exact(port, &with_token(request, REPLAY_TOKEN), shutdown_write)
+}
+
+/// [`api_raw`] without adding a token: `request` is sent as it is.
+pub fn api_raw_exact(port: u16, request: &[u8], shutdown_write: bool) -> ApiAnswer {
     let mut stream = connect(port);
     stream.write_all(request).expect("send API request");
     if shutdown_write {
@@ -289,13 +321,15 @@ pub fn api_post(port: u16, path: &str, body: &[u8]) -> ApiAnswer {
 }
 
 fn status_request(port: u16) -> String {
-    format!("GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+    format!(
+        "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {REPLAY_TOKEN}\r\n\r\n"
+    )
 }
 
 /// `GET /v1/status`, which must answer 200 with status `ok`.
 #[track_caller]
 pub fn api_status(port: u16) -> Status {
-    let answer = api_raw(port, status_request(port).as_bytes(), false);
+    let answer = api_raw_exact(port, status_request(port).as_bytes(), false);
     assert_eq!(answer.status, 200, "GET /v1/status: {answer}");
     let status: Status = serde_json::from_slice(&answer.body)
         .unwrap_or_else(|e| panic!("GET /v1/status ({e}): {answer}"));
@@ -360,10 +394,12 @@ impl ReplayPorts {
     }
 
     /// `spec` preloaded with the library in `mode` (`replay` or
-    /// `record,replay`), its servers on these ports.
+    /// `record,replay`), its servers on these ports, its API token
+    /// [`REPLAY_TOKEN`].
     pub fn apply(&self, spec: Spec, mode: &str) -> Spec {
         spec.preload()
             .env("KOALA_MODE", mode)
+            .env("KOALA_REPLAY_TOKEN", REPLAY_TOKEN)
             .env("KOALA_INBOUND_ADDR", format!("127.0.0.1:{}", self.inbound))
             .env(
                 "KOALA_OUTBOUND_ADDR",

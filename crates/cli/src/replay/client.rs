@@ -51,6 +51,8 @@ impl Connections {
 pub struct Client {
     addr: SocketAddr,
     timeout: Duration,
+    /// The run's token (`KOALA_REPLAY_TOKEN`), sent with every request.
+    token: Option<String>,
     conn: Option<BufReader<TcpStream>>,
     registry: Option<(Arc<Connections>, usize)>,
 }
@@ -64,10 +66,11 @@ struct Failure {
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Client {
+    pub fn new(addr: SocketAddr, timeout: Duration, token: Option<&str>) -> Client {
         Client {
             addr,
             timeout,
+            token: token.map(str::to_string),
             conn: None,
             registry: None,
         }
@@ -145,8 +148,13 @@ impl Client {
     ) -> Result<Response, Failure> {
         let addr = self.addr;
         let timeout = self.timeout;
+        let authorization = self
+            .token
+            .as_deref()
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
         let conn = self.connect()?;
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}");
         if let Some(body) = body {
             request.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -381,7 +389,7 @@ mod tests {
             (&stream).write_all(answer.as_bytes()).unwrap();
             (&stream).write_all(&body).unwrap();
         });
-        let mut client = Client::new(addr, Duration::from_secs(5));
+        let mut client = Client::new(addr, Duration::from_secs(5), None);
         assert_eq!(client.get("/v1/status").unwrap().body, b"one");
         assert!(
             client.conn.is_some(),
@@ -397,12 +405,58 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let error = Client::new(addr, Duration::from_secs(1))
+        let error = Client::new(addr, Duration::from_secs(1), None)
             .get("/v1/status")
             .unwrap_err();
         assert!(
             error.contains(&format!("cannot connect to the inbound server at {addr}")),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn every_request_carries_the_token() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut heads = Vec::new();
+            for _ in 0..2 {
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                if head.starts_with("POST") {
+                    let mut body = [0u8; 2];
+                    reader.read_exact(&mut body).unwrap();
+                }
+                (&stream)
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                heads.push(head);
+            }
+            heads
+        });
+        let mut client = Client::new(addr, Duration::from_secs(5), Some("t0k3n"));
+        client.get("/v1/status").unwrap();
+        client.post("/v1/replay", b"{}").unwrap();
+        let heads = server.join().unwrap();
+        assert_eq!(
+            heads,
+            [
+                format!(
+                    "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0k3n\r\n\r\n"
+                ),
+                format!(
+                    "POST /v1/replay HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0k3n\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+                ),
+            ]
         );
     }
 }

@@ -64,7 +64,9 @@ inbound and outbound servers, and KOALA_SUT_ADDR = --sut (default: the
 recorded inbound address, if all sessions agree); waits until the inbound
 server answers and the service accepts connections; replays; then stops CMD
 (SIGTERM to its process group, SIGKILL after 5 s), also on Ctrl-C or error.
-CMD's output goes to koala's stderr, or to --service-log FILE.
+CMD's output goes to koala's stderr, or to --service-log FILE. koala gives CMD
+a fresh KOALA_REPLAY_TOKEN and sends it with every API request; without CMD,
+give koala the service's token in KOALA_REPLAY_TOKEN (or --token).
 
 Exit status: 0 every session passed; 1 some session failed or had an error;
 2 usage or setup problem (no sessions, inbound server unreachable, CMD did not
@@ -74,7 +76,8 @@ Examples:
   # start the service under koala, replay a recording, keep JUnit for CI
   koala replay ./koala-sessions --sut 127.0.0.1:8080 --junit replay.xml \\
       -- python3 service.py --port 8080
-  # the service already runs with KOALA_MODE=replay: 8 sessions at a time
+  # the service already runs with KOALA_MODE=replay and this same
+  # KOALA_REPLAY_TOKEN: 8 sessions at a time
   koala replay ./koala-sessions -j 8 --ignore-header x-request-id --report replay.json";
 
 /// Replay recorded sessions against the service and compare its answers.
@@ -87,6 +90,12 @@ pub struct ReplayArgs {
     /// with CMD; otherwise $KOALA_INBOUND_ADDR, else 127.0.0.1:2514.
     #[arg(long, value_name = "ADDR")]
     pub inbound: Option<SocketAddr>,
+    /// The replay API's token (the service's KOALA_REPLAY_TOKEN), sent with
+    /// every request. Default: $KOALA_REPLAY_TOKEN; with CMD, else a fresh
+    /// random one given to the service. Prefer the variable: a command
+    /// line is visible to every user of the machine.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Sessions replayed at a time, each worker on its own keep-alive
     /// connection.
     #[arg(
@@ -200,18 +209,26 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
     let mut started_service = None;
     let inbound;
     let sut;
+    let given_token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var(TOKEN_VARIABLE).ok())
+        .filter(|token| !token.is_empty());
+    let token;
     if args.command.is_empty() {
         inbound = match args.inbound {
             Some(addr) => addr,
             None => default_inbound()?,
         };
-        let status = connect(inbound, args.timeout)?;
+        warn_if_exposed(inbound, &term);
+        token = given_token;
+        let status = connect(inbound, token.as_deref(), args.timeout)?;
         sut = Some(status.sut.clone());
         term.message(&format!(
             "koala: inbound server {inbound}: pid {}, service at {}",
             status.pid, status.sut
         ));
-        post_background(&loaded, inbound, args.timeout, &term);
+        post_background(&loaded, inbound, token.as_deref(), args.timeout, &term);
     } else {
         let lib = crate::library::locate(args.lib.as_deref())?;
         let sut_addr = match args.sut {
@@ -228,6 +245,12 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             Some(addr) => addr,
             None => free_port_except(&[sut_addr])?,
         };
+        warn_if_exposed(inbound, &term);
+        // A token per run: only this koala can drive the service's API.
+        token = Some(match given_token {
+            Some(token) => token,
+            None => new_token()?,
+        });
         let outbound = match args.outbound {
             Some(addr) => addr,
             None => free_port_except(&[inbound, sut_addr])?,
@@ -249,7 +272,18 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             ("KOALA_INBOUND_ADDR", inbound.to_string().into()),
             ("KOALA_OUTBOUND_ADDR", outbound.to_string().into()),
             ("KOALA_SUT_ADDR", sut_addr.to_string().into()),
+            (TOKEN_VARIABLE, token.clone().unwrap_or_default().into()),
         ];
+        // Room for every worker's connection and koala's own.
+        let connections = usize::from(args.concurrency) + 16;
+        if connections > DEFAULT_MAX_CONNECTIONS
+            && std::env::var_os("KOALA_REPLAY_MAX_CONNECTIONS").is_none()
+        {
+            env.push((
+                "KOALA_REPLAY_MAX_CONNECTIONS",
+                connections.to_string().into(),
+            ));
+        }
         match &args.record_to {
             Some(dir) => {
                 env.push(("KOALA_MODE", "record,replay".into()));
@@ -277,7 +311,13 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             term.clone(),
         )?;
         let waited = Instant::now();
-        match service::wait_ready(&mut service, inbound, sut_addr, args.start_timeout) {
+        match service::wait_ready(
+            &mut service,
+            inbound,
+            token.as_deref(),
+            sut_addr,
+            args.start_timeout,
+        ) {
             Ok(status) => term.message(&format!(
                 "koala: service ready in {:.2} s (pid {}, inbound server pid {})",
                 waited.elapsed().as_secs_f64(),
@@ -309,6 +349,7 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
     let plan = Plan {
         loaded: &loaded,
         inbound,
+        token,
         concurrency,
         timeout: args.timeout,
         settings: Settings {
@@ -417,15 +458,47 @@ fn default_inbound() -> Result<SocketAddr, String> {
     }
 }
 
+/// The variable that carries the replay API's token, to the service and to koala.
+const TOKEN_VARIABLE: &str = "KOALA_REPLAY_TOKEN";
+/// The library's default KOALA_REPLAY_MAX_CONNECTIONS.
+const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// A fresh token: 128 bits from /dev/urandom, in hex.
+fn new_token() -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom for the replay API's token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Says loudly that an inbound server on a non-loopback address can be
+/// reached from other machines.
+fn warn_if_exposed(inbound: SocketAddr, term: &Term) {
+    if !inbound.ip().is_loopback() {
+        term.message(&format!(
+            "koala: WARNING: the inbound server {inbound} is not on a loopback address: other machines can reach the replay API (it requires the run's token, sent in clear over HTTP)"
+        ));
+    }
+}
+
 /// `GET /v1/status`: the inbound server is there and answers.
 fn connect(
     inbound: SocketAddr,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<koala_session::replay::Status, String> {
     let hint = "is the service running with KOALA_MODE=replay? (or give its command after --)";
-    let response = Client::new(inbound, timeout.min(Duration::from_secs(10)))
+    let response = Client::new(inbound, timeout.min(Duration::from_secs(10)), token)
         .get("/v1/status")
         .map_err(|e| format!("cannot reach the inbound server: {e}; {hint}"))?;
+    if response.status == 401 {
+        return Err(format!(
+            "GET http://{inbound}/v1/status answered 401: {}; give koala the service's KOALA_REPLAY_TOKEN (in the KOALA_REPLAY_TOKEN variable, or --token)",
+            String::from_utf8_lossy(&response.body).trim()
+        ));
+    }
     if response.status != 200 {
         return Err(format!(
             "GET http://{inbound}/v1/status answered {}: {}; {hint}",
@@ -476,7 +549,13 @@ fn pool_lines(loaded: &Loaded) -> Result<Vec<Vec<u8>>, String> {
 /// Without CMD: the background records and the sessions' connection
 /// set-up ([`pool_lines`]) go to `POST /v1/background`, in batches. A
 /// failure is a warning: start-up is over, and sessions may not need them.
-fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term: &Term) {
+fn post_background(
+    loaded: &Loaded,
+    inbound: SocketAddr,
+    token: Option<&str>,
+    timeout: Duration,
+    term: &Term,
+) {
     let lines = match pool_lines(loaded) {
         Ok(lines) => lines,
         Err(message) => {
@@ -489,7 +568,7 @@ fn post_background(loaded: &Loaded, inbound: SocketAddr, timeout: Duration, term
     if lines.is_empty() {
         return;
     }
-    let mut client = Client::new(inbound, timeout);
+    let mut client = Client::new(inbound, timeout, token);
     let mut total = 0;
     let mut batch = Vec::new();
     let mut send = |batch: &mut Vec<u8>| -> Result<(), String> {

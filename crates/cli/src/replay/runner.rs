@@ -20,6 +20,8 @@ const WATCH: Duration = Duration::from_millis(100);
 pub struct Plan<'a> {
     pub loaded: &'a Loaded,
     pub inbound: SocketAddr,
+    /// The replay API's token, sent with every request.
+    pub token: Option<String>,
     pub concurrency: usize,
     pub timeout: Duration,
     pub settings: Settings,
@@ -72,8 +74,8 @@ pub fn replay_all(plan: &Plan, term: &Term, mut service: Option<&mut Service>) -
             let (order, next, stop) = (&order, &next, &stop);
             let connections = connections.clone();
             scope.spawn(move || {
-                let mut client =
-                    Client::new(plan.inbound, plan.timeout).registered(connections, slot);
+                let mut client = Client::new(plan.inbound, plan.timeout, plan.token.as_deref())
+                    .registered(connections, slot);
                 while !stop.load(Ordering::SeqCst) {
                     let Some(&index) = order.get(next.fetch_add(1, Ordering::SeqCst)) else {
                         break;

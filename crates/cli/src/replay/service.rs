@@ -332,6 +332,7 @@ fn forward(
 pub fn wait_ready(
     service: &mut Service,
     inbound: SocketAddr,
+    token: Option<&str>,
     sut: SocketAddr,
     timeout: Duration,
 ) -> Result<Status, String> {
@@ -350,7 +351,7 @@ pub fn wait_ready(
             return Err("interrupted while waiting for the service".into());
         }
         if status.is_none() {
-            let mut client = Client::new(inbound, Duration::from_secs(2));
+            let mut client = Client::new(inbound, Duration::from_secs(2), token);
             match client.get("/v1/status") {
                 Ok(response) if response.status == 200 => {
                     match serde_json::from_slice::<Status>(&response.body) {

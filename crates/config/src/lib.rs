@@ -728,11 +728,60 @@ mod tests {
         assert_eq!(defaults.mode, Mode::default());
         assert!(defaults.outbound_bypass.is_empty());
         assert_eq!(defaults.replay_background, None);
+        assert_eq!(defaults.replay_token, None);
         let (config, _) = parse(&[("KOALA_MODE", "record")]);
         assert_eq!(
             config.log_target,
             LogTarget::File(PathBuf::from("./koala-sessions/koala.log"))
         );
+    }
+}
+
+#[cfg(test)]
+mod replay_api_tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> (Config, Vec<ConfigError>) {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    #[test]
+    fn the_token_is_read_as_given_and_never_shown() {
+        let (config, errors) = parse(&[("KOALA_REPLAY_TOKEN", " s3cr3t ")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.replay_token, Some(Secret(" s3cr3t ".into())));
+        assert!(!format!("{config:?}").contains("s3cr3t"), "Debug shows it");
+        let (config, _) = parse(&[("KOALA_REPLAY_TOKEN", "")]);
+        assert_eq!(config.replay_token, None, "empty means none");
+    }
+
+    #[test]
+    fn the_api_caps_are_positive_numbers() {
+        let (config, errors) = parse(&[
+            ("KOALA_REPLAY_MAX_CONNECTIONS", "5"),
+            ("KOALA_REPLAY_MAX_BODY_BYTES", "1000"),
+            ("KOALA_REPLAY_MAX_BACKGROUND_BYTES", "2000"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            (
+                config.replay_max_connections,
+                config.replay_max_body_bytes,
+                config.replay_max_background_bytes
+            ),
+            (5, 1000, 2000)
+        );
+        let (config, errors) = parse(&[("KOALA_REPLAY_MAX_CONNECTIONS", "0")]);
+        assert_eq!(
+            config.replay_max_connections, 64,
+            "a bad value keeps the default"
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].variable, "KOALA_REPLAY_MAX_CONNECTIONS");
     }
 }
 

@@ -715,6 +715,21 @@ impl Drop for BackgroundFile {
 mod tests {
     use super::*;
 
+    #[test]
+    fn tokens_are_128_random_bits_in_hex() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        for token in [&a, &b] {
+            assert_eq!(token.len(), 32, "{token}");
+            assert!(
+                token
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{token}"
+            );
+        }
+        assert_ne!(a, b, "a fresh token per run");
+    }
+
     fn sut(locals: &[&str]) -> Result<(SocketAddr, Option<String>), String> {
         default_sut(&locals.iter().copied().collect())
     }

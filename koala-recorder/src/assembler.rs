@@ -70,6 +70,17 @@ pub struct Limits {
     pub idle_ns: u64,
 }
 
+/// How many idle times a *waiting* session (see [`Assembler::close_idle`])
+/// may stay silent before it is ended anyway: a stuck request still ends.
+pub const WAITING_IDLE_FACTOR: u64 = 60;
+
+impl Limits {
+    /// The silence after which a waiting session ends: 60 idle times.
+    pub fn waiting_ns(&self) -> u64 {
+        self.idle_ns.saturating_mul(WAITING_IDLE_FACTOR)
+    }
+}
+
 /// Counters of what the recorder did besides writing sessions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -242,6 +253,8 @@ struct OpenSession {
     writes: WriteTimes,
     calls: Vec<CallId>,
     last_activity_ns: u64,
+    /// When the service last wrote to the client (0: not yet).
+    last_write_ns: u64,
     /// Copied into a forked child: only written by the child if it adds bytes.
     inherited: bool,
     touched_since_fork: bool,
@@ -572,6 +585,7 @@ impl Assembler {
             Side::Read => &mut open.request,
             Side::Write => {
                 open.writes.record(open.response.bytes.len(), now_ns);
+                open.last_write_ns = now_ns;
                 &mut open.response
             }
         };
@@ -833,12 +847,19 @@ impl Assembler {
 
     // ---- ending sessions ---------------------------------------------
 
-    /// Ends every session idle for the configured time.
+    /// Ends every session idle for the configured time. Idle means nothing
+    /// more will come: a session still *waiting* (see [`Self::is_waiting`])
+    /// is ended only after [`Limits::waiting_ns`], so a slow request is not
+    /// split in two and a stuck one still ends.
     pub fn close_idle(&mut self, now_ns: u64) {
         let idle: Vec<SessionKey> = self
             .sessions
             .iter()
-            .filter(|(_, s)| now_ns.saturating_sub(s.last_activity_ns) >= self.limits.idle_ns)
+            .filter(|(_, s)| {
+                let silent = now_ns.saturating_sub(s.last_activity_ns);
+                silent >= self.limits.idle_ns
+                    && (silent >= self.limits.waiting_ns() || !self.is_waiting(s))
+            })
             .map(|(&key, _)| key)
             .collect();
         for key in idle {
@@ -850,6 +871,34 @@ impl Assembler {
             t.delegated_to.is_some() || t.current.is_some_and(|s| sessions.contains_key(&s))
         });
         self.virtual_threads.retain(|_, s| sessions.contains_key(s));
+    }
+
+    /// Whether the service still owes `open` something: its client's
+    /// request was read and nothing has been written back yet (the thread
+    /// is working, or waiting on a dependency), or its latest call was sent
+    /// after the last write to the client and has no answer yet on a
+    /// connection still open (a response streamed around a slow call). A
+    /// call sent before the answer was complete (fire-and-forget, a log
+    /// line) does not count: the session is over.
+    fn is_waiting(&self, open: &OpenSession) -> bool {
+        if open.inbound.is_none() || open.request.is_empty() {
+            return false;
+        }
+        if open.response.is_empty() {
+            return true;
+        }
+        let Some(&call_id) = open.calls.iter().max() else {
+            return false;
+        };
+        self.calls.get(&call_id).is_some_and(|call| {
+            !call.request.is_empty()
+                && call.response.is_empty()
+                && call.request.first_ns >= open.last_write_ns
+                && self
+                    .conns
+                    .get(&call.conn)
+                    .is_some_and(|conn| conn.call == CallRef::Stored(call_id))
+        })
     }
 
     /// Ends every open session (process exit).
@@ -1048,6 +1097,7 @@ impl OpenSession {
             writes: WriteTimes::default(),
             calls: Vec::new(),
             last_activity_ns: now_ns,
+            last_write_ns: 0,
             inherited: false,
             touched_since_fork: true,
         }

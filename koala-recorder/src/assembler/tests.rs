@@ -349,6 +349,7 @@ fn activity_on_a_call_keeps_the_session_alive() {
     connect(&mut a, 9, 10, 40000, 8080, 0);
     a.sent(9, 10, b"slow?", 600 * MS);
     a.received(9, 10, b"yes", 1200 * MS);
+    a.sent(5, 10, b"resp", 1200 * MS);
     a.close_idle(1500 * MS);
     assert!(a.take_finished().is_empty());
     // Idle since the send, but not since the response.
@@ -359,6 +360,105 @@ fn activity_on_a_call_keeps_the_session_alive() {
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0].end, Some(EndReason::Idle));
     assert_eq!(calls(&finished[0]), [("slow?", "yes")]);
+}
+
+/// Ends what `close_idle(now)` ends; the sessions it wrote.
+fn idle_at(a: &mut Assembler, now: u64) -> Vec<Session> {
+    a.close_idle(now);
+    a.take_finished()
+}
+
+#[test]
+fn a_request_not_yet_answered_is_not_idle() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"GET /slow HTTP/1.1\r\n\r\n", 2);
+    // The thread works for 1.1 idle times before answering.
+    assert!(idle_at(&mut a, 2 + IDLE_NS).is_empty());
+    assert!(idle_at(&mut a, 2 + IDLE_NS * 11 / 10).is_empty());
+    a.sent(5, 10, b"HTTP/1.1 200 OK\r\n\r\n", 3 + IDLE_NS * 11 / 10);
+    assert!(idle_at(&mut a, 2 + IDLE_NS * 21 / 10).is_empty());
+    let finished = idle_at(&mut a, 3 + IDLE_NS * 21 / 10);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].end, Some(EndReason::Idle));
+    assert_eq!(
+        text(&finished[0].inbound.request),
+        "GET /slow HTTP/1.1\r\n\r\n"
+    );
+    assert_eq!(
+        text(&finished[0].inbound.response),
+        "HTTP/1.1 200 OK\r\n\r\n"
+    );
+    assert_eq!(a.open_sessions(), 0);
+}
+
+#[test]
+fn a_call_sent_after_the_last_write_and_unanswered_keeps_the_session_waiting() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"req", 2);
+    // A streamed answer: its head, then a slow call for the body.
+    a.sent(5, 10, b"head|", 3);
+    connect(&mut a, 9, 10, 40000, 8080, 4);
+    a.sent(9, 10, b"body?", 5);
+    assert!(idle_at(&mut a, 5 + 3 * IDLE_NS).is_empty());
+    a.received(9, 10, b"body", 6 + 3 * IDLE_NS);
+    a.sent(5, 10, b"body", 7 + 3 * IDLE_NS);
+    assert!(idle_at(&mut a, 6 + 4 * IDLE_NS).is_empty());
+    let finished = idle_at(&mut a, 7 + 4 * IDLE_NS);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(text(&finished[0].inbound.response), "head|body");
+    assert_eq!(calls(&finished[0]), [("body?", "body")]);
+}
+
+#[test]
+fn a_call_sent_before_the_answer_does_not_keep_the_session_waiting() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"req", 2);
+    // Fire and forget (a log line to a collector), then the whole answer.
+    connect(&mut a, 9, 10, 40000, 5140, 3);
+    a.sent(9, 10, b"log req", 4);
+    a.sent(5, 10, b"resp", 5);
+    let finished = idle_at(&mut a, 5 + IDLE_NS);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].end, Some(EndReason::Idle));
+    assert_eq!(calls(&finished[0]), [("log req", "")]);
+}
+
+#[test]
+fn an_unanswered_call_on_a_closed_connection_does_not_keep_the_session_waiting() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"req", 2);
+    a.sent(5, 10, b"head|", 3);
+    connect(&mut a, 9, 10, 40000, 8080, 4);
+    a.sent(9, 10, b"body?", 5);
+    a.forget_fd(9);
+    let finished = idle_at(&mut a, 5 + IDLE_NS);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(calls(&finished[0]), [("body?", "")]);
+}
+
+#[test]
+fn a_stuck_request_ends_after_the_waiting_ceiling() {
+    let mut a = assembler();
+    let limits = a.limits;
+    assert_eq!(limits.waiting_ns(), 60 * IDLE_NS);
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"never answered", 2);
+    assert!(idle_at(&mut a, 1 + limits.waiting_ns()).is_empty());
+    let finished = idle_at(&mut a, 2 + limits.waiting_ns());
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].end, Some(EndReason::Idle));
+    assert_eq!(text(&finished[0].inbound.request), "never answered");
+    assert_eq!(text(&finished[0].inbound.response), "");
+    // The ceiling never overflows.
+    let huge = Limits {
+        idle_ns: u64::MAX / 2,
+        ..limits
+    };
+    assert_eq!(huge.waiting_ns(), u64::MAX);
 }
 
 #[test]

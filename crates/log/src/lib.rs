@@ -157,7 +157,7 @@ fn open_output() -> io::Result<Output> {
         LogTarget::Stderr => Output::Fd(2),
         LogTarget::Off => Output::Fd(-1),
         LogTarget::File(path) => match file::LogFile::open(path) {
-            Ok(appender) => Output::File(appender),
+            Ok(file) => Output::File(file),
             // The default log lives in the record directory: when that is
             // unusable, the one line saying so must go somewhere.
             Err(error) => {
@@ -166,9 +166,9 @@ fn open_output() -> io::Result<Output> {
                 // SAFETY: getuid cannot fail.
                 let uid = unsafe { libc::getuid() };
                 let fallback = koala_config::fallback_log_path(settings.tmpdir.as_deref(), uid);
-                let appender = open_fallback(&fallback)?;
+                let file = open_fallback(&fallback)?;
                 tracing::error!(log = %path.display(), %error, "cannot open the log file; logging here instead");
-                Output::File(appender)
+                Output::File(file)
             }
         },
     })

@@ -851,10 +851,14 @@ mod elf {
             out
         }
 
-        /// A dynamic section needing `libs`, its string table placed
-        /// right after the headers, at a known offset: the caller puts it
-        /// first among the segments.
-        fn dynamic_with(libs: &[&str], strtab_offset: u64) -> Vec<u8> {
+        /// A dynamically linked ELF needing `libs`: segment 0 is the
+        /// interpreter (28 bytes), segment 1 a string table (64 bytes)
+        /// followed by the dynamic entries, which the PT_DYNAMIC header
+        /// points at.
+        fn dynamic_elf(libs: &[&str]) -> Vec<u8> {
+            const INTERP: &[u8; 28] = b"/lib64/ld-linux-x86-64.so.2\0";
+            // Where elf() puts segment 1: after 3 headers and segment 0.
+            let strtab_offset = 64 + 56 * 3 + INTERP.len() as u64;
             let mut strings = vec![0u8];
             let mut entries = Vec::new();
             for lib in libs {
@@ -864,38 +868,17 @@ mod elf {
             }
             entries.push((DT_STRTAB, 0x400000 + strtab_offset));
             entries.push((0, 0));
-            let mut out = strings;
-            out.resize(64, 0);
+            let mut segment = strings;
+            segment.resize(64, 0);
             for (tag, value) in entries {
-                out.extend_from_slice(&tag.to_le_bytes());
-                out.extend_from_slice(&value.to_le_bytes());
+                segment.extend_from_slice(&tag.to_le_bytes());
+                segment.extend_from_slice(&value.to_le_bytes());
             }
-            out
-        }
-
-        /// Headers of an ELF with `n` segments (plus the load segment).
-        fn headers_len(n: u64) -> u64 {
-            64 + 56 * (n + 1)
-        }
-
-        fn dynamic_elf(libs: &[&str]) -> Vec<u8> {
-            // Segment 0: the dynamic bytes (strtab first, then the
-            // entries, which start 64 bytes in); segment 1: the interpreter.
-            let dynamic = dynamic_with(libs, headers_len(2));
-            let mut bytes = elf(&[
-                (PT_INTERP, b"/lib64/ld-linux-x86-64.so.2\0".to_vec()),
-                (PT_DYNAMIC, dynamic.clone()),
-            ]);
-            // Point the dynamic header past the strtab to the entries.
-            let interp_len = 28u64;
-            let dyn_header = 64 + 56;
-            let entries_offset = headers_len(2) + interp_len + 64;
-            bytes[dyn_header + 8..dyn_header + 16].copy_from_slice(&entries_offset.to_le_bytes());
-            // And the string table at the dynamic bytes' start.
-            let strtab = headers_len(2) + interp_len;
-            let fixed = dynamic_with(libs, strtab);
-            let start = (headers_len(2) + interp_len) as usize;
-            bytes[start..start + fixed.len()].copy_from_slice(&fixed);
+            let mut bytes = elf(&[(PT_INTERP, INTERP.to_vec()), (PT_DYNAMIC, segment)]);
+            // The dynamic header (the second) points past the strings.
+            let header = 64 + 56;
+            let entries_offset = strtab_offset + 64;
+            bytes[header + 8..header + 16].copy_from_slice(&entries_offset.to_le_bytes());
             bytes
         }
 
@@ -937,6 +920,54 @@ mod elf {
                 ])),
                 Some(Blind::Go)
             );
+        }
+
+        /// Appends a section header table naming `names` (after a null
+        /// section and `.shstrtab`).
+        fn with_sections(mut bytes: Vec<u8>, names: &[&str]) -> Vec<u8> {
+            let mut strings = b"\0.shstrtab\0".to_vec();
+            let mut name_offsets = Vec::new();
+            for name in names {
+                name_offsets.push(strings.len() as u32);
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+            }
+            let strings_at = bytes.len() as u64;
+            bytes.extend_from_slice(&strings);
+            let table_at = bytes.len() as u64;
+            let mut section = |name: u32, offset: u64, size: u64| {
+                let mut header = [0u8; 64];
+                header[0..4].copy_from_slice(&name.to_le_bytes());
+                header[24..32].copy_from_slice(&offset.to_le_bytes());
+                header[32..40].copy_from_slice(&size.to_le_bytes());
+                bytes.extend_from_slice(&header);
+            };
+            section(0, 0, 0);
+            section(1, strings_at, strings.len() as u64);
+            for name in name_offsets {
+                section(name, 0, 0);
+            }
+            bytes[0x28..0x30].copy_from_slice(&table_at.to_le_bytes());
+            bytes[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
+            let count = names.len() as u16 + 2;
+            bytes[0x3C..0x3E].copy_from_slice(&count.to_le_bytes());
+            bytes[0x3E..0x40].copy_from_slice(&1u16.to_le_bytes());
+            bytes
+        }
+
+        #[test]
+        fn a_go_section_means_go() {
+            let interp = (PT_INTERP, b"/lib/ld.so\0".to_vec());
+            let go = with_sections(
+                elf(std::slice::from_ref(&interp)),
+                &[".text", ".go.buildinfo"],
+            );
+            assert_eq!(inspect_bytes(&go), Some(Blind::Go));
+            let go = with_sections(elf(std::slice::from_ref(&interp)), &[".note.go.buildid"]);
+            assert_eq!(inspect_bytes(&go), Some(Blind::Go));
+            // Other sections: no verdict from them (and no PT_DYNAMIC here).
+            let other = with_sections(elf(&[interp]), &[".text", ".go.other"]);
+            assert_eq!(inspect_bytes(&other), None);
         }
 
         #[test]

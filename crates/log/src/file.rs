@@ -140,16 +140,18 @@ fn open_hour(path: &Path, hour: u64) -> io::Result<Open> {
                     ino: metadata.ino(),
                 });
             }
+            // Something else is at that name: try the next one.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last_error = Some(error),
             // The directory itself is unusable: no other name will do.
-            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => return Err(error),
-            Err(error) => last_error = Some(error),
+            Err(error) => return Err(error),
         }
     }
     Err(last_error.unwrap_or_else(|| io::Error::other("no usable log file name")))
 }
 
 /// A new file (0600), or an existing private regular file of ours with one
-/// name; never through a link. Close-on-exec, at a high fd number.
+/// name; never through a link. Close-on-exec, at a high fd number. Anything
+/// else at the name is an `AlreadyExists` error.
 fn open_private(path: &Path) -> io::Result<File> {
     let options = |create: bool| {
         let mut options = OpenOptions::new();
@@ -162,7 +164,12 @@ fn open_private(path: &Path) -> io::Result<File> {
     };
     let file = match options(true).open(path) {
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-            let file = options(false).open(path)?;
+            // A link (ELOOP), another user's file (EACCES), anything not
+            // ours: not a reason to give up on the directory.
+            let taken = |why: &str| io::Error::new(io::ErrorKind::AlreadyExists, why.to_string());
+            let file = options(false)
+                .open(path)
+                .map_err(|error| taken(&error.to_string()))?;
             let metadata = file.metadata()?;
             // SAFETY: geteuid cannot fail.
             let ours = metadata.file_type().is_file()
@@ -170,7 +177,7 @@ fn open_private(path: &Path) -> io::Result<File> {
                 && metadata.nlink() == 1
                 && metadata.mode() & 0o077 == 0;
             if !ours {
-                return Err(io::Error::other("not a private log file of ours"));
+                return Err(taken("not a private log file of ours"));
             }
             file
         }
@@ -234,12 +241,33 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o644),
         )
         .unwrap();
+        // A private file of another user (when the test can make one).
+        fs::write(name(".2"), "nobody's\n").unwrap();
+        fs::set_permissions(
+            name(".2"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let c_path = std::ffi::CString::new(name(".2").into_os_string().into_encoded_bytes());
+        // SAFETY: a valid C string; chown only changes the test's file.
+        let foreign = unsafe { libc::chown(c_path.unwrap().as_ptr(), 65534, 65534) } == 0;
         let mut log = LogFile::open(&path).unwrap();
         log.write_line(b"line\n");
         assert_eq!(fs::read_to_string(&target).unwrap(), "secret\n");
         assert_eq!(fs::read_to_string(name(".1")).unwrap(), "other\n");
-        assert_eq!(fs::read_to_string(name(".2")).unwrap(), "line\n");
-        assert_eq!(mode(&name(".2")), 0o600);
+        let used = if foreign {
+            assert_eq!(fs::read_to_string(name(".2")).unwrap(), "nobody's\n");
+            name(".3")
+        } else {
+            // Not root: the file stayed ours, private, so it is shared.
+            assert_eq!(fs::read_to_string(name(".2")).unwrap(), "nobody's\nline\n");
+            name(".2")
+        };
+        assert_eq!(
+            fs::read_to_string(&used).unwrap().lines().last(),
+            Some("line")
+        );
+        assert_eq!(mode(&used), 0o600);
         fs::remove_dir_all(&dir).unwrap();
     }
 

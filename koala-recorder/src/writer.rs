@@ -127,10 +127,7 @@ impl SessionFile {
         }
         let lines = batch.ends.len();
         let (kept, error) = match (self.ensure_open(recorder), self.open.as_mut()) {
-            (Ok(size), Some(open)) => {
-                let torn = std::mem::take(&mut self.torn);
-                append_whole_lines(open, size, torn, batch, &mut self.torn)
-            }
+            (Ok(size), Some(open)) => append_whole_lines(open, size, &mut self.torn, batch),
             (Err(error), _) => (0, Some(error)),
             (Ok(_), None) => (0, Some(io::Error::other("session file not open"))),
         };
@@ -203,20 +200,22 @@ fn check(open: &OpenFile) -> Result<u64, Lost> {
 
 /// Appends the batch to a file of `size` bytes. On a short write the torn
 /// line is cut off again, so the file only ever holds whole lines; if that
-/// fails, `torn` is set so the next write starts on a fresh line. Returns
-/// the lines written and the error, if any.
+/// fails, `torn` is set, and the next call first ends the torn line, so
+/// that it stays one bad line instead of swallowing the next session.
+/// Returns the lines written and the error, if any.
 fn append_whole_lines(
     open: &mut OpenFile,
-    size: u64,
-    torn: bool,
+    mut size: u64,
+    torn: &mut bool,
     batch: &Batch,
-    still_torn: &mut bool,
 ) -> (usize, Option<io::Error>) {
-    if torn && let Err(error) = open.file.write_all(b"\n") {
-        *still_torn = true;
-        return (0, Some(error));
+    if *torn {
+        if let Err(error) = open.file.write_all(b"\n") {
+            return (0, Some(error));
+        }
+        *torn = false;
+        size += 1;
     }
-    let size = size + u64::from(torn);
     let mut written = 0;
     let error = loop {
         if written == batch.bytes.len() {
@@ -231,7 +230,7 @@ fn append_whole_lines(
     };
     let (lines, bytes) = whole_lines(&batch.ends, written);
     if bytes < written && open.file.set_len(size + bytes as u64).is_err() {
-        *still_torn = true;
+        *torn = true;
     }
     (lines, Some(error))
 }

@@ -140,7 +140,7 @@ pub fn flush_before_exec() {
     let Some(_busy) = Busy::enter() else { return };
     contain("exec", || {
         if let Some(recorder) = recorder() {
-            recorder.flush_at_exit(EXIT_FLUSH_TIMEOUT);
+            recorder.flush_before_exec(EXIT_FLUSH_TIMEOUT);
         }
         koala_log::flush(Duration::from_millis(500));
     });

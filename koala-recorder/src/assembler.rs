@@ -102,6 +102,32 @@ pub struct Stats {
     pub empty_sessions: u64,
 }
 
+impl Stats {
+    /// What is left of these counts once `reported` was reported: field by
+    /// field, never below zero.
+    pub fn minus(&self, reported: &Stats) -> Stats {
+        Stats {
+            background_records: self
+                .background_records
+                .saturating_sub(reported.background_records),
+            sessions_without_inbound: self
+                .sessions_without_inbound
+                .saturating_sub(reported.sessions_without_inbound),
+            sessions_left_to_parent: self
+                .sessions_left_to_parent
+                .saturating_sub(reported.sessions_left_to_parent),
+            late_bytes: self.late_bytes.saturating_sub(reported.late_bytes),
+            calls_over_limit: self
+                .calls_over_limit
+                .saturating_sub(reported.calls_over_limit),
+            truncated_payloads: self
+                .truncated_payloads
+                .saturating_sub(reported.truncated_payloads),
+            empty_sessions: self.empty_sessions.saturating_sub(reported.empty_sessions),
+        }
+    }
+}
+
 /// A map keyed by the assembler's own small integer ids (and thread ids):
 /// no attacker chooses them, so a multiply-shift hash replaces SipHash on
 /// the hot path.
@@ -325,6 +351,12 @@ impl Assembler {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// A summary line reported `reported` (before an exec that then
+    /// failed): the next one counts from there.
+    pub fn forget_reported(&mut self, reported: &Stats) {
+        self.stats = self.stats.minus(reported);
     }
 
     /// Hands each session finished by the events so far to `sink` (the

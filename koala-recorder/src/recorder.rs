@@ -72,6 +72,15 @@ pub struct Recorder {
     disabled: AtomicBool,
 }
 
+/// The counts a summary line reported.
+struct Reported {
+    written: u64,
+    dropped: u64,
+    write_errors: u64,
+    reopened: u64,
+    stats: Stats,
+}
+
 /// The assembler lock, held across `fork` by the forking thread.
 pub struct ForkGuard(Option<MutexGuard<'static, Inner>>);
 
@@ -299,19 +308,53 @@ impl Recorder {
     /// Ends every open session, writes everything queued and logs the
     /// summary line. Waits at most `timeout`: never hangs the host's exit.
     pub fn flush_at_exit(&self, timeout: Duration) {
+        let _ = self.flush(timeout);
+    }
+
+    /// Before exec: as at exit; then what the summary reported is taken off
+    /// the counts, so that if the exec fails and the process goes on, its
+    /// exit summary counts only what came after: the summary lines of a
+    /// process add up to its totals.
+    pub fn flush_before_exec(&self, timeout: Duration) {
+        if let Some(reported) = self.flush(timeout) {
+            self.forget_reported(&reported);
+        }
+    }
+
+    /// [`Self::flush_at_exit`]; what the summary line said, if one was logged.
+    fn flush(&self, timeout: Duration) -> Option<Reported> {
         let deadline = Instant::now() + timeout;
         let done = Arc::new(AtomicBool::new(false));
         // No writer: this process never saw a connection, nothing to say.
-        let Some(writer) = self.close_all_sessions(deadline, done.clone()) else {
-            return;
-        };
+        let writer = self.close_all_sessions(deadline, done.clone())?;
         writer.unpark();
         // Polled, not a blocking wait: exit handlers run after the thread's
         // thread-locals are gone.
         while !done.load(Ordering::Acquire) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.log_summary();
+        Some(self.log_summary())
+    }
+
+    /// Takes `reported` off the counts (never below zero); counts added
+    /// since the summary stay.
+    fn forget_reported(&self, reported: &Reported) {
+        let c = &self.counters;
+        for (counter, value) in [
+            (&c.written, reported.written),
+            (&c.dropped_queue_full, reported.dropped),
+            (&c.drops_reported, reported.dropped),
+            (&c.write_errors, reported.write_errors),
+            (&c.file_reopened, reported.reopened),
+        ] {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(value))
+            });
+        }
+        // try_lock: exec may run in a signal handler (see close_all_sessions).
+        if let Ok(mut inner) = self.inner.try_lock() {
+            inner.assembler.forget_reported(&reported.stats);
+        }
     }
 
     /// Ends every session and asks the writer to set `done` once written.
@@ -341,14 +384,22 @@ impl Recorder {
         self.lock().map(|inner| inner.assembler.stats().clone())
     }
 
-    fn log_summary(&self) {
+    fn log_summary(&self) -> Reported {
         let stats = self.stats().unwrap_or_default();
         let c = &self.counters;
+        let reported = Reported {
+            written: c.written.load(Ordering::Relaxed),
+            dropped: c.dropped_queue_full.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            reopened: c.file_reopened.load(Ordering::Relaxed),
+            stats,
+        };
+        let stats = &reported.stats;
         tracing::info!(
-            sessions_written = c.written.load(Ordering::Relaxed),
-            sessions_dropped_queue_full = c.dropped_queue_full.load(Ordering::Relaxed),
-            sessions_lost_write_error = c.write_errors.load(Ordering::Relaxed),
-            session_file_reopened = c.file_reopened.load(Ordering::Relaxed),
+            sessions_written = reported.written,
+            sessions_dropped_queue_full = reported.dropped,
+            sessions_lost_write_error = reported.write_errors,
+            session_file_reopened = reported.reopened,
             sessions_without_inbound = stats.sessions_without_inbound,
             sessions_left_to_parent = stats.sessions_left_to_parent,
             background_records = stats.background_records,
@@ -359,6 +410,7 @@ impl Recorder {
             file = %self.current_session_file().display(),
             "koala recording summary"
         );
+        reported
     }
 
     // ---- fork ------------------------------------------------------------

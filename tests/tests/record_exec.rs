@@ -142,8 +142,9 @@ fn build_server(dir: &TestDir, symbol: &str) -> std::path::PathBuf {
 /// Runs the server in record mode, makes COUNT exchanges (their sessions
 /// still open: the connections stay up and the idle timeout is far), waits
 /// for the exit of the program it exec'd (or, for `fail`, answers COUNT
-/// more), and returns the sessions written and the program's stdout.
-fn record_around_exec(mode: &str, symbol: &str) -> (Vec<koala_session::Session>, String) {
+/// more), and returns the sessions written, the program's stdout and the
+/// `sessions_written` of each summary line in the log.
+fn record_around_exec(mode: &str, symbol: &str) -> (Vec<koala_session::Session>, String, Vec<u64>) {
     let dir = TestDir::new(&format!("record_exec_{mode}"));
     let server = build_server(&dir, symbol);
     let record = dir.join("record");
@@ -189,7 +190,31 @@ fn record_around_exec(mode: &str, symbol: &str) -> (Vec<koala_session::Session>,
     let sessions = read_sessions(&record);
     let stdout = program.stdout();
     drop(kept);
-    (sessions, stdout)
+    (sessions, stdout, summaries_written(&record))
+}
+
+/// `sessions_written` of every `koala recording summary` line of the
+/// default log (`<record>/koala.log.*`).
+fn summaries_written(record: &std::path::Path) -> Vec<u64> {
+    let mut written = Vec::new();
+    for entry in std::fs::read_dir(record).expect("record dir").flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("koala.log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("koala recording summary"))
+        {
+            let value = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("sessions_written="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no sessions_written in {line}"));
+            written.push(value);
+        }
+    }
+    written
 }
 
 /// The COUNT sessions of the first image: exact bytes, ended by the exec.
@@ -225,7 +250,7 @@ fn assert_flushed(sessions: &[koala_session::Session], mode: &str) {
 
 /// One test per exported entry point: `(mode, symbol imported, MARK seen)`.
 fn exec_through(mode: &str, mark: &str) {
-    let (sessions, stdout) = record_around_exec(mode, mode);
+    let (sessions, stdout, summaries) = record_around_exec(mode, mode);
     assert_eq!(
         stdout,
         format!("exec-ok {mode} {mark}\n"),
@@ -233,6 +258,13 @@ fn exec_through(mode: &str, mark: &str) {
     );
     assert_eq!(sessions.len(), COUNT, "{mode}: sessions written");
     assert_flushed(&sessions, mode);
+    // Counted: the summary logged before the exec (the exec'd shell saw no
+    // connection and logs none).
+    assert_eq!(
+        summaries,
+        [COUNT as u64],
+        "{mode}: summaries' sessions_written"
+    );
 }
 
 #[test]
@@ -282,11 +314,18 @@ fn execveat_flushes_first() {
 
 /// An exec that fails (execvp of a program that does not exist) still
 /// flushed first; the program goes on and its later sessions are recorded.
+/// Its two summary lines (before the exec, at exit) add up: none counts a
+/// session twice.
 #[test]
 fn failed_exec_goes_on_recording() {
-    let (sessions, stdout) = record_around_exec("fail", "execvp");
+    let (sessions, stdout, summaries) = record_around_exec("fail", "execvp");
     assert_eq!(stdout, "exec failed: errno 2\n");
     assert_eq!(sessions.len(), 2 * COUNT, "sessions written");
+    assert_eq!(
+        summaries,
+        [COUNT as u64, COUNT as u64],
+        "summaries' sessions_written"
+    );
     let before: Vec<_> = sessions
         .iter()
         .filter(|s| s.end == Some(koala_session::EndReason::Exit))

@@ -1232,3 +1232,51 @@ fn pipelined_responses_written_together_are_split_without_calls() {
     assert_eq!(text(&finished[1].inbound.response), OK_B);
     assert_eq!(finished[1].inbound.response_ns, 3);
 }
+
+#[test]
+fn stats_minus_what_was_reported_never_goes_below_zero() {
+    let now = Stats {
+        background_records: 5,
+        sessions_without_inbound: 4,
+        sessions_left_to_parent: 3,
+        late_bytes: 100,
+        calls_over_limit: 2,
+        truncated_payloads: 1,
+        empty_sessions: 7,
+    };
+    let reported = Stats {
+        background_records: 2,
+        sessions_without_inbound: 4,
+        sessions_left_to_parent: 9,
+        late_bytes: 40,
+        calls_over_limit: 0,
+        truncated_payloads: 1,
+        empty_sessions: 6,
+    };
+    assert_eq!(
+        now.minus(&reported),
+        Stats {
+            background_records: 3,
+            sessions_without_inbound: 0,
+            sessions_left_to_parent: 0,
+            late_bytes: 60,
+            calls_over_limit: 2,
+            truncated_payloads: 0,
+            empty_sessions: 1,
+        }
+    );
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"\n", 2);
+    a.forget_fd(5);
+    accept(&mut a, 5, 5001, 3);
+    a.received(5, 10, b"\n", 4);
+    a.forget_fd(5);
+    assert_eq!(a.stats().empty_sessions, 2);
+    let reported = a.stats().clone();
+    accept(&mut a, 5, 5002, 5);
+    a.received(5, 10, b"\n", 6);
+    a.forget_fd(5);
+    a.forget_reported(&reported);
+    assert_eq!(a.stats().empty_sessions, 1);
+}

@@ -353,3 +353,80 @@ fn failed_exec_goes_on_recording() {
         );
     }
 }
+
+/// Python's `os.execvp` searches PATH itself, calling execv on each entry
+/// until one runs. The entries that cannot run fail without replacing
+/// anything and are not flushed for (a path that `access(X_OK)` rejects):
+/// one flush, one summary line, before the exec that succeeds.
+const PYTHON_SERVER: &str = r#"
+import os, socket, sys
+
+port, count = int(sys.argv[1]), int(sys.argv[2])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", port))
+listener.listen(64)
+kept = []
+for item in range(count):
+    conn, _ = listener.accept()
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += conn.recv(4096)
+    body = b"item %d" % item
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    kept.append(conn)  # kept open: the session is not over
+os.execvp("sh", ["sh", "-c", 'echo "$0 $1"', "exec-ok", "python"])
+"#;
+
+#[test]
+fn python_execvp_flushes_once_across_its_path_search() {
+    let dir = TestDir::new("record_exec_python");
+    let script = dir.join("server.py");
+    std::fs::write(&script, PYTHON_SERVER).expect("write server.py");
+    // Two entries without `sh` before the ones with it.
+    let missing = dir.join("no-such-dir");
+    let empty = dir.join("empty-dir");
+    std::fs::create_dir(&empty).expect("create empty-dir");
+    let path = format!("{}:{}:/usr/bin:/bin", missing.display(), empty.display());
+    let record = dir.join("record");
+    let port = free_port();
+    let mut program = Spec::new("python_server", python())
+        .arg("-u")
+        .arg(script.display())
+        .args([port.to_string(), COUNT.to_string()])
+        .record_to(&record)
+        .env("KOALA_SESSION_IDLE_MS", 600_000)
+        .env("PATH", path)
+        .spawn(&dir);
+    program.wait_for_port(port);
+    let mut kept = Vec::new();
+    for item in 0..COUNT {
+        let mut stream = connect(port);
+        let answer = http_exchange(&mut stream, &request(item));
+        assert_bytes(&answer, &response(item), &format!("response {item}"));
+        kept.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = program.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "python_server did not exit\n{}",
+            program.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}\n{}", program.output_report());
+    assert_eq!(program.stdout(), "exec-ok python\n");
+    let sessions = read_sessions(&record);
+    drop(kept);
+    assert_eq!(sessions.len(), COUNT, "python: sessions written");
+    assert_flushed(&sessions, "python");
+    assert_eq!(
+        summaries_written(&record),
+        [COUNT as u64],
+        "python: one summary line, before the exec that ran"
+    );
+}

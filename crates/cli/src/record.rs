@@ -189,7 +189,7 @@ fn log_places(dir: &Path) -> LogPlaces {
     LogPlaces { places, readable }
 }
 
-/// tracing-appender's hourly files: `<path>.YYYY-MM-DD-HH`.
+/// koala's hourly log files: `<path>.YYYY-MM-DD-HH`, or `.N` when that name was unusable.
 fn rotated(path: &Path) -> (PathBuf, String) {
     let dir = path
         .parent()

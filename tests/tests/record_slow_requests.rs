@@ -4,7 +4,7 @@
 //! is not idle, however long KOALA_SESSION_IDLE_MS is exceeded. A request
 //! that is never answered still ends, after 60 idle times.
 //!
-//! The idle time here is 50 ms, the slow answers take 500 ms: ten idle
+//! The idle time here is 100 ms, the slow answers take 600 ms: six idle
 //! times, where the recorder used to end the session with the request
 //! alone and lose the answer.
 
@@ -12,21 +12,21 @@ use std::time::{Duration, Instant};
 
 use koala_tests::*;
 
-const IDLE_MS: u64 = 50;
+const IDLE_MS: u64 = 100;
 /// How long a request stays unanswered before its session ends anyway:
 /// 60 idle times (docs/environment.md).
 const CEILING: Duration = Duration::from_millis(60 * IDLE_MS);
 
-/// `backend PORT`: HTTP/1.0, answers `GET /slow/ITEM` after 500 ms with
+/// `backend PORT`: HTTP/1.0, answers `GET /slow/ITEM` after 600 ms with
 /// `slow ITEM`, then closes. `service PORT BACKEND_PORT`: HTTP/1.1,
-/// `/work/ITEM` answers after 500 ms of work; `/call/ITEM` answers with
+/// `/work/ITEM` answers after 600 ms of work; `/call/ITEM` answers with
 /// the backend's whole slow answer; `/stream/ITEM` writes its head, then calls
 /// the backend for the body; `/stuck/ITEM` never answers.
 const PROGRAMS: &str = r#"
 import signal, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-DELAY = 0.5
+DELAY = 0.6
 
 
 def read_until_close(sock):
@@ -53,8 +53,8 @@ class Service(BaseHTTPRequestHandler):
     def answer(self, body):
         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
-    def call(self, item):
-        with socket.create_connection(("127.0.0.1", BACKEND)) as backend:
+    def call(self, item, backend=None):
+        with backend or socket.create_connection(("127.0.0.1", BACKEND)) as backend:
             backend.sendall(b"GET /slow/%s HTTP/1.0\r\n\r\n" % item)
             return read_until_close(backend)
 
@@ -68,8 +68,10 @@ class Service(BaseHTTPRequestHandler):
             self.answer(self.call(item))
         elif kind == "stream":
             self.close_connection = True
+            # Connected first: the call is sent right after the head.
+            backend = socket.create_connection(("127.0.0.1", BACKEND))
             self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhead|")
-            self.wfile.write(self.call(item))
+            self.wfile.write(self.call(item, backend))
         else:
             threading.Event().wait()
 
@@ -227,8 +229,21 @@ fn slow_requests_are_one_session_and_stuck_ones_end() {
     }
 
     // The stuck request ends at the ceiling, not at the idle time.
-    let sessions = wait_for_sessions(&record, 4);
-    let waited = sent_at.elapsed();
+    let deadline = sent_at + CEILING + Duration::from_secs(20);
+    let (sessions, waited) = loop {
+        let sessions = read_sessions(&record);
+        let waited = sent_at.elapsed();
+        if sessions.len() >= 4 {
+            break (sessions, waited);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck request's session was not written within {:?}\n{}",
+            CEILING + Duration::from_secs(20),
+            describe_dir(&record)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(sessions.len(), 4, "{}", describe_dir(&record));
     let stuck_session = session_of(&sessions, &request("stuck", "x1"));
     assert!(

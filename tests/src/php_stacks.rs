@@ -158,9 +158,13 @@ pub fn assert_entry_replays(entry: &Value, recording: &Recording) {
             }
         };
         assert!(index < recorded.calls.len(), "{what}: matched {index}");
-        // Calls come in the recorded order; a pipeline's come together.
+        // Calls come in the recorded order; a pipeline's come together. A
+        // message that gets no reply (COM_QUIT) is not waited for: the
+        // service's next call, on another connection, may reach the
+        // outbound server first.
+        let unanswered = recorded.calls[index].response.is_empty() && !call.greeting;
         assert!(
-            last.is_none_or(|last| index >= last),
+            unanswered || last.is_none_or(|last| index >= last),
             "{what}: call {index} after call {last:?}"
         );
         if last != Some(index) {
@@ -169,7 +173,9 @@ pub fn assert_entry_replays(entry: &Value, recording: &Recording) {
                 "{what}: call {index} answered twice"
             );
         }
-        last = Some(index);
+        if !unanswered {
+            last = Some(index);
+        }
         let rec = &recorded.calls[index];
         assert_eq!(call.peer, rec.peer, "{what}");
         assert_eq!(call.greeting, rec.is_greeting(), "{what}: greeting");

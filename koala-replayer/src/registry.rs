@@ -292,8 +292,8 @@ impl Registry {
 
     /// Answers a request the service sent on a redirected connection.
     ///
-    /// A request of a known replay is matched against that session only. An
-    /// untagged one, or one whose replay is only a guess ([`TENTATIVE`]), is
+    /// A request of a known replay is matched against that session only (of
+    /// an ended one, against the background records). An untagged one, or one whose replay is only a guess ([`TENTATIVE`]), is
     /// matched against the replay in flight when there is one, the
     /// best-matching one when there are several (ties go to the guess), and
     /// the background pool otherwise. A set-up request (handshake,
@@ -303,15 +303,16 @@ impl Registry {
     pub fn answer(&self, request: Request<'_>) -> Answer {
         // A guessed replay (a virtual thread's claim) competes with the
         // other replays in flight: the session matching best answers.
+        // A request of a replay that has ended (a call the service makes
+        // after its answer: a COM_QUIT, a cleanup) is no other session's:
+        // it gets background answers.
         let replay_id = request.replay_id;
-        let replay = match replay_id & TENTATIVE {
-            0 => self.replay(replay_id),
-            _ => None,
-        };
-        let guess = (replay_id & TENTATIVE != 0).then_some(replay_id & !TENTATIVE);
-        let replay = replay.or_else(|| {
+        let replay = if replay_id != 0 && replay_id & TENTATIVE == 0 {
+            self.replay(replay_id)
+        } else {
+            let guess = (replay_id & TENTATIVE != 0).then_some(replay_id & !TENTATIVE);
             self.best_in_flight(request.bytes, request.destination, request.conn, guess)
-        });
+        };
         let setup = request.protocol.is_some_and(|p| p.is_setup(request.bytes))
             && !lock(&self.set_up).contains(&request.conn);
         if !setup {
@@ -1176,5 +1177,24 @@ mod tests {
         assert_eq!(unmatched, [0], "only the noreply set: {calls:?}");
         assert_eq!(calls[0].on_miss.as_deref(), Some("none"));
         assert_eq!(registry.counters.calls_unmatched.load(Ordering::Relaxed), 1);
+    }
+
+    /// A call the service makes after a session's answer (php-fpm's
+    /// COM_QUIT) reaches the outbound server once that replay has ended and
+    /// the next one is in flight: it belongs to the ended replay, and must
+    /// not consume the next session's recorded call.
+    #[test]
+    fn a_late_call_of_an_ended_replay_is_not_the_next_sessions() {
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
+        let quit = "QUIT\r\n";
+        let a = registry.begin(session(Kind::Session, vec![call(REDIS, quit, "+OK\r\n")]));
+        registry.end(&a);
+        let b = registry.begin(session(Kind::Session, vec![call(REDIS, quit, "+OK\r\n")]));
+        let answer = ask(&registry, a.id, quit.as_bytes(), Some(REDIS), 1);
+        assert!(answer.background && answer.response.is_none());
+        assert!(b.calls().0.is_empty(), "b's call is still b's");
+        let answer = ask(&registry, b.id, quit.as_bytes(), Some(REDIS), 2);
+        assert_eq!(answer.response.as_deref(), Some(&b"+OK\r\n"[..]));
+        assert!(!b.calls().0[0].reused);
     }
 }

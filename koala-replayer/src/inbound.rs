@@ -220,6 +220,7 @@ fn status(replayer: &Replayer) -> Status {
         calls_unmatched: c.calls_unmatched.load(Ordering::Relaxed),
         background_calls_served: c.background_calls_served.load(Ordering::Relaxed),
         background_records: c.background_records.load(Ordering::Relaxed),
+        outbound_refused: crate::outbound::refused_connections(),
     }
 }
 

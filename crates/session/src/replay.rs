@@ -112,6 +112,10 @@ pub struct Status {
     pub background_calls_served: u64,
     /// Background records loaded (KOALA_REPLAY_BACKGROUND, POST /v1/background).
     pub background_records: u64,
+    /// Connections to the outbound server that no redirect of the service
+    /// registered, refused.
+    #[serde(default)]
+    pub outbound_refused: u64,
 }
 
 /// `POST /v1/background` answer.

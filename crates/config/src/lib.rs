@@ -96,6 +96,34 @@ impl std::str::FromStr for OnMiss {
     }
 }
 
+/// Which forked children log a recording summary line at exit or exec
+/// (`KOALA_CHILD_SUMMARY`). A process that was not forked (the one started,
+/// or an exec'd program) always logs its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChildSummary {
+    /// Only a child that recorded something of its own: a prefork worker
+    /// does, a child that runs a helper and `_exit`s does not.
+    #[default]
+    Recorded,
+    /// Every child that saw a connection (one line per child).
+    Always,
+    /// No child, unless it lost sessions: a loss is never silent.
+    Never,
+}
+
+impl std::str::FromStr for ChildSummary {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "recorded" => Ok(ChildSummary::Recorded),
+            "always" => Ok(ChildSummary::Always),
+            "never" => Ok(ChildSummary::Never),
+            _ => Err("expected recorded, always or never".into()),
+        }
+    }
+}
+
 /// An outbound address the replayer must not redirect. `None` parts match anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bypass {
@@ -122,6 +150,8 @@ pub struct Config {
     pub queue_max_bytes: usize,
     pub max_payload_bytes: usize,
     pub max_calls_per_session: usize,
+    /// Which forked children log their summary line.
+    pub child_summary: ChildSummary,
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub sut_addr: SocketAddr,
@@ -225,6 +255,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "KOALA_MAX_CALLS_PER_SESSION",
         "10000",
         "further calls of a session are dropped and counted",
+    ),
+    (
+        "KOALA_CHILD_SUMMARY",
+        "recorded",
+        "which forked children log a summary line: recorded, always or never",
     ),
     (
         "KOALA_INBOUND_ADDR",
@@ -335,6 +370,7 @@ impl Config {
                 10_000,
                 parse_positive,
             ),
+            child_summary: parser.parse("KOALA_CHILD_SUMMARY", ChildSummary::default(), str::parse),
             inbound_addr: parser.parse("KOALA_INBOUND_ADDR", addr("127.0.0.1:2514"), parse_addr),
             outbound_addr: parser.parse("KOALA_OUTBOUND_ADDR", addr("127.0.0.1:2516"), parse_addr),
             sut_addr: parser.parse("KOALA_SUT_ADDR", addr("127.0.0.1:2515"), parse_addr),
@@ -562,6 +598,26 @@ mod tests {
         assert_eq!(config.inbound_addr, addr("127.0.0.1:2514"));
         assert_eq!(config.outbound_addr, addr("127.0.0.1:2516"));
         assert_eq!(config.sut_addr, addr("127.0.0.1:2515"));
+    }
+
+    #[test]
+    fn child_summary_defaults_to_children_that_recorded() {
+        assert_eq!(parse(&[]).0.child_summary, ChildSummary::Recorded);
+        for (value, expected) in [
+            ("always", ChildSummary::Always),
+            ("NEVER", ChildSummary::Never),
+            (" recorded ", ChildSummary::Recorded),
+        ] {
+            let (config, errors) = parse(&[("KOALA_CHILD_SUMMARY", value)]);
+            assert_eq!(config.child_summary, expected, "{value:?}");
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        let (config, errors) = parse(&[("KOALA_CHILD_SUMMARY", "some")]);
+        assert_eq!(config.child_summary, ChildSummary::Recorded);
+        assert_eq!(
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            ["KOALA_CHILD_SUMMARY=\"some\" ignored: expected recorded, always or never"]
+        );
     }
 
     #[test]

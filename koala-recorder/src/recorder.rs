@@ -72,13 +72,28 @@ pub struct Recorder {
     disabled: AtomicBool,
 }
 
-/// The counts a summary line reported.
+/// The counts a summary line reports.
 struct Reported {
     written: u64,
     dropped: u64,
     write_errors: u64,
     reopened: u64,
     stats: Stats,
+}
+
+impl Reported {
+    /// Whether the image did anything of its own worth a line: sessions
+    /// left to the parent at fork are the parent's work.
+    fn recorded_anything(&self) -> bool {
+        let own = Stats {
+            sessions_left_to_parent: 0,
+            ..self.stats.clone()
+        };
+        [self.written, self.dropped, self.write_errors, self.reopened]
+            .iter()
+            .any(|&n| n > 0)
+            || own != Stats::default()
+    }
 }
 
 /// The assembler lock, held across `fork` by the forking thread.
@@ -308,20 +323,27 @@ impl Recorder {
     /// Ends every open session, writes everything queued and logs the
     /// summary line. Waits at most `timeout`: never hangs the host's exit.
     pub fn flush_at_exit(&self, timeout: Duration) {
-        let _ = self.flush(timeout);
+        if let Some(reported) = self.flush(timeout) {
+            self.log_summary(&reported);
+        }
     }
 
     /// Before exec: as at exit; then what the summary reported is taken off
     /// the counts, so that if the exec fails and the process goes on, its
     /// exit summary counts only what came after: the summary lines of a
-    /// process add up to its totals.
+    /// process add up to its totals. An image that recorded nothing of its
+    /// own (a forked child exec'ing a program per request) logs nothing.
     pub fn flush_before_exec(&self, timeout: Duration) {
-        if let Some(reported) = self.flush(timeout) {
+        if let Some(reported) = self.flush(timeout)
+            && reported.recorded_anything()
+        {
+            self.log_summary(&reported);
             self.forget_reported(&reported);
         }
     }
 
-    /// [`Self::flush_at_exit`]; what the summary line said, if one was logged.
+    /// Ends every session and waits for the writer; the counts then, for
+    /// the summary (`None`: no writer, nothing was ever recorded).
     fn flush(&self, timeout: Duration) -> Option<Reported> {
         let deadline = Instant::now() + timeout;
         let done = Arc::new(AtomicBool::new(false));
@@ -333,7 +355,7 @@ impl Recorder {
         while !done.load(Ordering::Acquire) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        Some(self.log_summary())
+        Some(self.counts())
     }
 
     /// Takes `reported` off the counts (never below zero); counts added
@@ -384,16 +406,19 @@ impl Recorder {
         self.lock().map(|inner| inner.assembler.stats().clone())
     }
 
-    fn log_summary(&self) -> Reported {
-        let stats = self.stats().unwrap_or_default();
+    /// The counts a summary line reports.
+    fn counts(&self) -> Reported {
         let c = &self.counters;
-        let reported = Reported {
+        Reported {
             written: c.written.load(Ordering::Relaxed),
             dropped: c.dropped_queue_full.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
             reopened: c.file_reopened.load(Ordering::Relaxed),
-            stats,
-        };
+            stats: self.stats().unwrap_or_default(),
+        }
+    }
+
+    fn log_summary(&self, reported: &Reported) {
         let stats = &reported.stats;
         tracing::info!(
             sessions_written = reported.written,
@@ -410,7 +435,6 @@ impl Recorder {
             file = %self.current_session_file().display(),
             "koala recording summary"
         );
-        reported
     }
 
     // ---- fork ------------------------------------------------------------

@@ -15,7 +15,8 @@ use koala_tests::*;
 /// `sh -c 'echo "$0 $1 ${MARK:-none}"' exec-ok MODE` (the variants taking
 /// an environment add MARK=from-envp to it). MODE `fail` first execvp's a
 /// program that does not exist; on its failure it answers COUNT more
-/// connections and exits.
+/// connections and exits. MODE `fail-path` execv's a path that does not
+/// exist, then answers one more request on each kept connection and exits.
 const SERVER: &str = r#"
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +50,24 @@ static int answer(int listener, int item) {
     return fd; /* kept open: the session is not over */
 }
 
+/* The next request on a kept connection. */
+static int again(int fd, int item) {
+    char request[512];
+    size_t got = 0;
+    while (got < sizeof request - 1) {
+        ssize_t n = read(fd, request + got, sizeof request - 1 - got);
+        if (n <= 0) return -1;
+        got += n;
+        request[got] = 0;
+        if (strstr(request, "\r\n\r\n")) break;
+    }
+    char body[64], response[256];
+    int body_len = snprintf(body, sizeof body, "item %d", item);
+    int len = snprintf(response, sizeof response,
+                       "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", body_len, body);
+    return write(fd, response, len) == len ? 0 : -1;
+}
+
 static char **with_mark(void) {
     size_t n = 0;
     while (environ[n]) n++;
@@ -68,8 +87,10 @@ int main(int argc, char **argv) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port),
                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(listener, (struct sockaddr *)&addr, sizeof addr) || listen(listener, 64)) return 3;
+    int kept[64];
+    if (count > 64) return 2;
     for (int i = 0; i < count; i++)
-        if (answer(listener, i) < 0) return 4;
+        if ((kept[i] = answer(listener, i)) < 0) return 4;
 
     const char *script = "echo \"$0 $1 ${MARK:-none}\"";
     char *args[] = {"sh", "-c", (char *)script, "exec-ok", (char *)mode, NULL};
@@ -94,6 +115,13 @@ int main(int argc, char **argv) {
             if (fd < 0) return 5;
             close(fd);
         }
+        return 0;
+    } else if (!strcmp(mode, "fail-path")) {
+        execv("/koala-no-such-dir/sh", args);
+        printf("exec failed: errno %d\n", errno);
+        fflush(stdout);
+        for (int i = 0; i < count; i++)
+            if (again(kept[i], count + i) < 0) return 5;
         return 0;
     }
     printf("%s returned: errno %d\n", mode, errno);
@@ -166,6 +194,13 @@ fn record_around_exec(mode: &str, symbol: &str) -> (Vec<koala_session::Session>,
         for item in COUNT..2 * COUNT {
             let mut stream = connect(port);
             let answer = http_exchange(&mut stream, &request(item));
+            assert_bytes(&answer, &response(item), &format!("response {item}"));
+        }
+    }
+    if mode == "fail-path" {
+        for (index, stream) in kept.iter_mut().enumerate() {
+            let item = COUNT + index;
+            let answer = http_exchange(stream, &request(item));
             assert_bytes(&answer, &response(item), &format!("response {item}"));
         }
     }
@@ -356,8 +391,7 @@ fn failed_exec_goes_on_recording() {
 
 /// Python's `os.execvp` searches PATH itself, calling execv on each entry
 /// until one runs. The entries that cannot run fail without replacing
-/// anything and are not flushed for (a path that `access(X_OK)` rejects):
-/// one flush, one summary line, before the exec that succeeds.
+/// anything: one summary line, before the exec that succeeds.
 const PYTHON_SERVER: &str = r#"
 import os, socket, sys
 
@@ -429,4 +463,101 @@ fn python_execvp_flushes_once_across_its_path_search() {
         [COUNT as u64],
         "python: one summary line, before the exec that ran"
     );
+}
+
+/// A service that runs a program per request through fork + exec (Python's
+/// subprocess with a `preexec_fn` forks; without one it may vfork, which
+/// the library leaves alone): each child recorded nothing of its own, so
+/// its exec logs nothing. One summary line in all, the service's at exit,
+/// not one more per request.
+const SPAWNING_SERVICE: &str = r#"
+import signal, subprocess, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Service(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        ran = subprocess.run(["/bin/echo", "ran"], capture_output=True, preexec_fn=lambda: None)
+        body = b"item " + self.path.rsplit("/", 1)[-1].encode() + b" " + ran.stdout
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def log_message(self, *args):
+        pass
+
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Service).serve_forever()
+"#;
+
+#[test]
+fn children_that_exec_log_nothing_when_they_recorded_nothing() {
+    const REQUESTS: usize = 10;
+    let dir = TestDir::new("record_exec_children");
+    let script = dir.join("service.py");
+    std::fs::write(&script, SPAWNING_SERVICE).expect("write service.py");
+    let record = dir.join("record");
+    let port = free_port();
+    let mut service = Spec::new("service", python())
+        .arg("-u")
+        .arg(script.display())
+        .arg(port)
+        .record_to(&record)
+        .spawn(&dir);
+    service.wait_for_port(port);
+    for item in 0..REQUESTS {
+        let mut stream = connect(port);
+        let answer = http_exchange(&mut stream, &request(item));
+        let body = format!("item {item} ran\n");
+        let expected = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_bytes(&answer, expected.as_bytes(), &format!("response {item}"));
+    }
+    wait_for_sessions(&record, REQUESTS);
+    service.stop_cleanly();
+    let sessions = read_sessions(&record);
+    assert_eq!(sessions.len(), REQUESTS, "{}", describe_dir(&record));
+    assert_eq!(
+        summaries_written(&record),
+        [REQUESTS as u64],
+        "one summary line, the service's\n{}",
+        describe_dir(&record)
+    );
+}
+
+/// An execv of a path that cannot run fails without replacing anything:
+/// no flush (`access(X_OK)` says so first), so the sessions open on the
+/// kept connections are not cut: each ends when its connection brings the
+/// next request, as without the exec.
+#[test]
+fn exec_of_a_path_that_cannot_run_cuts_no_session() {
+    let (sessions, stdout, summaries) = record_around_exec("fail-path", "execv");
+    assert_eq!(stdout, "exec failed: errno 2\n");
+    assert_eq!(sessions.len(), 2 * COUNT, "sessions written");
+    let mut by_item: Vec<_> = sessions.iter().collect();
+    by_item.sort_by_key(|s| s.inbound.request.as_bytes().to_vec());
+    let mut expected: Vec<usize> = (0..2 * COUNT).collect();
+    expected.sort_by_key(|&item| request(item));
+    for (session, item) in by_item.into_iter().zip(expected) {
+        assert_bytes(
+            session.inbound.request.as_bytes(),
+            &request(item),
+            &format!("request {item}"),
+        );
+        assert_bytes(
+            session.inbound.response.as_bytes(),
+            &response(item),
+            &format!("response {item}"),
+        );
+        let end = if item < COUNT {
+            koala_session::EndReason::NextRequest
+        } else {
+            koala_session::EndReason::Exit
+        };
+        assert_eq!(session.end, Some(end), "item {item}: {}", show(session));
+    }
+    assert_eq!(summaries, [2 * COUNT as u64], "one summary, at exit");
 }

@@ -529,7 +529,7 @@ fn children_that_exec_log_nothing_when_they_recorded_nothing() {
 }
 
 /// An execv of a path that cannot run fails without replacing anything:
-/// no flush (`access(X_OK)` says so first), so the sessions open on the
+/// no flush (`faccessat(X_OK)` says so first), so the sessions open on the
 /// kept connections are not cut: each ends when its connection brings the
 /// next request, as without the exec.
 #[test]

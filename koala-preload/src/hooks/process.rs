@@ -56,14 +56,18 @@ hook! { fn execveat(dirfd: c_int, path: *const c_char, argv: Argv, envp: Argv, f
 /// Before an exec of `path` (`None`: a PATH search or an fd, not checked).
 /// A path that cannot be executed fails without replacing anything, so
 /// nothing is flushed: Python's os.execvp tries execv on every PATH entry,
-/// and each miss would otherwise end the open sessions and log a summary.
+/// and the first miss would otherwise end the open sessions.
 fn before_exec(path: Option<*const c_char>) {
     if !layer::is_active() {
         return;
     }
     let errno = SavedErrno::save();
+    // With the effective ids, as exec checks (a setuid host's real ids may
+    // not be allowed what its effective ones are).
     // SAFETY: the caller's NUL-terminated path, only read.
-    let executable = path.is_none_or(|path| unsafe { libc::access(path, libc::X_OK) } == 0);
+    let executable = path.is_none_or(|path| unsafe {
+        libc::faccessat(libc::AT_FDCWD, path, libc::X_OK, libc::AT_EACCESS) == 0
+    });
     if executable {
         layer::flush_before_exec();
     }

@@ -1,0 +1,126 @@
+//! PostgreSQL: the password message (`p`) a client sends to log in.
+//!
+//! A cleartext or MD5 password is replaced whole; of a SCRAM client-final
+//! message (`c=...,r=...,p=<proof>`) only the proof is (the nonces are not
+//! secret, and keep the message recognisable); a SASL initial response
+//! (mechanism name, client-first message) holds no secret. The message
+//! length is rewritten. Only a payload that is wholly a sequence of typed
+//! frontend messages is looked at.
+
+use std::ops::Range;
+
+use crate::Redactor;
+
+pub(crate) fn redact(redactor: &Redactor, payload: &[u8]) -> Option<Vec<u8>> {
+    let messages = messages(payload)?;
+    if !messages.iter().any(|m| payload[m.start] == b'p') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(payload.len() + crate::TOKEN_LEN);
+    for message in messages {
+        let bytes = &payload[message];
+        let body = &bytes[5..];
+        match (bytes[0], secret(body)) {
+            (b'p', Some(secret)) => {
+                let mut new_body = Vec::with_capacity(body.len() + crate::TOKEN_LEN);
+                new_body.extend_from_slice(&body[..secret.start]);
+                new_body.extend_from_slice(&redactor.token(&body[secret.clone()]));
+                new_body.extend_from_slice(&body[secret.end..]);
+                out.push(b'p');
+                let len = u32::try_from(new_body.len() + 4).ok()?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&new_body);
+            }
+            _ => out.extend_from_slice(bytes),
+        }
+    }
+    Some(out)
+}
+
+/// The secret in a `p` message's body.
+fn secret(body: &[u8]) -> Option<Range<usize>> {
+    if body.starts_with(b"SCRAM-") || body.starts_with(b"SCRAM_") {
+        return None;
+    }
+    if body.starts_with(b"c=") {
+        let proof = body.windows(3).position(|w| w == b",p=")? + 3;
+        let end = body[proof..]
+            .iter()
+            .position(|&b| b == b',')
+            .map_or(body.len(), |n| proof + n);
+        return (end > proof).then_some(proof..end);
+    }
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    (end > 0).then_some(0..end)
+}
+
+/// The typed messages making up the whole payload, or `None`.
+fn messages(payload: &[u8]) -> Option<Vec<Range<usize>>> {
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let kind = *payload.get(at)?;
+        if !kind.is_ascii_alphabetic() {
+            return None;
+        }
+        let len = u32::from_be_bytes(payload.get(at + 1..at + 5)?.try_into().ok()?);
+        let len = usize::try_from(len).ok()?;
+        if len < 4 {
+            return None;
+        }
+        let end = at.checked_add(1 + len)?;
+        if end > payload.len() {
+            return None;
+        }
+        messages.push(at..end);
+        at = end;
+    }
+    Some(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_redactor;
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn token(secret: &str) -> Vec<u8> {
+        test_redactor().token(secret.as_bytes())
+    }
+
+    #[test]
+    fn passwords_and_scram_proofs_are_redacted_with_their_length() {
+        let redactor = test_redactor();
+        let clear = message(b'p', b"md5abc\0");
+        let mut expected_body = token("md5abc");
+        expected_body.push(0);
+        assert_eq!(redactor.redact(&clear), Some(message(b'p', &expected_body)));
+
+        let final_message = b"c=biws,r=nonce,p=PROOF==";
+        let mut expected = b"c=biws,r=nonce,p=".to_vec();
+        expected.extend_from_slice(&token("PROOF=="));
+        let mut payload = message(b'p', final_message);
+        payload.extend_from_slice(&message(b'S', b""));
+        let mut want = message(b'p', &expected);
+        want.extend_from_slice(&message(b'S', b""));
+        assert_eq!(redactor.redact(&payload), Some(want));
+    }
+
+    #[test]
+    fn other_messages_are_left_alone() {
+        let redactor = test_redactor();
+        let initial = message(b'p', b"SCRAM-SHA-256\0\0\0\0\x10n,,n=,r=nonce123");
+        assert_eq!(redactor.redact(&initial), None);
+        assert_eq!(redactor.redact(&message(b'Q', b"SELECT 1\0")), None);
+        assert_eq!(redactor.redact(&message(b'p', b"\0")), None);
+        let mut cut = message(b'p', b"pw\0");
+        cut.pop();
+        assert_eq!(redactor.redact(&cut), None);
+        assert_eq!(redactor.redact(b"p\0\0\0\x02"), None);
+    }
+}

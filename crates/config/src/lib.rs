@@ -168,6 +168,11 @@ pub struct Config {
     pub replay_max_body_bytes: usize,
     /// Bytes `POST /v1/background` may retain in all; beyond, 413.
     pub replay_max_background_bytes: usize,
+    /// Record: what is redacted (`KOALA_REDACT`); `None`: nothing.
+    pub redact: Option<koala_redact::Rules>,
+    /// Replay: the recording's redaction key file (`KOALA_REDACT_KEY_FILE`),
+    /// to redact what the service sends the way the recording was.
+    pub redact_key_file: Option<PathBuf>,
 }
 
 /// A value never shown: `Debug` prints `<secret>`, so a logged `Config`
@@ -321,6 +326,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "268435456",
         "replay: bytes POST /v1/background may retain in all; beyond, 413",
     ),
+    (
+        "KOALA_REDACT",
+        "default",
+        "record: off, or default rules plus a comma list of header:<name> and json:<field>",
+    ),
+    (
+        "KOALA_REDACT_KEY_FILE",
+        "(unset: requests are matched unredacted)",
+        "replay: the recording's redaction key file; koala replay sets it to <sessions>/.koala-redact-key",
+    ),
 ];
 
 impl Config {
@@ -407,6 +422,14 @@ impl Config {
                 256 << 20,
                 parse_positive,
             ),
+            redact: parser.parse(
+                "KOALA_REDACT",
+                Some(koala_redact::Rules::default()),
+                koala_redact::Rules::parse,
+            ),
+            redact_key_file: lookup("KOALA_REDACT_KEY_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             record_to,
         };
         (config, parser.errors)
@@ -813,6 +836,32 @@ mod replay_api_tests {
         assert!(!format!("{config:?}").contains("s3cr3t"), "Debug shows it");
         let (config, _) = parse(&[("KOALA_REPLAY_TOKEN", "")]);
         assert_eq!(config.replay_token, None, "empty means none");
+    }
+
+    #[test]
+    fn redaction_is_on_by_default_and_configurable() {
+        let (config, errors) = parse(&[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.redact, Some(koala_redact::Rules::default()));
+        assert_eq!(config.redact_key_file, None);
+        let (config, _) = parse(&[("KOALA_REDACT", "off")]);
+        assert_eq!(config.redact, None);
+        let (config, errors) = parse(&[
+            ("KOALA_REDACT", "header:X-Token,json:pin"),
+            ("KOALA_REDACT_KEY_FILE", "/r/.koala-redact-key"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let rules = config.redact.unwrap();
+        assert!(rules.headers.contains(&"x-token".to_string()));
+        assert!(rules.json_fields.contains(&"pin".to_string()));
+        assert_eq!(
+            config.redact_key_file,
+            Some(PathBuf::from("/r/.koala-redact-key"))
+        );
+        // A bad value keeps the default rules (never less redaction).
+        let (config, errors) = parse(&[("KOALA_REDACT", "regex:.*")]);
+        assert_eq!(config.redact, Some(koala_redact::Rules::default()));
+        assert_eq!(errors[0].variable, "KOALA_REDACT");
     }
 
     #[test]

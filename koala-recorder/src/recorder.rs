@@ -18,12 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use koala_config::Config;
+use koala_config::{ChildSummary, Config};
 use koala_session::EndReason;
 
 use crate::assembler::{Assembler, Bytes, Direction, Limits, Stats};
 use crate::record::{FinishedSession, ProcessIdentity};
-use crate::writer;
+use crate::writer::{self, Done};
 
 /// Counters shared with the writer thread.
 #[derive(Default)]
@@ -49,7 +49,9 @@ struct Inner {
     outbox: Outbox,
     /// Exit flushes waiting: the writer sets each flag once everything
     /// before it is written.
-    flush_requests: Vec<Arc<AtomicBool>>,
+    flush_requests: Vec<Arc<Done>>,
+    /// Started at the first connection, or in a forked child at the first
+    /// bytes it records (see [`Recorder::after_fork_in_child`]).
     writer: Option<Thread>,
 }
 
@@ -70,6 +72,13 @@ pub struct Recorder {
     queue_max_bytes: usize,
     /// Set after an internal panic: recording stops, the host goes on.
     disabled: AtomicBool,
+    /// This image is a forked child (its summary line is optional).
+    forked: AtomicBool,
+    /// It was forked from an image that had started recording (a writer):
+    /// it has the parent's connections to account for at exit.
+    parent_recorded: AtomicBool,
+    /// KOALA_CHILD_SUMMARY.
+    child_summary: ChildSummary,
 }
 
 /// The counts a summary line reports.
@@ -94,6 +103,30 @@ impl Reported {
             .any(|&n| n > 0)
             || own != Stats::default()
     }
+
+    /// Whether a summary line is logged for these counts: always for a
+    /// process that was not forked; for a forked child as KOALA_CHILD_SUMMARY
+    /// says, and always when it lost sessions (a loss is never silent).
+    fn worth_logging(&self, forked: bool, policy: ChildSummary) -> bool {
+        !forked
+            || self.dropped + self.write_errors > 0
+            || match policy {
+                ChildSummary::Always => true,
+                ChildSummary::Recorded => self.recorded_anything(),
+                ChildSummary::Never => false,
+            }
+    }
+}
+
+/// What ending every session at exit left to wait for.
+enum Closed {
+    /// Nothing to report: this image never recorded (or is disabled).
+    Nothing,
+    /// Counts to report, nothing to write: a forked child that recorded
+    /// nothing has no writer to wait for.
+    Unwritten,
+    /// Sessions handed to this writer, which sets the flag when done.
+    Queued(Thread),
 }
 
 /// The assembler lock, held across `fork` by the forking thread.
@@ -101,7 +134,7 @@ pub struct ForkGuard(Option<MutexGuard<'static, Inner>>);
 
 /// What the writer takes at each wake-up.
 pub(crate) struct Taken {
-    pub flushes: Vec<Arc<AtomicBool>>,
+    pub flushes: Vec<Arc<Done>>,
 }
 
 impl Recorder {
@@ -129,6 +162,9 @@ impl Recorder {
             queue_capacity: config.queue_capacity,
             queue_max_bytes: config.queue_max_bytes,
             disabled: AtomicBool::new(false),
+            forked: AtomicBool::new(false),
+            parent_recorded: AtomicBool::new(false),
+            child_summary: config.child_summary,
         }))
     }
 
@@ -189,10 +225,29 @@ impl Recorder {
     }
 
     /// Runs one assembler operation and queues the sessions it finished.
-    fn with_assembler(&self, operation: impl FnOnce(&mut Assembler)) {
+    /// `records`: the operation moves bytes, so a forked child that had no
+    /// writer yet needs one now.
+    fn with_assembler(&'static self, records: bool, operation: impl FnOnce(&mut Assembler)) {
         let Some(mut inner) = self.lock() else { return };
         operation(&mut inner.assembler);
         self.enqueue_finished(&mut inner);
+        if inner.writer.is_none() && (records || !inner.outbox.sessions.is_empty()) {
+            self.ensure_writer(&mut inner);
+        }
+    }
+
+    /// Starts the writer if there is none; a writer that cannot start
+    /// disables recording.
+    fn ensure_writer(&'static self, inner: &mut Inner) -> bool {
+        if inner.writer.is_some() {
+            return true;
+        }
+        if self.start_writer(inner).is_err() {
+            tracing::error!("cannot start the session writer thread: recording disabled");
+            self.disable();
+            return false;
+        }
+        true
     }
 
     /// Moves the sessions the assembler finished into the outbox, or drops
@@ -256,9 +311,7 @@ impl Recorder {
         let Some(mut inner) = self.lock() else { return };
         // The writer starts with the first connection: most processes a
         // preload library lands in (shells, tools) never open one.
-        if inner.writer.is_none() && self.start_writer(&mut inner).is_err() {
-            tracing::error!("cannot start the session writer thread: recording disabled");
-            self.disable();
+        if !self.ensure_writer(&mut inner) {
             return;
         }
         inner
@@ -267,37 +320,37 @@ impl Recorder {
         self.enqueue_finished(&mut inner);
     }
 
-    pub fn fd_duplicated(&self, old_fd: i32, new_fd: i32) {
-        self.with_assembler(|a| a.duplicate_fd(old_fd, new_fd));
+    pub fn fd_duplicated(&'static self, old_fd: i32, new_fd: i32) {
+        self.with_assembler(false, |a| a.duplicate_fd(old_fd, new_fd));
     }
 
-    pub fn fd_closed(&self, fd: i32) {
-        self.with_assembler(|a| a.forget_fd(fd));
+    pub fn fd_closed(&'static self, fd: i32) {
+        self.with_assembler(false, |a| a.forget_fd(fd));
     }
 
-    pub fn write_side_shut(&self, fd: i32) {
-        self.with_assembler(|a| a.shutdown_write(fd));
+    pub fn write_side_shut(&'static self, fd: i32) {
+        self.with_assembler(false, |a| a.shutdown_write(fd));
     }
 
-    pub fn received(&self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
-        self.with_assembler(|a| a.received_parts(fd, tid, data, now_ns));
+    pub fn received(&'static self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        self.with_assembler(true, |a| a.received_parts(fd, tid, data, now_ns));
     }
 
-    pub fn sent(&self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
-        self.with_assembler(|a| a.sent_parts(fd, tid, data, now_ns));
+    pub fn sent(&'static self, fd: i32, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        self.with_assembler(true, |a| a.sent_parts(fd, tid, data, now_ns));
     }
 
     /// A read on `fd` returned end-of-file.
-    pub fn peer_closed(&self, fd: i32, now_ns: u64) {
-        self.with_assembler(|a| a.peer_closed(fd, now_ns));
+    pub fn peer_closed(&'static self, fd: i32, now_ns: u64) {
+        self.with_assembler(false, |a| a.peer_closed(fd, now_ns));
     }
 
-    pub fn delegate(&self, tid: u32, virtual_id: u64) {
-        self.with_assembler(|a| a.delegate(tid, virtual_id));
+    pub fn delegate(&'static self, tid: u32, virtual_id: u64) {
+        self.with_assembler(false, |a| a.delegate(tid, virtual_id));
     }
 
-    pub fn end_session_by_hint(&self, tid: u32, virtual_id: Option<u64>) {
-        self.with_assembler(|a| a.end_session_by_hint(tid, virtual_id));
+    pub fn end_session_by_hint(&'static self, tid: u32, virtual_id: Option<u64>) {
+        self.with_assembler(false, |a| a.end_session_by_hint(tid, virtual_id));
     }
 
     // ---- the writer's periodic work ------------------------------------
@@ -321,11 +374,18 @@ impl Recorder {
     // ---- exit ------------------------------------------------------------
 
     /// Ends every open session, writes everything queued and logs the
-    /// summary line. Waits at most `timeout`: never hangs the host's exit.
-    pub fn flush_at_exit(&self, timeout: Duration) {
-        if let Some(reported) = self.flush(timeout) {
+    /// summary line (a forked child's as KOALA_CHILD_SUMMARY says). Waits
+    /// at most `timeout`: never hangs the host's exit.
+    pub fn flush_at_exit(&'static self, timeout: Duration) {
+        if let Some(reported) = self.flush(timeout)
+            && reported.worth_logging(self.is_forked(), self.child_summary)
+        {
             self.log_summary(&reported);
         }
+    }
+
+    fn is_forked(&self) -> bool {
+        self.forked.load(Ordering::Relaxed)
     }
 
     /// Before exec: as at exit; then what the summary reported is taken off
@@ -333,9 +393,10 @@ impl Recorder {
     /// exit summary counts only what came after: the summary lines of a
     /// process add up to its totals. An image that recorded nothing of its
     /// own (a forked child exec'ing a program per request) logs nothing.
-    pub fn flush_before_exec(&self, timeout: Duration) {
+    pub fn flush_before_exec(&'static self, timeout: Duration) {
         if let Some(reported) = self.flush(timeout)
             && reported.recorded_anything()
+            && reported.worth_logging(self.is_forked(), self.child_summary)
         {
             self.log_summary(&reported);
             self.forget_reported(&reported);
@@ -343,17 +404,20 @@ impl Recorder {
     }
 
     /// Ends every session and waits for the writer; the counts then, for
-    /// the summary (`None`: no writer, nothing was ever recorded).
-    fn flush(&self, timeout: Duration) -> Option<Reported> {
+    /// the summary (`None`: nothing was ever recorded).
+    fn flush(&'static self, timeout: Duration) -> Option<Reported> {
         let deadline = Instant::now() + timeout;
-        let done = Arc::new(AtomicBool::new(false));
-        // No writer: this process never saw a connection, nothing to say.
-        let writer = self.close_all_sessions(deadline, done.clone())?;
-        writer.unpark();
-        // Polled, not a blocking wait: exit handlers run after the thread's
-        // thread-locals are gone.
-        while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+        let done = Arc::new(Done::default());
+        match self.close_all_sessions(deadline, done.clone()) {
+            Closed::Nothing => return None,
+            Closed::Unwritten => {}
+            Closed::Queued(writer) => {
+                writer.unpark();
+                // A futex wait, woken the moment the writer is done (no
+                // polling); no thread-local: exit handlers run after the
+                // thread's thread-locals are gone.
+                done.wait_until(deadline);
+            }
         }
         Some(self.counts())
     }
@@ -380,7 +444,7 @@ impl Recorder {
     }
 
     /// Ends every session and asks the writer to set `done` once written.
-    fn close_all_sessions(&self, deadline: Instant, done: Arc<AtomicBool>) -> Option<Thread> {
+    fn close_all_sessions(&'static self, deadline: Instant, done: Arc<Done>) -> Closed {
         // try_lock: exit() may run in a signal handler that interrupted a
         // thread holding the lock.
         let mut inner = loop {
@@ -389,17 +453,34 @@ impl Recorder {
                 Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1))
                 }
-                Err(_) => return None,
+                Err(_) => return Closed::Nothing,
             }
         };
         if self.is_disabled() {
-            return None;
+            return Closed::Nothing;
         }
-        let writer = inner.writer.clone()?;
+        if inner.writer.is_none() && !self.parent_recorded.load(Ordering::Relaxed) {
+            // This process never saw a connection: nothing to say.
+            return Closed::Nothing;
+        }
         inner.assembler.close_all(EndReason::Exit);
         self.enqueue_finished(&mut inner);
+        if inner.writer.is_none() {
+            // A forked child that moved no bytes: the parent's sessions
+            // are left to it, none of its own is queued, no thread to
+            // start. (Should one be queued after all, it is written.)
+            if inner.outbox.sessions.is_empty() {
+                return Closed::Unwritten;
+            }
+            if !self.ensure_writer(&mut inner) {
+                return Closed::Nothing;
+            }
+        }
+        let Some(writer) = inner.writer.clone() else {
+            return Closed::Nothing;
+        };
         inner.flush_requests.push(done);
-        Some(writer)
+        Closed::Queued(writer)
     }
 
     pub fn stats(&self) -> Option<Stats> {
@@ -456,8 +537,10 @@ impl Recorder {
         }
     }
 
-    /// In the child: new pid, a new writer, sessions left to the parent
-    /// unless the child continues them.
+    /// In the child: new pid, sessions left to the parent unless the child
+    /// continues them. No writer yet: a child that records nothing (a
+    /// helper run per request, a daemon's double fork) starts no thread and
+    /// writes nothing; its first recorded bytes start one.
     pub fn after_fork_in_child(
         &'static self,
         guard: ForkGuard,
@@ -489,8 +572,9 @@ impl Recorder {
         inner.outbox = Outbox::default();
         inner.flush_requests.clear();
         let had_writer = inner.writer.take().is_some();
-        if had_writer && self.start_writer(&mut inner).is_err() {
-            self.disable();
+        self.forked.store(true, Ordering::Relaxed);
+        if had_writer {
+            self.parent_recorded.store(true, Ordering::Relaxed);
         }
     }
 }

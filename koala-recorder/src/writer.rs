@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::record::FinishedSession;
@@ -31,6 +31,9 @@ pub(crate) fn run(recorder: &'static Recorder) {
     let mut batch = Batch::default();
     let mut last_sweep = Instant::now();
     let mut last_flush = Instant::now();
+    let dir = recorder.session_file_path();
+    let dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut redaction = crate::record::Redaction::from_start_environment(dir);
     loop {
         std::thread::park_timeout(POLL);
         let sweep = last_sweep.elapsed() >= IDLE_SWEEP;
@@ -39,6 +42,7 @@ pub(crate) fn run(recorder: &'static Recorder) {
         }
         let Taken { flushes } = recorder.take_batch(sweep, &mut sessions, &mut spent);
         for mut session in sessions.drain(..) {
+            redaction.apply(&mut session);
             session.write_json_line(&recorder.identity, &mut batch.bytes);
             session.take_buffers(&mut spent);
             batch.end_line();
@@ -55,7 +59,61 @@ pub(crate) fn run(recorder: &'static Recorder) {
             file.write_batch(recorder, &mut batch);
         }
         for done in flushes {
-            done.store(true, Ordering::Release);
+            done.set();
+        }
+    }
+}
+
+/// A flag an exit flush sleeps on until the writer sets it: a futex, so
+/// the waiter wakes the moment the writer is done instead of at its next
+/// poll, and uses no thread-local (exit handlers run after the thread's
+/// thread-locals are destroyed, so no channel or condition variable).
+#[derive(Default)]
+pub(crate) struct Done(AtomicU32);
+
+impl Done {
+    pub fn set(&self) {
+        self.0.store(1, Ordering::Release);
+        // SAFETY: a futex wake on a live u32 of ours; wakes every waiter.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire) != 0
+    }
+
+    /// Sleeps until set or `deadline`, whichever first; whether it was set.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        loop {
+            if self.is_set() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let timeout = libc::timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: sleeps while the u32 still reads 0 (else returns at
+            // once), at most `timeout`; EINTR and spurious wake-ups loop.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0u32,
+                    &timeout as *const libc::timespec,
+                );
+            }
         }
     }
 }
@@ -285,6 +343,33 @@ fn fresh_name(wanted: &Path, n: u32) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_done_flag_wakes_its_waiter_at_once() {
+        let done = std::sync::Arc::new(Done::default());
+        let setter = done.clone();
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            setter.set();
+        });
+        assert!(done.wait_until(Instant::now() + Duration::from_secs(30)));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "woken, not timed out"
+        );
+        thread.join().unwrap();
+        assert!(done.wait_until(Instant::now()), "set stays set");
+    }
+
+    #[test]
+    fn a_done_flag_never_set_waits_until_the_deadline_only() {
+        let done = Done::default();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert!(!done.wait_until(deadline));
+        assert!(Instant::now() >= deadline);
+        assert!(!done.wait_until(Instant::now() - Duration::from_millis(1)));
+    }
 
     #[test]
     fn a_short_write_keeps_the_lines_whose_newline_was_written() {

@@ -154,3 +154,115 @@ fn idle_sessions_are_written_by_the_writer_thread() {
     assert_eq!(session.end, Some(EndReason::Idle));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A fork simulated in this process: the lock taken as the fork hook does,
+/// then the child's side run (new pid 5151).
+fn fork_here(recorder: &'static Recorder) {
+    let guard = recorder.prepare_fork();
+    recorder.after_fork_in_child(guard, 1, 1, 5151);
+}
+
+fn has_writer(recorder: &Recorder) -> bool {
+    recorder.inner.lock().unwrap().writer.is_some()
+}
+
+#[test]
+fn a_forked_child_that_records_nothing_starts_no_writer_and_writes_nothing() {
+    let dir = temp_dir("fork-idle");
+    let recorder = Recorder::start(&config(&dir, &[]), identity(), PID);
+    // The parent has a session open at the fork.
+    recorder.connection_opened(5, Direction::Inbound, addr(80), addr(5000), 1, 1);
+    recorder.received(5, 1, Bytes(&[b"req parent"]), 2);
+    assert!(has_writer(recorder));
+    fork_here(recorder);
+    assert!(!has_writer(recorder), "no thread in the child yet");
+    recorder.fd_closed(5);
+    assert!(
+        !has_writer(recorder),
+        "closing the parent's fd records nothing"
+    );
+    let flushed = recorder.flush(Duration::from_secs(5)).expect("counts");
+    assert!(!has_writer(recorder), "nothing to write at exit");
+    assert!(!flushed.recorded_anything());
+    assert_eq!(flushed.stats.sessions_left_to_parent, 1);
+    assert!(!flushed.worth_logging(true, ChildSummary::Recorded));
+    assert!(flushed.worth_logging(true, ChildSummary::Always));
+    assert!(!dir.join("unit-5151.jsonl").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_forked_child_starts_its_writer_with_its_first_bytes() {
+    let dir = temp_dir("fork-records");
+    let recorder = Recorder::start(&config(&dir, &[]), identity(), PID);
+    recorder.connection_opened(5, Direction::Inbound, addr(80), addr(5000), 1, 1);
+    fork_here(recorder);
+    assert!(!has_writer(recorder));
+    // The child answers the inherited connection: its session now.
+    recorder.received(5, 1, Bytes(&[b"req child"]), 2);
+    assert!(has_writer(recorder));
+    recorder.sent(5, 1, Bytes(&[b"resp child"]), 3);
+    recorder.fd_closed(5);
+    let flushed = recorder.flush(Duration::from_secs(5)).expect("counts");
+    assert_eq!(flushed.written, 1);
+    assert!(flushed.worth_logging(true, ChildSummary::Recorded));
+    let text = std::fs::read_to_string(dir.join("unit-5151.jsonl")).unwrap();
+    let session = koala_session::read_session_line(text.trim_end()).unwrap();
+    assert_eq!(session.inbound.request.as_bytes(), b"req child");
+    assert_eq!(session.inbound.response.as_bytes(), b"resp child");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_process_that_never_recorded_reports_nothing() {
+    let dir = temp_dir("never");
+    let recorder = Recorder::start(&config(&dir, &[]), identity(), PID);
+    assert!(recorder.flush(Duration::from_secs(5)).is_none());
+    fork_here(recorder);
+    assert!(
+        recorder.flush(Duration::from_secs(5)).is_none(),
+        "nor its children"
+    );
+    assert!(!dir.exists());
+}
+
+#[test]
+fn summary_lines_follow_the_child_summary_policy() {
+    let nothing = Reported {
+        written: 0,
+        dropped: 0,
+        write_errors: 0,
+        reopened: 0,
+        stats: Stats {
+            sessions_left_to_parent: 3,
+            ..Stats::default()
+        },
+    };
+    let recorded = Reported {
+        written: 2,
+        stats: Stats::default(),
+        ..nothing
+    };
+    let lost = Reported {
+        write_errors: 1,
+        stats: Stats::default(),
+        ..nothing
+    };
+    let check = |reported: &Reported, forked: bool| {
+        [
+            ChildSummary::Recorded,
+            ChildSummary::Always,
+            ChildSummary::Never,
+        ]
+        .map(|policy| reported.worth_logging(forked, policy))
+    };
+    // (recorded, always, never)
+    assert_eq!(check(&nothing, false), [true, true, true], "not forked");
+    assert_eq!(check(&nothing, true), [false, true, false]);
+    assert_eq!(check(&recorded, true), [true, true, false]);
+    assert_eq!(
+        check(&lost, true),
+        [true, true, true],
+        "a loss is never silent"
+    );
+}

@@ -13,7 +13,7 @@ mod subscriber;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -25,14 +25,20 @@ const CAPACITY: usize = 4096;
 enum Message {
     Line(Vec<u8>),
     /// Write everything before this, then set the flag.
-    Flush(Arc<AtomicBool>),
+    Flush(Arc<Done>),
 }
 
-/// The channel of the current process. Swapped (and the old one leaked)
-/// in a forked child, whose drain thread is gone: no lock on the log path.
-static SENDER: AtomicPtr<Sender<Message>> = AtomicPtr::new(std::ptr::null_mut());
-/// Its receiving end, until the drain thread takes it.
-static RECEIVER: AtomicPtr<Receiver<Message>> = AtomicPtr::new(std::ptr::null_mut());
+/// Both ends of the current process's channel.
+struct Channel {
+    tx: Sender<Message>,
+    rx: Receiver<Message>,
+}
+
+/// The channel of the current process, made at its first line (its buffer
+/// is 4096 slots: a forked child that logs nothing allocates none).
+/// Cleared (the old one leaked) in a forked child, whose drain thread is
+/// gone: no lock on the log path.
+static CHANNEL: AtomicPtr<Channel> = AtomicPtr::new(std::ptr::null_mut());
 /// The drain thread starts with the first line: most processes a preload
 /// library lands in (shells, tools) never log anything.
 static DRAIN_STARTED: AtomicBool = AtomicBool::new(false);
@@ -66,19 +72,18 @@ pub fn init(target: &LogTarget, level: LogLevel, program: &str, pid: u32) -> Res
         return Err("logging is already initialised".into());
     }
     set_prefix(format!("koala[{program}:{pid}] "));
-    new_channel();
     let subscriber = subscriber::LineSubscriber::new(tracing_level(level), queue_line);
     tracing::subscriber::set_global_default(subscriber).map_err(|e| e.to_string())
 }
 
-/// In a forked child: a new channel and drain thread, and the new pid in
-/// the line prefix.
+/// In a forked child: the new pid in the line prefix; a new channel and
+/// drain thread come with its first line, if it logs one.
 pub fn after_fork_in_child(pid: u32) {
     let Some(settings) = SETTINGS.get() else {
         return;
     };
     set_prefix(format!("koala[{}:{pid}] ", settings.program));
-    new_channel();
+    CHANNEL.store(std::ptr::null_mut(), Ordering::Release);
     DRAIN_STARTED.store(false, Ordering::Release);
 }
 
@@ -87,17 +92,63 @@ pub fn flush(timeout: Duration) {
     if !DRAIN_STARTED.load(Ordering::Acquire) {
         return;
     }
-    let Some(sender) = current_sender() else {
+    let Some(channel) = current_channel() else {
         return;
     };
-    // Polled, not a blocking receive: this runs in exit handlers, after
-    // the thread's thread-locals (which blocking channel operations use)
-    // are gone.
-    let done = Arc::new(AtomicBool::new(false));
-    if sender.try_send(Message::Flush(done.clone())).is_ok() {
-        let deadline = Instant::now() + timeout;
-        while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+    // A futex wait, not a blocking receive: this runs in exit handlers,
+    // after the thread's thread-locals (which blocking channel operations
+    // use) are gone.
+    let done = Arc::new(Done::default());
+    if channel.tx.try_send(Message::Flush(done.clone())).is_ok() {
+        done.wait_until(Instant::now() + timeout);
+    }
+}
+
+/// A flag a flush sleeps on until the drain thread sets it: a futex, so
+/// the waiter wakes the moment the lines are written (not at a poll) and
+/// uses no thread-local.
+#[derive(Default)]
+struct Done(AtomicU32);
+
+impl Done {
+    fn set(&self) {
+        self.0.store(1, Ordering::Release);
+        // SAFETY: a futex wake on a live u32 of ours; wakes every waiter.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            );
+        }
+    }
+
+    /// Sleeps until set or `deadline`, whichever first; whether it was set.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        loop {
+            if self.0.load(Ordering::Acquire) != 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let timeout = libc::timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: sleeps while the u32 still reads 0 (else returns at
+            // once), at most `timeout`; EINTR and spurious wake-ups loop.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0u32,
+                    &timeout as *const libc::timespec,
+                );
+            }
         }
     }
 }
@@ -112,28 +163,43 @@ fn tracing_level(level: LogLevel) -> tracing::Level {
     }
 }
 
-fn current_sender() -> Option<&'static Sender<Message>> {
-    let ptr = SENDER.load(Ordering::Acquire);
-    // SAFETY: pointers stored in SENDER come from Box::leak and are never freed.
+fn current_channel() -> Option<&'static Channel> {
+    let ptr = CHANNEL.load(Ordering::Acquire);
+    // SAFETY: pointers stored in CHANNEL come from Box::into_raw and are
+    // never freed (a replaced one is leaked).
     unsafe { ptr.as_ref() }
 }
 
-/// A fresh channel; the previous one (if any) is leaked, never touched.
-fn new_channel() {
+/// The current channel, made if there is none yet.
+fn channel() -> &'static Channel {
+    if let Some(channel) = current_channel() {
+        return channel;
+    }
     let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
-    RECEIVER.store(Box::leak(Box::new(rx)), Ordering::Release);
-    SENDER.store(Box::leak(Box::new(tx)), Ordering::Release);
+    let fresh = Box::into_raw(Box::new(Channel { tx, rx }));
+    match CHANNEL.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: just made, now published and never freed.
+        Ok(_) => unsafe { &*fresh },
+        Err(winner) => {
+            // Another thread made one first: ours was never shared.
+            // SAFETY: `fresh` came from Box::into_raw above and was not published.
+            drop(unsafe { Box::from_raw(fresh) });
+            // SAFETY: as in current_channel.
+            unsafe { &*winner }
+        }
+    }
 }
 
-fn ensure_drain() {
+fn ensure_drain(channel: &'static Channel) {
     if DRAIN_STARTED.load(Ordering::Acquire) || DRAIN_STARTED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let rx = RECEIVER.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    // SAFETY: leaked by new_channel, and taken exactly once (swap above).
-    let Some(rx) = (unsafe { rx.as_ref() }) else {
-        return;
-    };
+    let rx = &channel.rx;
     // The output is opened on the drain thread, so its fd is the library's
     // own (moved high, close-on-exec). A log file that cannot be opened is
     // replaced by the per-user fallback; if that fails too, lines are
@@ -200,7 +266,7 @@ fn drain(rx: Receiver<Message>, mut output: Output) {
             Message::Line(line) => output.write_line(&line),
             Message::Flush(done) => {
                 output.flush();
-                done.store(true, Ordering::Release);
+                done.set();
             }
         }
     }
@@ -249,9 +315,41 @@ fn queue_line(line: String) {
     let mut bytes = Vec::with_capacity(prefix().len() + line.len());
     bytes.extend_from_slice(prefix().as_bytes());
     bytes.extend_from_slice(line.as_bytes());
-    if let Some(sender) = current_sender()
-        && sender.try_send(Message::Line(bytes)).is_ok()
-    {
-        ensure_drain();
+    let channel = channel();
+    if channel.tx.try_send(Message::Line(bytes)).is_ok() {
+        ensure_drain(channel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_wakes_at_once_when_done_and_gives_up_at_its_deadline() {
+        let done = Arc::new(Done::default());
+        let setter = done.clone();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            setter.set();
+        });
+        let started = Instant::now();
+        assert!(done.wait_until(started + Duration::from_secs(30)));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        thread.join().unwrap();
+
+        let never = Done::default();
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert!(!never.wait_until(deadline));
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn the_channel_is_made_at_first_use_and_again_after_a_fork() {
+        let first = channel() as *const Channel;
+        assert_eq!(channel() as *const Channel, first, "made once");
+        CHANNEL.store(std::ptr::null_mut(), Ordering::Release);
+        assert!(current_channel().is_none());
+        assert_ne!(channel() as *const Channel, first, "a new one on demand");
     }
 }

@@ -7,6 +7,8 @@
 //! 2. Replay throughput of a recorded corpus through `koala replay` at
 //!    several concurrencies, 3. alone and with recording on.
 //! 4. Matching cost: the criterion benchmark of koala-replayer.
+//! 5. Fork cost: fork + `_exit` of a child that records nothing, per
+//!    fork, without the library, passive and recording (see [`fork`]).
 //!
 //! Prints a table on stdout (progress on stderr) and writes
 //! `target/bench/results.json` and `target/bench/table.txt`. Settings come
@@ -14,6 +16,7 @@
 //! docs/benchmarks.md). Targets are reported, never enforced: the exit
 //! status is non-zero only when a part could not run.
 
+mod fork;
 mod matching;
 mod recording;
 mod replay;
@@ -55,16 +58,19 @@ pub struct Settings {
     pub only: Option<Vec<String>>,
     /// Arguments to criterion (`BENCH_CRITERION_ARGS`, "--quick --noplot").
     pub criterion_args: Vec<String>,
+    /// Timed forks per run of the fork part (`BENCH_FORKS`, 2000).
+    pub forks: usize,
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [&str; 6] = [
+pub const PARTS: [&str; 7] = [
     "matching",
     "redis",
     "nginx-static",
     "nginx-proxy",
     "demo",
     "replay",
+    "fork",
 ];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -123,7 +129,9 @@ impl Settings {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            forks: env_or("BENCH_FORKS", 2000),
         };
+        assert!(settings.forks >= 1, "BENCH_FORKS must be at least 1");
         assert!(settings.rounds >= 1, "BENCH_ROUNDS must be at least 1");
         assert!(
             ["pool", "dial"].contains(&settings.replay_service.as_str()),
@@ -155,6 +163,7 @@ impl Settings {
             "replay_concurrency": self.concurrency,
             "replay_service_mode": self.replay_service,
             "criterion_args": self.criterion_args,
+            "forks_per_run": self.forks,
         })
     }
 }
@@ -267,10 +276,17 @@ fn main() {
         eprintln!("   replay: {:.0} s", t.elapsed().as_secs_f64());
     }
 
+    let mut forked = None;
+    if settings.runs("fork") {
+        let t = Instant::now();
+        forked = attempt("fork", &mut errors, || fork::measure(&settings));
+        eprintln!("   fork: {:.0} s", t.elapsed().as_secs_f64());
+    }
+
     let total_s = started.elapsed().as_secs_f64();
     let mut machine = machine;
     machine["loadavg_at_end"] = json!(tools::loadavg());
-    let table = render(
+    let mut table = render(
         &date,
         &machine,
         &settings,
@@ -279,6 +295,9 @@ fn main() {
         &estimates,
         total_s,
     );
+    if let Some(forked) = &forked {
+        fork::render(&mut table, forked, settings.rounds);
+    }
     print!("{table}");
 
     let results = json!({
@@ -296,6 +315,7 @@ fn main() {
         "recording": measured.iter().map(Measured::json).collect::<Vec<_>>(),
         "replay": replayed.as_ref().map_or(Value::Null, replay::Measured::json),
         "matching": matching::json(&estimates, &settings.criterion_args, &matching::criterion_dir()),
+        "fork": forked.as_ref().map_or(Value::Null, fork::Measured::json),
         "errors": errors.iter().map(|(part, e)| json!({"part": part, "error": e})).collect::<Vec<_>>(),
     });
     let json_path = out_dir.join("results.json");

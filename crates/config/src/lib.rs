@@ -105,7 +105,7 @@ pub enum ChildSummary {
     /// does, a child that runs a helper and `_exit`s does not.
     #[default]
     Recorded,
-    /// Every child that saw a connection (one line per child).
+    /// Every child of a process that was recording (one line per child).
     Always,
     /// No child, unless it lost sessions: a loss is never silent.
     Never,

@@ -138,6 +138,80 @@ impl FinishedSession {
     }
 }
 
+/// Redaction of a recording's sessions, on the writer thread (never on a
+/// host thread): every payload goes through the rules before its line is
+/// formatted. The key is the recording's (`<dir>/.koala-redact-key`),
+/// loaded or created when the first session is written; if it cannot be,
+/// a key of this process's own is used, so secrets are still never written
+/// (only matching them at replay is lost), and a warning says so.
+pub(crate) struct Redaction {
+    rules: Option<koala_redact::Rules>,
+    dir: std::path::PathBuf,
+    redactor: Option<koala_redact::Redactor>,
+}
+
+impl Redaction {
+    pub(crate) fn new(rules: Option<koala_redact::Rules>, dir: std::path::PathBuf) -> Self {
+        Redaction {
+            rules,
+            dir,
+            redactor: None,
+        }
+    }
+
+    /// The rules of `KOALA_REDACT` as the process's environment had it at
+    /// start (`/proc/self/environ`): read from the file, not with getenv,
+    /// so the writer thread never races a host thread's setenv.
+    pub(crate) fn from_start_environment(dir: std::path::PathBuf) -> Self {
+        let environ = std::fs::read("/proc/self/environ").unwrap_or_default();
+        let value = environ
+            .split(|&b| b == 0)
+            .find_map(|entry| entry.strip_prefix(b"KOALA_REDACT="))
+            .map(|value| String::from_utf8_lossy(value).into_owned());
+        let rules = match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            None => Some(koala_redact::Rules::default()),
+            // A bad value was reported by koala-config; the defaults apply.
+            Some(value) => {
+                koala_redact::Rules::parse(value).unwrap_or_else(|_| Some(Default::default()))
+            }
+        };
+        Redaction::new(rules, dir)
+    }
+
+    /// Replaces the session's secrets by tokens.
+    pub(crate) fn apply(&mut self, session: &mut FinishedSession) {
+        let Some(redactor) = self.redactor() else {
+            return;
+        };
+        for exchange in std::iter::once(&mut session.inbound).chain(session.calls.iter_mut()) {
+            redactor.redact_in_place(&mut exchange.request);
+            redactor.redact_in_place(&mut exchange.response);
+        }
+    }
+
+    fn redactor(&mut self) -> Option<&koala_redact::Redactor> {
+        let rules = self.rules.as_ref()?;
+        if self.redactor.is_none() {
+            let key = koala_redact::key::load_or_create(&self.dir).or_else(|error| {
+                tracing::warn!(dir = %self.dir.display(), %error,
+                    "no redaction key file: secrets are redacted with a key of this process, which replay cannot match");
+                koala_redact::Key::random()
+            });
+            // No /dev/urandom: std's hash keys come from getrandom too.
+            let key = key.unwrap_or_else(|_| {
+                use std::hash::BuildHasher as _;
+                let state = std::collections::hash_map::RandomState::new();
+                koala_redact::Key {
+                    k0: state.hash_one(0u8),
+                    k1: state.hash_one(1u8),
+                }
+            });
+            self.redactor = Some(koala_redact::Redactor::new(rules.clone(), key));
+        }
+        self.redactor.as_ref()
+    }
+}
+
 fn write_exchange(out: &mut Vec<u8>, exchange: &FinishedExchange) {
     out.extend_from_slice(b"{\"local\":");
     write_text(out, &exchange.local);
@@ -401,6 +475,46 @@ mod tests {
         assert!(!needs_escape(u64::from_le_bytes(
             *b"\xc3\xa9\xe2\x9c\x93zz!"
         )));
+    }
+
+    #[test]
+    fn redaction_replaces_secrets_with_the_recordings_tokens() {
+        let dir = std::env::temp_dir().join(format!("koala-record-redact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut redaction = Redaction::new(Some(koala_redact::Rules::default()), dir.clone());
+        let login = b"GET /me HTTP/1.1\r\nAuthorization: Bearer tok-123\r\n\r\n";
+        let auth = b"*2\r\n$4\r\nAUTH\r\n$6\r\npw-456\r\n";
+        let mut first = session(
+            exchange(login, b"HTTP/1.1 200 OK\r\n\r\n"),
+            vec![exchange(auth, b"+OK\r\n")],
+        );
+        let mut second = first.clone();
+        redaction.apply(&mut first);
+        redaction.apply(&mut second);
+        let mut lines = Vec::new();
+        first.write_json_line(&identity(), &mut lines);
+        let text = String::from_utf8(lines).unwrap();
+        assert!(
+            !text.contains("tok-123") && !text.contains("pw-456"),
+            "{text}"
+        );
+        let key = koala_redact::key::read(&koala_redact::key::key_path(&dir)).unwrap();
+        let redactor = koala_redact::Redactor::new(koala_redact::Rules::default(), key);
+        assert_eq!(first.inbound.request, redactor.redact(login).unwrap());
+        assert_eq!(first.calls[0].request, redactor.redact(auth).unwrap());
+        assert_eq!(first.calls[0].response, b"+OK\r\n");
+        assert_eq!(
+            first.inbound.request, second.inbound.request,
+            "same secret, same token"
+        );
+        // Off: nothing changes, and no key file is made.
+        let off_dir = dir.join("off");
+        let mut off = Redaction::new(None, off_dir.clone());
+        let mut plain = session(exchange(login, b""), vec![]);
+        off.apply(&mut plain);
+        assert_eq!(plain.inbound.request, login);
+        assert!(!off_dir.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

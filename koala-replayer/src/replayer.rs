@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use koala_config::{Bypass, Config, Secret};
@@ -257,7 +257,15 @@ impl Replayer {
                 SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), self.outbound_addr.port())
             }
             (true, IpAddr::V6(_)) => {
-                tracing::error!(%destination, outbound = %self.outbound_addr, "replay: an IPv4 socket cannot reach an IPv6 outbound server; connect refused");
+                // Every connect of the service would say it again: once at
+                // ERROR, then counted at DEBUG.
+                static REFUSED: AtomicU64 = AtomicU64::new(0);
+                let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused == 1 {
+                    tracing::error!(%destination, outbound = %self.outbound_addr, "replay: an IPv4 socket cannot reach an IPv6 outbound server; connect refused (further ones are logged at DEBUG)");
+                } else {
+                    tracing::debug!(%destination, refused, "replay: IPv4 connect refused (IPv6 outbound server)");
+                }
                 return Some(refuse);
             }
         };

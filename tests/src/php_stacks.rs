@@ -481,7 +481,8 @@ pub fn assert_mysql_greeting(call: &crate::Exchange, peer: &str, what: &str) {
 }
 
 /// Asserts mysqlnd's login call: a handshake response (sequence 1) for
-/// [`DB_USER`] with a 20-byte mysql_native_password scramble and the
+/// [`DB_USER`] whose mysql_native_password scramble is redacted (a
+/// 31-byte `koala:redacted:` token, KOALA_REDACT's default) and the
 /// database, answered by [`MYSQL_AUTH_OK`].
 #[track_caller]
 pub fn assert_mysql_login(call: &crate::Exchange, peer: &str, what: &str) {
@@ -491,7 +492,7 @@ pub fn assert_mysql_login(call: &crate::Exchange, peer: &str, what: &str) {
     let len = u32::from_le_bytes([request[0], request[1], request[2], 0]) as usize;
     assert_eq!(request.len(), len + 4, "{what}: one packet");
     assert_eq!(request[3], 1, "{what}: sequence 1");
-    let user = format!("{DB_USER}\0\x14");
+    let user = format!("{DB_USER}\0\x1fkoala:redacted:");
     let database = format!("{DB_NAME}\0mysql_native_password\0");
     assert!(
         crate::find(request, user.as_bytes()).is_some()

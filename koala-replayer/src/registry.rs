@@ -106,6 +106,10 @@ pub struct Registry {
     next_id: AtomicU64,
     match_config: MatchConfig,
     on_miss: OnMiss,
+    /// The recording's redaction: each request is redacted as the recorder
+    /// redacted the calls before it is matched, so a call recorded with a
+    /// token matches the request carrying the real secret.
+    redactor: Option<koala_redact::Redactor>,
     pub counters: Counters,
 }
 
@@ -115,6 +119,37 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The redaction of `KOALA_REDACT_KEY_FILE` (the recording's key) and
+/// `KOALA_REDACT` (its rules), from the environment the process started
+/// with (`/proc/self/environ`, never getenv: no race with the host's
+/// setenv). No key file named: requests are matched as they are.
+fn redactor_from_start_environment() -> Option<koala_redact::Redactor> {
+    let environ = std::fs::read("/proc/self/environ").ok()?;
+    let variable = |name: &str| {
+        environ.split(|&b| b == 0).find_map(|entry| {
+            let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            Some(String::from_utf8_lossy(value).trim().to_string())
+        })
+    };
+    let path = variable("KOALA_REDACT_KEY_FILE").filter(|path| !path.is_empty())?;
+    let key = match koala_redact::key::read(std::path::Path::new(&path)) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(%path, %error, "KOALA_REDACT_KEY_FILE cannot be read: requests carrying secrets will not match their recorded calls");
+            return None;
+        }
+    };
+    let rules = match variable("KOALA_REDACT").filter(|v| !v.is_empty()) {
+        None => koala_redact::Rules::default(),
+        // `off` at replay still redacts what the recording did by default.
+        Some(value) => koala_redact::Rules::parse(&value)
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    };
+    Some(koala_redact::Redactor::new(rules, key))
 }
 
 /// Unmatched requests logged in full before logging thins out.
@@ -143,8 +178,15 @@ impl Registry {
             next_id: AtomicU64::new(1),
             match_config,
             on_miss,
+            redactor: redactor_from_start_environment(),
             counters: Counters::default(),
         }
+    }
+
+    /// Replaces the redaction of requests (`None`: none).
+    pub fn with_redactor(mut self, redactor: Option<koala_redact::Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Registers a session about to be replayed.
@@ -301,6 +343,12 @@ impl Registry {
     /// is answered from the recorded set-up of any session to the same
     /// dependency.
     pub fn answer(&self, request: Request<'_>) -> Answer {
+        // Secrets are matched as recorded: as tokens.
+        let redacted = self.redactor.as_ref().and_then(|r| r.redact(request.bytes));
+        let request = match &redacted {
+            Some(bytes) => Request { bytes, ..request },
+            None => request,
+        };
         // A guessed replay (a virtual thread's claim) competes with the
         // other replays in flight: the session matching best answers.
         // A request of a replay that has ended (a call the service makes
@@ -752,6 +800,41 @@ mod tests {
             protocol: None,
             arrived: Instant::now(),
         })
+    }
+
+    #[test]
+    fn requests_are_redacted_with_the_recordings_key_before_matching() {
+        let redactor = koala_redact::Redactor::new(
+            koala_redact::Rules::default(),
+            koala_redact::Key { k0: 7, k1: 9 },
+        );
+        let auth = "*2\r\n$4\r\nAUTH\r\n$9\r\nsecret-pw\r\n";
+        let recorded = redactor.redact(auth.as_bytes()).unwrap();
+        let recorded = String::from_utf8(recorded).unwrap();
+        let get = "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let calls = vec![
+            call(REDIS, &recorded, "+OK\r\n"),
+            call(REDIS, get, "$1\r\nv\r\n"),
+        ];
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close)
+            .with_redactor(Some(redactor.clone()));
+        let replay = registry.begin(session(Kind::Session, calls.clone()));
+        let answer = ask(&registry, replay.id, auth.as_bytes(), Some(REDIS), 1);
+        assert_eq!(answer.response.as_deref(), Some(&b"+OK\r\n"[..]));
+        let (served, unmatched) = replay.calls();
+        assert_eq!(unmatched.len(), 0);
+        assert_eq!((served[0].matched, served[0].score), (Some(0), 1.0));
+        assert_eq!(
+            served[0].request.as_bytes(),
+            recorded.as_bytes(),
+            "the report keeps the token"
+        );
+        // Another password is another token: not the recorded call.
+        let other = "*2\r\n$4\r\nAUTH\r\n$9\r\nsecret-px\r\n";
+        let replay = registry.begin(session(Kind::Session, calls));
+        ask(&registry, replay.id, other.as_bytes(), Some(REDIS), 2);
+        let (served, _) = replay.calls();
+        assert!(served[0].score < 1.0, "{:?}", served[0]);
     }
 
     #[test]

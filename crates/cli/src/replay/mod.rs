@@ -10,6 +10,7 @@ mod outcome;
 mod progress;
 mod report;
 mod runner;
+mod secrets;
 mod service;
 
 use std::collections::BTreeSet;
@@ -128,6 +129,14 @@ pub struct ReplayArgs {
     /// No progress bar (there is none anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// The value of a header the recording redacted in the inbound
+    /// requests (KOALA_REDACT), given back to the service: NAME=VALUE,
+    /// e.g. `authorization='Bearer ...'` (repeat for each header). A
+    /// session whose request has a redacted header without one is an error
+    /// saying so. Prefer a secret made for tests: a command line is
+    /// visible to every user of the machine.
+    #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = secrets::parse_secret)]
+    pub secrets: Vec<secrets::SecretArg>,
     /// With CMD: where the service listens (KOALA_SUT_ADDR). Default: the
     /// recorded inbound address when all sessions agree.
     #[arg(long, value_name = "ADDR", requires = "command")]
@@ -294,6 +303,13 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         if let Some(policy) = args.on_miss {
             env.push(("KOALA_REPLAY_ON_MISS", policy.as_str().into()));
         }
+        // The recording's redaction key: the service's requests are
+        // redacted with it before matching, as the recorder redacted them.
+        if std::env::var_os("KOALA_REDACT_KEY_FILE").is_none()
+            && let Some(key_file) = redaction_key_file(&args.paths)
+        {
+            env.push(("KOALA_REDACT_KEY_FILE", key_file.into()));
+        }
         let pool = pool_lines(&loaded)?;
         if !pool.is_empty() {
             let file = BackgroundFile::write(&pool)?;
@@ -350,6 +366,7 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         loaded: &loaded,
         inbound,
         token,
+        secrets: args.secrets.clone(),
         concurrency,
         timeout: args.timeout,
         settings: Settings {
@@ -442,6 +459,20 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::from(code))
+}
+
+/// The `.koala-redact-key` beside the first of `paths` (a directory of
+/// sessions, or a session file) that has one.
+fn redaction_key_file(paths: &[PathBuf]) -> Option<PathBuf> {
+    paths.iter().find_map(|path| {
+        let dir = if path.is_dir() {
+            path.as_path()
+        } else {
+            path.parent()?
+        };
+        let key = koala_redact::key::key_path(dir);
+        key.is_file().then_some(key)
+    })
 }
 
 /// `--inbound` without CMD: `$KOALA_INBOUND_ADDR` read as the library reads

@@ -22,6 +22,8 @@ pub struct Plan<'a> {
     pub inbound: SocketAddr,
     /// The replay API's token, sent with every request.
     pub token: Option<String>,
+    /// `--secret`: header values given back to redacted inbound requests.
+    pub secrets: Vec<super::secrets::SecretArg>,
     pub concurrency: usize,
     pub timeout: Duration,
     pub settings: Settings,
@@ -163,6 +165,16 @@ fn replay_one(client: &mut Client, plan: &Plan, item: &Item) -> Outcome {
     let session = match load::parse_line(&line) {
         Ok(session) => session,
         Err(message) => return Outcome::error(format!("bad session line: {message}"), None, None),
+    };
+    // A redacted inbound request gets its secrets back, or is not sent.
+    let line = match super::secrets::restore(session.inbound.request.as_bytes(), &plan.secrets) {
+        Ok(None) => line,
+        Ok(Some(request)) => {
+            let mut restored = session.clone();
+            restored.inbound.request = koala_session::Payload::new(request);
+            restored.to_json_line().into_bytes()
+        }
+        Err(reason) => return Outcome::error(reason, None, None),
     };
     let started = Instant::now();
     match client.post("/v1/replay", &line) {

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::record::FinishedSession;
@@ -64,59 +64,7 @@ pub(crate) fn run(recorder: &'static Recorder) {
     }
 }
 
-/// A flag an exit flush sleeps on until the writer sets it: a futex, so
-/// the waiter wakes the moment the writer is done instead of at its next
-/// poll, and uses no thread-local (exit handlers run after the thread's
-/// thread-locals are destroyed, so no channel or condition variable).
-#[derive(Default)]
-pub(crate) struct Done(AtomicU32);
-
-impl Done {
-    pub fn set(&self) {
-        self.0.store(1, Ordering::Release);
-        // SAFETY: a futex wake on a live u32 of ours; wakes every waiter.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.0.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                i32::MAX,
-            );
-        }
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire) != 0
-    }
-
-    /// Sleeps until set or `deadline`, whichever first; whether it was set.
-    pub fn wait_until(&self, deadline: Instant) -> bool {
-        loop {
-            if self.is_set() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let timeout = libc::timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: sleeps while the u32 still reads 0 (else returns at
-            // once), at most `timeout`; EINTR and spurious wake-ups loop.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    0u32,
-                    &timeout as *const libc::timespec,
-                );
-            }
-        }
-    }
-}
+pub(crate) use koala_runtime::done::Done;
 
 /// Session lines waiting to be written together.
 #[derive(Default)]

@@ -13,11 +13,12 @@ mod subscriber;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use koala_config::{LogLevel, LogTarget};
+use koala_runtime::done::Done;
 
 /// Lines waiting for the drain thread; more are dropped.
 const CAPACITY: usize = 4096;
@@ -101,55 +102,6 @@ pub fn flush(timeout: Duration) {
     let done = Arc::new(Done::default());
     if channel.tx.try_send(Message::Flush(done.clone())).is_ok() {
         done.wait_until(Instant::now() + timeout);
-    }
-}
-
-/// A flag a flush sleeps on until the drain thread sets it: a futex, so
-/// the waiter wakes the moment the lines are written (not at a poll) and
-/// uses no thread-local.
-#[derive(Default)]
-struct Done(AtomicU32);
-
-impl Done {
-    fn set(&self) {
-        self.0.store(1, Ordering::Release);
-        // SAFETY: a futex wake on a live u32 of ours; wakes every waiter.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.0.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                i32::MAX,
-            );
-        }
-    }
-
-    /// Sleeps until set or `deadline`, whichever first; whether it was set.
-    fn wait_until(&self, deadline: Instant) -> bool {
-        loop {
-            if self.0.load(Ordering::Acquire) != 0 {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let timeout = libc::timespec {
-                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: sleeps while the u32 still reads 0 (else returns at
-            // once), at most `timeout`; EINTR and spurious wake-ups loop.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    0u32,
-                    &timeout as *const libc::timespec,
-                );
-            }
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod contain;
+pub mod done;
 pub mod errno;
 pub mod fdkind;
 pub mod fds;

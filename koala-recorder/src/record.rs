@@ -141,20 +141,28 @@ impl FinishedSession {
 /// Redaction of a recording's sessions, on the writer thread (never on a
 /// host thread): every payload goes through the rules before its line is
 /// formatted. The key is the recording's (`<dir>/.koala-redact-key`),
-/// loaded or created when the first session is written; if it cannot be,
-/// a key of this process's own is used, so secrets are still never written
-/// (only matching them at replay is lost), and a warning says so.
+/// loaded or created when the first secret is met (a recording without
+/// one gets no key file); if it cannot be, a key of this process's own is
+/// used, so secrets are still never written (only matching them at replay
+/// is lost), and a warning says so.
 pub(crate) struct Redaction {
     rules: Option<koala_redact::Rules>,
     dir: std::path::PathBuf,
+    /// Until the key is needed: the rules under a fixed key, only to tell
+    /// whether a payload has a secret (its tokens are never written).
+    probe: Option<koala_redact::Redactor>,
     redactor: Option<koala_redact::Redactor>,
 }
 
 impl Redaction {
     pub(crate) fn new(rules: Option<koala_redact::Rules>, dir: std::path::PathBuf) -> Self {
+        let probe = rules
+            .clone()
+            .map(|rules| koala_redact::Redactor::new(rules, koala_redact::Key { k0: 0, k1: 0 }));
         Redaction {
             rules,
             dir,
+            probe,
             redactor: None,
         }
     }
@@ -180,35 +188,52 @@ impl Redaction {
 
     /// Replaces the session's secrets by tokens.
     pub(crate) fn apply(&mut self, session: &mut FinishedSession) {
-        let Some(redactor) = self.redactor() else {
+        if self.rules.is_none() {
             return;
-        };
+        }
         for exchange in std::iter::once(&mut session.inbound).chain(session.calls.iter_mut()) {
-            redactor.redact_in_place(&mut exchange.request);
-            redactor.redact_in_place(&mut exchange.response);
+            for payload in [&mut exchange.request, &mut exchange.response] {
+                self.redact(payload);
+            }
         }
     }
 
-    fn redactor(&mut self) -> Option<&koala_redact::Redactor> {
-        let rules = self.rules.as_ref()?;
+    fn redact(&mut self, payload: &mut Vec<u8>) {
         if self.redactor.is_none() {
-            let key = koala_redact::key::load_or_create(&self.dir).or_else(|error| {
+            let has_secret = self
+                .probe
+                .as_ref()
+                .is_some_and(|probe| probe.redact(payload).is_some());
+            if !has_secret {
+                return;
+            }
+            self.redactor = self
+                .rules
+                .clone()
+                .map(|rules| koala_redact::Redactor::new(rules, self.load_key()));
+        }
+        if let Some(redactor) = &self.redactor {
+            redactor.redact_in_place(payload);
+        }
+    }
+
+    /// The recording's key, or one of this process's own.
+    fn load_key(&self) -> koala_redact::Key {
+        koala_redact::key::load_or_create(&self.dir)
+            .or_else(|error| {
                 tracing::warn!(dir = %self.dir.display(), %error,
                     "no redaction key file: secrets are redacted with a key of this process, which replay cannot match");
                 koala_redact::Key::random()
-            });
+            })
             // No /dev/urandom: std's hash keys come from getrandom too.
-            let key = key.unwrap_or_else(|_| {
+            .unwrap_or_else(|_| {
                 use std::hash::BuildHasher as _;
                 let state = std::collections::hash_map::RandomState::new();
                 koala_redact::Key {
                     k0: state.hash_one(0u8),
                     k1: state.hash_one(1u8),
                 }
-            });
-            self.redactor = Some(koala_redact::Redactor::new(rules.clone(), key));
-        }
-        self.redactor.as_ref()
+            })
     }
 }
 
@@ -482,6 +507,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("koala-record-redact-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut redaction = Redaction::new(Some(koala_redact::Rules::default()), dir.clone());
+        // No secret yet: nothing changes, and no key file is made.
+        let mut plain = session(exchange(b"GET / HTTP/1.1\r\n\r\n", b"+OK\r\n"), vec![]);
+        let before = plain.clone();
+        redaction.apply(&mut plain);
+        assert_eq!(
+            (plain.inbound.request, plain.inbound.response),
+            (before.inbound.request, before.inbound.response)
+        );
+        assert!(!dir.exists(), "a key file without a secret");
         let login = b"GET /me HTTP/1.1\r\nAuthorization: Bearer tok-123\r\n\r\n";
         let auth = b"*2\r\n$4\r\nAUTH\r\n$6\r\npw-456\r\n";
         let mut first = session(

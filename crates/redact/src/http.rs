@@ -29,48 +29,70 @@ pub(crate) fn is_http(payload: &[u8]) -> bool {
 }
 
 pub(crate) fn redact(redactor: &Redactor, payload: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(payload.len() + 64);
-    let mut rest = payload;
-    while !rest.is_empty() {
-        if !is_http(rest) {
-            out.extend_from_slice(rest);
-            break;
-        }
+    // Edits first, copy last: most payloads have no secret, and are then
+    // neither copied nor compared.
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut at = 0;
+    while at < payload.len() && is_http(&payload[at..]) {
+        let rest = &payload[at..];
         let Some(head_len) = find(rest, b"\r\n\r\n").map(|n| n + 4) else {
             // A head cut short: its complete lines.
-            redact_head(redactor, rest, None, &mut out);
+            redact_head(redactor, rest, at, None, &mut edits);
             break;
         };
         let head = &rest[..head_len];
-        let body_len = content_length(head);
-        match body_len.and_then(|len| rest.get(head_len..head_len + len)) {
-            Some(body) => {
-                let new_body = crate::json::redact(redactor, body);
-                let new_len = new_body.as_ref().map(Vec::len);
-                redact_head(redactor, head, new_len, &mut out);
-                out.extend_from_slice(new_body.as_deref().unwrap_or(body));
-                rest = &rest[head_len + body.len()..];
-            }
-            None => {
-                redact_head(redactor, head, None, &mut out);
-                out.extend_from_slice(&rest[head_len..]);
-                break;
-            }
+        let Some(body) = content_length(head).and_then(|len| rest.get(head_len..head_len + len))
+        else {
+            // Chunked, up to the close, or cut: the head only.
+            redact_head(redactor, head, at, None, &mut edits);
+            break;
+        };
+        let new_body = crate::json::redact(redactor, body);
+        redact_head(
+            redactor,
+            head,
+            at,
+            new_body.as_ref().map(Vec::len),
+            &mut edits,
+        );
+        let body_at = at + head_len;
+        if let Some(new_body) = new_body {
+            edits.push((body_at..body_at + body.len(), new_body));
         }
+        at = body_at + body.len();
     }
+    if edits.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(payload.len() + edits.len() * crate::TOKEN_LEN);
+    let mut copied = 0;
+    for (range, replacement) in edits {
+        out.extend_from_slice(&payload[copied..range.start]);
+        out.extend_from_slice(&replacement);
+        copied = range.end;
+    }
+    out.extend_from_slice(&payload[copied..]);
     Some(out)
 }
 
-/// Copies a head to `out`, with secret header values replaced and, when
+/// Bytes of the payload (absolute range) and what replaces them; in order.
+type Edit = (std::ops::Range<usize>, Vec<u8>);
+
+/// The edits of a head at `offset`: secret header values replaced and, when
 /// `content_length` is given, the `Content-Length` value set to it.
-fn redact_head(redactor: &Redactor, head: &[u8], content_length: Option<usize>, out: &mut Vec<u8>) {
-    let mut first = true;
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        let is_header = !first && line.ends_with(b"\n");
-        first = false;
+fn redact_head(
+    redactor: &Redactor,
+    head: &[u8],
+    offset: usize,
+    content_length: Option<usize>,
+    edits: &mut Vec<Edit>,
+) {
+    let mut line_at = offset;
+    for (index, line) in head.split_inclusive(|&b| b == b'\n').enumerate() {
+        let this_line = line_at;
+        line_at += line.len();
         let colon = line.iter().position(|&b| b == b':');
-        let (Some(colon), true) = (colon, is_header) else {
-            out.extend_from_slice(line);
+        let (Some(colon), true) = (colon, index > 0 && line.ends_with(b"\n")) else {
             continue;
         };
         let name = &line[..colon];
@@ -87,15 +109,15 @@ fn redact_head(redactor: &Redactor, head: &[u8], content_length: Option<usize>, 
                 .rev()
                 .take_while(|&&b| b == b' ' || b == b'\t')
                 .count();
-        out.extend_from_slice(&line[..start]);
+        let range = this_line + start..this_line + end;
         if let (Some(len), true) = (content_length, name.eq_ignore_ascii_case(b"content-length")) {
-            out.extend_from_slice(len.to_string().as_bytes());
+            edits.push((range, len.to_string().into_bytes()));
         } else if start < end && redactor.rules.is_secret_header(name) {
-            out.extend_from_slice(&redactor.token(&line[start..end]));
-        } else {
-            out.extend_from_slice(&line[start..end]);
+            let token = redactor.token(&line[start..end]);
+            if token != line[start..end] {
+                edits.push((range, token));
+            }
         }
-        out.extend_from_slice(&line[end..]);
     }
 }
 

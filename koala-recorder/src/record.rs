@@ -167,25 +167,6 @@ impl Redaction {
         }
     }
 
-    /// The rules of `KOALA_REDACT` as the process's environment had it at
-    /// start (`/proc/self/environ`): read from the file, not with getenv,
-    /// so the writer thread never races a host thread's setenv.
-    pub(crate) fn from_start_environment(dir: std::path::PathBuf) -> Self {
-        let environ = std::fs::read("/proc/self/environ").unwrap_or_default();
-        let value = environ
-            .split(|&b| b == 0)
-            .find_map(|entry| entry.strip_prefix(b"KOALA_REDACT="))
-            .map(|value| String::from_utf8_lossy(value).into_owned());
-        let rules = match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-            None => Some(koala_redact::Rules::default()),
-            // A bad value was reported by koala-config; the defaults apply.
-            Some(value) => {
-                koala_redact::Rules::parse(value).unwrap_or_else(|_| Some(Default::default()))
-            }
-        };
-        Redaction::new(rules, dir)
-    }
-
     /// Replaces the session's secrets by tokens.
     pub(crate) fn apply(&mut self, session: &mut FinishedSession) {
         if self.rules.is_none() {

@@ -79,6 +79,8 @@ pub struct Recorder {
     parent_recorded: AtomicBool,
     /// KOALA_CHILD_SUMMARY.
     child_summary: ChildSummary,
+    /// What the writer redacts (`KOALA_REDACT`); `None`: nothing.
+    pub(crate) redact: Option<koala_redact::Rules>,
 }
 
 /// The counts a summary line reports.
@@ -165,6 +167,7 @@ impl Recorder {
             forked: AtomicBool::new(false),
             parent_recorded: AtomicBool::new(false),
             child_summary: config.child_summary,
+            redact: config.redact.clone(),
         }))
     }
 

@@ -33,7 +33,7 @@ pub(crate) fn run(recorder: &'static Recorder) {
     let mut last_flush = Instant::now();
     let dir = recorder.session_file_path();
     let dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut redaction = crate::record::Redaction::from_start_environment(dir);
+    let mut redaction = crate::record::Redaction::new(recorder.redact.clone(), dir);
     loop {
         std::thread::park_timeout(POLL);
         let sweep = last_sweep.elapsed() >= IDLE_SWEEP;

@@ -121,37 +121,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The redaction of `KOALA_REDACT_KEY_FILE` (the recording's key) and
-/// `KOALA_REDACT` (its rules), from the environment the process started
-/// with (`/proc/self/environ`, never getenv: no race with the host's
-/// setenv). No key file named: requests are matched as they are.
-fn redactor_from_start_environment() -> Option<koala_redact::Redactor> {
-    let environ = std::fs::read("/proc/self/environ").ok()?;
-    let variable = |name: &str| {
-        environ.split(|&b| b == 0).find_map(|entry| {
-            let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
-            Some(String::from_utf8_lossy(value).trim().to_string())
-        })
-    };
-    let path = variable("KOALA_REDACT_KEY_FILE").filter(|path| !path.is_empty())?;
-    let key = match koala_redact::key::read(std::path::Path::new(&path)) {
-        Ok(key) => key,
-        Err(error) => {
-            tracing::warn!(%path, %error, "KOALA_REDACT_KEY_FILE cannot be read: requests carrying secrets will not match their recorded calls");
-            return None;
-        }
-    };
-    let rules = match variable("KOALA_REDACT").filter(|v| !v.is_empty()) {
-        None => koala_redact::Rules::default(),
-        // `off` at replay still redacts what the recording did by default.
-        Some(value) => koala_redact::Rules::parse(&value)
-            .ok()
-            .flatten()
-            .unwrap_or_default(),
-    };
-    Some(koala_redact::Redactor::new(rules, key))
-}
-
 /// Unmatched requests logged in full before logging thins out.
 const MISSES_LOGGED_IN_FULL: u64 = 20;
 /// Past that, one miss in this many is logged.
@@ -178,7 +147,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             match_config,
             on_miss,
-            redactor: redactor_from_start_environment(),
+            redactor: None,
             counters: Counters::default(),
         }
     }

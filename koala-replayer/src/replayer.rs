@@ -121,7 +121,8 @@ impl Replayer {
             Ok(listeners) => listeners,
             Err(error) => return refusing(Some(tables), &error),
         };
-        let registry = Registry::new(MatchConfig::default(), config.on_miss);
+        let registry =
+            Registry::new(MatchConfig::default(), config.on_miss).with_redactor(redactor(config));
         if let Some(path) = &config.replay_background {
             match inbound::load_background_files(path) {
                 Ok(records) => {
@@ -323,4 +324,22 @@ fn library_fd<T: IntoRawFd + FromRawFd>(socket: T) -> T {
     fdkind::set(fd, FdKind::Library);
     // SAFETY: relocate_high returns an fd we own.
     unsafe { T::from_raw_fd(fd) }
+}
+
+/// Redacts what the service sends as the recording was redacted: the
+/// recording's key (`KOALA_REDACT_KEY_FILE`) and rules (`KOALA_REDACT`; `off`
+/// at replay still redacts what the recording did by default). No key file
+/// named: requests are matched as they are.
+fn redactor(config: &Config) -> Option<koala_redact::Redactor> {
+    let path = config.redact_key_file.as_deref()?;
+    match koala_redact::key::read(path) {
+        Ok(key) => Some(koala_redact::Redactor::new(
+            config.redact.clone().unwrap_or_default(),
+            key,
+        )),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "KOALA_REDACT_KEY_FILE cannot be read: requests carrying secrets will not match their recorded calls");
+            None
+        }
+    }
 }

@@ -472,11 +472,17 @@ unsafe fn writev_detour(real: WritevFn, fd: c_int, iov: *const iovec, iovcnt: c_
 }
 
 unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    // SAFETY: the caller's valid msghdr, when not null.
-    let name = (!msg.is_null()).then(|| unsafe { ((*msg).msg_name.cast(), (*msg).msg_namelen) });
-    if let Some((to, to_len)) = name
-        && let Some(open) = FastOpen::starting(fd, flags, to, to_len)
-    {
+    // Only a fast-open send looks at the msghdr before the real call (and
+    // a bad one then faults in the real call, not here): other sends pay
+    // one test of their flags.
+    let fast_open = if flags & libc::MSG_FASTOPEN != 0 && !msg.is_null() {
+        // SAFETY: the caller's msghdr, which a fast-open send must pass.
+        let (to, to_len) = unsafe { ((*msg).msg_name.cast(), (*msg).msg_namelen) };
+        FastOpen::starting(fd, flags, to, to_len).map(|open| (open, to, to_len))
+    } else {
+        None
+    };
+    if let Some((open, to, to_len)) = fast_open {
         let (to, to_len) = open.destination(to, to_len);
         // SAFETY: the caller's msghdr, the destination redirected in replay.
         let mut redirected = unsafe { *msg };
@@ -500,7 +506,8 @@ unsafe fn sendmsg_detour(real: SendMsgFn, fd: c_int, msg: *const msghdr, flags: 
         }
         return n;
     }
-    let sending = if msg.is_null() {
+    // Passive: the msghdr is not read (one relaxed load, as every hook).
+    let sending = if msg.is_null() || !layer::is_active() {
         Sending::Pass
     } else {
         // SAFETY: the caller's valid msghdr.

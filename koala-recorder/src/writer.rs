@@ -132,11 +132,16 @@ impl SessionFile {
             return;
         }
         let lines = batch.ends.len();
-        let (kept, error) = match (self.ensure_open(recorder), self.open.as_mut()) {
-            (Ok(size), Some(open)) => append_whole_lines(open, size, &mut self.torn, batch),
-            (Err(error), _) => (0, Some(error)),
-            (Ok(_), None) => (0, Some(io::Error::other("session file not open"))),
-        };
+        let (mut kept, mut error) = self.append(recorder, batch);
+        // Deleted between the check and the write: those lines went to a
+        // file that is gone. Written again to a new one (ensure_open sees
+        // the deletion), they count only if that succeeds.
+        if error.is_none()
+            && let Some(open) = self.open.as_ref()
+            && check(open) == Err(Lost::Unlinked)
+        {
+            (kept, error) = self.append(recorder, batch);
+        }
         let counters = &recorder.counters;
         counters.written.fetch_add(kept as u64, Ordering::Relaxed);
         if let Some(error) = error {
@@ -147,6 +152,15 @@ impl SessionFile {
         }
         batch.bytes.clear();
         batch.ends.clear();
+    }
+
+    /// One attempt at appending the batch: lines written, and the error.
+    fn append(&mut self, recorder: &Recorder, batch: &Batch) -> (usize, Option<io::Error>) {
+        match (self.ensure_open(recorder), self.open.as_mut()) {
+            (Ok(size), Some(open)) => append_whole_lines(open, size, &mut self.torn, batch),
+            (Err(error), _) => (0, Some(error)),
+            (Ok(_), None) => (0, Some(io::Error::other("session file not open"))),
+        }
     }
 
     /// Opens or reopens the file as needed; returns its size.

@@ -7,6 +7,9 @@
 //! recording. The file is created atomically: written under a name of its
 //! own, then hard-linked to the final name, so a reader never sees it half
 //! written, and a second process that loses the race reads the winner's.
+//! A key file is used only if it is a regular file of this user that no
+//! one else may read or write; any other is refused (an error), never
+//! replaced: the recorder then redacts with a random key of its own.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -68,15 +71,32 @@ pub fn key_path(dir: &Path) -> PathBuf {
     dir.join(KEY_FILE_NAME)
 }
 
-/// Reads the key at `path`.
+/// Reads the key at `path`: a regular file of ours that no one else may
+/// read or write (another user's key, or one left readable, would let
+/// tokens be checked or chosen), else an error.
 pub fn read(path: &Path) -> io::Result<Key> {
+    use std::os::unix::fs::MetadataExt;
     let mut text = String::new();
-    OpenOptions::new()
+    // O_NONBLOCK: a FIFO planted at the path must not block the open.
+    let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?
-        .take(256)
-        .read_to_string(&mut text)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    // SAFETY: geteuid cannot fail.
+    let ours = metadata.file_type().is_file()
+        && metadata.uid() == unsafe { libc::geteuid() }
+        && metadata.mode() & 0o077 == 0;
+    if !ours {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private key file of ours (a regular file of this user, mode 0600)",
+                path.display()
+            ),
+        ));
+    }
+    file.take(256).read_to_string(&mut text)?;
     Key::from_text(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -149,6 +169,28 @@ mod tests {
         assert_eq!(listed.len(), 1, "no temporary file is left");
         fs::write(&path, "garbage").unwrap();
         assert!(load_or_create(&dir.join("rec")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_or_not_a_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("koala-redact-open-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let key = load_or_create(&dir).unwrap();
+        let path = key_path(&dir);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = read(&path).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        assert!(load_or_create(&dir).is_err(), "not trusted, not replaced");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read(&path).unwrap(), key);
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert_eq!(
+            read(&path).unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,6 +6,10 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 /// Longest request head accepted.
 const MAX_HEAD_BYTES: usize = 64 << 10;
+/// Blank lines tolerated before a request line (RFC 9112 allows some):
+/// past them the connection is answered 400 and closed, so blank lines
+/// cannot keep it open.
+const MAX_BLANK_LINES: usize = 8;
 
 pub struct Request {
     pub method: String,
@@ -40,6 +44,7 @@ pub fn read_request<R: Read>(
     authorize: impl Fn(Option<&str>) -> Result<(), (u16, String)>,
 ) -> Result<Request, ReadError> {
     let mut head = Vec::new();
+    let mut blank_lines = 0;
     loop {
         let before = head.len();
         let n = reader
@@ -61,7 +66,15 @@ pub fn read_request<R: Read>(
         let line = &head[before..];
         if line == b"\r\n" || line == b"\n" {
             if before == 0 {
-                head.clear(); // tolerate blank lines between requests
+                // Tolerate a few blank lines between requests.
+                blank_lines += 1;
+                if blank_lines > MAX_BLANK_LINES {
+                    return Err(ReadError::Reject(
+                        400,
+                        format!("more than {MAX_BLANK_LINES} blank lines before a request"),
+                    ));
+                }
+                head.clear();
                 continue;
             }
             break;
@@ -247,6 +260,21 @@ mod tests {
             read_request(&mut reader, 1024, |_| Ok(())),
             Err(ReadError::Closed)
         ));
+    }
+
+    #[test]
+    fn blank_lines_before_a_request_are_bounded() {
+        let request = b"GET /v1/status HTTP/1.1\r\n\r\n";
+        let few = [b"\r\n\n".repeat(MAX_BLANK_LINES / 2), request.to_vec()].concat();
+        assert_eq!(
+            read(&few, 16).map(|r| r.path).ok().as_deref(),
+            Some("/v1/status")
+        );
+        let many = [b"\r\n".repeat(MAX_BLANK_LINES + 1), request.to_vec()].concat();
+        assert_eq!(
+            rejected(&many),
+            (400, "more than 8 blank lines before a request".to_string())
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! request carries the run's token (`KOALA_REPLAY_TOKEN`, as
 //! `Authorization: Bearer`), or is answered 401 before its body is read.
 
+use std::cell::Cell;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,8 +28,9 @@ use koala_protocols::Completeness;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// An API connection idle this long between requests is closed.
 const API_IDLE: Duration = Duration::from_secs(300);
-/// Until its first request is authorized, a connection is closed after
-/// this long idle: strangers cannot hold the connection slots.
+/// A connection whose first request is not authorized this long after the
+/// accept is closed, however it trickles bytes: strangers cannot hold the
+/// connection slots.
 const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 /// An answer that is not 200: status and message.
@@ -58,7 +60,14 @@ impl Drop for Slot {
 pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
     let rejects = start_rejecter(replayer.max_connections);
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(_) => {
+                // Out of fds (EMFILE) or memory: retrying at once would spin.
+                std::thread::sleep(crate::outbound::ACCEPT_BACKOFF);
+                continue;
+            }
+        };
         if OPEN.fetch_add(1, Ordering::Relaxed) >= replayer.max_connections {
             OPEN.fetch_sub(1, Ordering::Relaxed);
             // A full queue (or no rejecter thread): closed unanswered.
@@ -143,22 +152,17 @@ fn authorize(replayer: &Replayer, token: Option<&str>) -> Result<(), Failure> {
 
 fn serve(stream: TcpStream, replayer: &'static Replayer) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(FIRST_REQUEST_WAIT));
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(stream);
-    let mut authorized = false;
+    let first_request = Cell::new(Some(Instant::now() + FIRST_REQUEST_WAIT));
+    let mut reader = BufReader::new(ApiStream::new(stream, &first_request));
     loop {
-        let read = http::read_request(&mut reader, replayer.max_body_bytes, |token| {
+        let read = next_request(&mut reader, replayer.max_body_bytes, |token| {
             authorize(replayer, token)
         });
         let (status, body, close) = match read {
             Ok(request) => {
-                if !authorized {
-                    authorized = true;
-                    let _ = reader.get_ref().set_read_timeout(Some(API_IDLE));
-                }
                 let close = request.close;
                 let (status, body) = route(&request, replayer);
                 (status, body, close)
@@ -170,6 +174,61 @@ fn serve(stream: TcpStream, replayer: &'static Replayer) {
             return;
         }
     }
+}
+
+/// An API connection's stream. Until the connection's first request is
+/// authorized, reads end at the deadline in `first_request`: a per-read
+/// timeout alone would let a stranger sending a byte now and then hold the
+/// connection's slot forever. Then reads wait up to [`API_IDLE`] each.
+struct ApiStream<'a> {
+    stream: TcpStream,
+    first_request: &'a Cell<Option<Instant>>,
+    idle_timeout_set: bool,
+}
+
+impl<'a> ApiStream<'a> {
+    fn new(stream: TcpStream, first_request: &'a Cell<Option<Instant>>) -> Self {
+        ApiStream {
+            stream,
+            first_request,
+            idle_timeout_set: false,
+        }
+    }
+}
+
+impl Read for ApiStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.first_request.get() {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ErrorKind::TimedOut.into());
+                }
+                self.stream.set_read_timeout(Some(left))?;
+            }
+            None if !self.idle_timeout_set => {
+                self.stream.set_read_timeout(Some(API_IDLE))?;
+                self.idle_timeout_set = true;
+            }
+            None => {}
+        }
+        self.stream.read(buf)
+    }
+}
+
+/// Reads the connection's next request; an authorized one lifts the
+/// first request's deadline (before its body is read).
+fn next_request(
+    reader: &mut BufReader<ApiStream>,
+    max_body: usize,
+    authorize: impl Fn(Option<&str>) -> Result<(), Failure>,
+) -> Result<Request, ReadError> {
+    let first_request = reader.get_ref().first_request;
+    http::read_request(reader, max_body, |token| {
+        authorize(token)?;
+        first_request.set(None);
+        Ok(())
+    })
 }
 
 fn error_body(message: &str) -> Vec<u8> {
@@ -453,4 +512,86 @@ pub(crate) fn load_background_files(path: &std::path::Path) -> Result<Vec<Sessio
         }
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair: the client end, and the server end as the API reads it.
+    fn pair(first_request: &Cell<Option<Instant>>) -> (TcpStream, BufReader<ApiStream<'_>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (
+            client,
+            BufReader::new(ApiStream::new(server, first_request)),
+        )
+    }
+
+    fn allow(_: Option<&str>) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    #[test]
+    fn a_trickled_first_request_is_cut_at_its_deadline() {
+        let wait = Duration::from_millis(300);
+        let first_request = Cell::new(Some(Instant::now() + wait));
+        let (mut client, mut reader) = pair(&first_request);
+        // A stranger sends a byte of a request head every 50 ms, each well
+        // within a per-read timeout, for much longer than the deadline.
+        let trickle = std::thread::spawn(move || {
+            for byte in
+                b"GET /v1/status HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            {
+                if client.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let read = next_request(&mut reader, 16, allow);
+        let took = started.elapsed();
+        assert!(
+            matches!(read, Err(ReadError::Closed)),
+            "{:?}",
+            read.map(|r| r.path)
+        );
+        assert!(
+            took < wait + Duration::from_millis(1500),
+            "closed {took:?} after the accept, the deadline is {wait:?}"
+        );
+        drop(reader);
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn an_authorized_request_lifts_the_deadline() {
+        let first_request = Cell::new(Some(Instant::now() + Duration::from_millis(100)));
+        let (mut client, mut reader) = pair(&first_request);
+        client
+            .write_all(b"GET /v1/status HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let first = next_request(&mut reader, 16, allow).map(|r| r.path);
+        assert_eq!(first.ok().as_deref(), Some("/v1/status"));
+        assert_eq!(first_request.get(), None);
+        // A client idle past the first request's deadline keeps its connection.
+        std::thread::sleep(Duration::from_millis(200));
+        client.write_all(b"GET /v1/next HTTP/1.1\r\n\r\n").unwrap();
+        let second = next_request(&mut reader, 16, allow).map(|r| r.path);
+        assert_eq!(second.ok().as_deref(), Some("/v1/next"));
+    }
+
+    #[test]
+    fn a_rejected_first_request_keeps_the_deadline() {
+        let first_request = Cell::new(Some(Instant::now() + Duration::from_secs(10)));
+        let (mut client, mut reader) = pair(&first_request);
+        client
+            .write_all(b"GET /v1/status HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let read = next_request(&mut reader, 16, |_| Err((401, "no".into())));
+        assert!(matches!(read, Err(ReadError::Reject(401, _))));
+        assert!(first_request.get().is_some());
+    }
 }

@@ -1,7 +1,12 @@
 //! The outbound server: every outbound connection the service makes in
 //! replay mode lands here, and is answered from the recording.
 //!
-//! One internal thread per connection: no fixed pool bounds concurrency.
+//! One internal thread per connection: no fixed pool bounds the service's
+//! concurrency. A connection is the service's when its shared slot (written
+//! by the library's redirect) is there at accept, or within `SLOT_WAIT`;
+//! the slot is taken then, so no later connection from the port gets it. At
+//! most `MAX_WAITING` connections wait for their slot at once: past them a
+//! connection without one is refused at once.
 //! For each connection: serve the recorded greeting if the dependency spoke
 //! first; recognise the protocol (from the greeting, the first request, or
 //! what was recorded for the destination); then frame each request with it
@@ -11,8 +16,9 @@
 //! closing the connection where the dependency did.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use koala_protocols::{Completeness, Protocol};
@@ -24,15 +30,78 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts redirected connections until the process ends.
 pub(crate) fn run(listener: TcpListener, replayer: &'static Replayer) {
+    let waiting = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(_) => {
+                // Out of fds (EMFILE) or memory: retrying at once would spin.
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
         let accepted_at = koala_runtime::clock::monotonic_ns();
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        // The service's hook normally wrote the slot before this accept:
+        // such a connection is served at once, whatever the number of others.
+        let since = accepted_at.saturating_sub(SLOT_FRESHNESS.as_nanos() as u64);
+        let slot = match replayer
+            .server_tables()
+            .take_outbound_destination(peer.port(), since)
+        {
+            Some(destination) => Slot::Taken(destination),
+            None => match WaitTicket::admit(&waiting, MAX_WAITING) {
+                Some(ticket) => Slot::Awaited(ticket),
+                None => {
+                    refuse(&stream, peer);
+                    continue;
+                }
+            },
+        };
         let spawned = koala_runtime::thread::spawn_internal("koala-outbound", move || {
-            serve(stream, replayer, accepted_at);
+            serve(stream, peer, replayer, accepted_at, slot);
         });
         if let Err(error) = spawned {
             tracing::error!(%error, "outbound server: cannot start a connection thread");
         }
+    }
+}
+
+/// How long an accept loop pauses after a failed accept.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Connections accepted without their slot that may wait for it at once:
+/// past them, a connection without a slot is refused at once, so that a
+/// local user's flood of connections costs the service neither threads nor
+/// fds for long.
+const MAX_WAITING: usize = 64;
+
+/// A new connection's slot: taken at accept, or still to wait for.
+enum Slot {
+    Taken(SocketAddr),
+    Awaited(WaitTicket),
+}
+
+/// One of the [`MAX_WAITING`] connections waiting for their slot.
+struct WaitTicket(Arc<AtomicUsize>);
+
+impl WaitTicket {
+    /// A ticket if fewer than `max` connections are waiting.
+    fn admit(waiting: &Arc<AtomicUsize>, max: usize) -> Option<WaitTicket> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitTicket(Arc::clone(waiting)))
+    }
+}
+
+impl Drop for WaitTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -51,15 +120,24 @@ struct Connection<'a> {
     pending_since: Option<Instant>,
 }
 
-fn serve(stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
-    let Ok(peer) = stream.peer_addr() else { return };
+fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    replayer: &'static Replayer,
+    accepted_at: u64,
+    slot: Slot,
+) {
     let _ = stream.set_nodelay(true);
     let tables = replayer.server_tables();
     let registry = replayer.registry();
     let port = peer.port();
     // Only the library's own redirect writes a slot: a connection without
     // one is someone else on the machine, who must not read the recording.
-    let Some(destination) = wait_for_slot(replayer, port, accepted_at) else {
+    let destination = match slot {
+        Slot::Taken(destination) => Some(destination),
+        Slot::Awaited(_ticket) => wait_for_slot(replayer, port, accepted_at),
+    };
+    let Some(destination) = destination else {
         refuse(&stream, peer);
         return;
     };
@@ -119,12 +197,13 @@ fn serve(stream: TcpStream, replayer: &'static Replayer, accepted_at: u64) {
 /// descheduled hook takes longer.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
 
-/// Connections refused for want of a slot, since the process started.
+/// Connections refused for want of a slot (or past [`MAX_WAITING`]), since
+/// the process started.
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Closes a connection that no redirect registered: logged once (WARN),
 /// then counted (DEBUG with the count).
-fn refuse(stream: &TcpStream, peer: std::net::SocketAddr) {
+fn refuse(stream: &TcpStream, peer: SocketAddr) {
     let _ = stream.shutdown(Shutdown::Both);
     let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
     if refused == 1 {
@@ -142,15 +221,15 @@ pub fn refused_connections() -> u64 {
 /// connection from the same port (one whose close the library missed).
 const SLOT_FRESHNESS: Duration = Duration::from_secs(2);
 
-/// The original destination of the connection from `port`, accepted at
-/// `accepted_at` (CLOCK_MONOTONIC ns).
-fn wait_for_slot(replayer: &Replayer, port: u16, accepted_at: u64) -> Option<std::net::SocketAddr> {
+/// Takes the original destination of the connection from `port`, accepted
+/// at `accepted_at` (CLOCK_MONOTONIC ns).
+fn wait_for_slot(replayer: &Replayer, port: u16, accepted_at: u64) -> Option<SocketAddr> {
     let since = accepted_at.saturating_sub(SLOT_FRESHNESS.as_nanos() as u64);
     let deadline = std::time::Instant::now() + SLOT_WAIT;
     loop {
         let destination = replayer
             .server_tables()
-            .outbound_destination_since(port, since);
+            .take_outbound_destination(port, since);
         if destination.is_some() || std::time::Instant::now() >= deadline {
             return destination;
         }
@@ -222,5 +301,33 @@ impl Connection<'_> {
             Completeness::Complete(length) => (Some(length), None),
             _ => (None, Some(self.replayer.idle)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_max_connections_wait_for_their_slot() {
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let mut tickets: Vec<WaitTicket> = (0..MAX_WAITING)
+            .map(|i| WaitTicket::admit(&waiting, MAX_WAITING).unwrap_or_else(|| panic!("{i}")))
+            .collect();
+        assert!(
+            WaitTicket::admit(&waiting, MAX_WAITING).is_none(),
+            "one more is refused at once"
+        );
+        assert_eq!(waiting.load(Ordering::Relaxed), MAX_WAITING);
+        tickets.pop();
+        let again = WaitTicket::admit(&waiting, MAX_WAITING);
+        assert!(again.is_some(), "a finished wait frees its place");
+        drop(again);
+        tickets.clear();
+        assert_eq!(
+            waiting.load(Ordering::Relaxed),
+            0,
+            "every place is given back"
+        );
     }
 }

@@ -48,13 +48,17 @@ static CREATED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new(
 #[repr(C)]
 struct OutboundSlot {
     replay: AtomicU64,
-    /// CLOCK_MONOTONIC when the connection's slot was written.
+    /// CLOCK_MONOTONIC when the connection's slot was written, or [`TAKEN`]
+    /// once the outbound server accepted the connection it belongs to.
     written_at: AtomicU64,
     /// family (4/6) << 16 | port
     family_port: AtomicU64,
     ip_high: AtomicU64,
     ip_low: AtomicU64,
 }
+
+/// `OutboundSlot::written_at` of a slot a connection took (or never written).
+const TAKEN: u64 = 0;
 
 #[repr(C)]
 struct Layout {
@@ -141,8 +145,9 @@ impl SharedTables {
         slot.family_port.store(family_port, Ordering::Relaxed);
         slot.ip_high.store(high, Ordering::Relaxed);
         slot.ip_low.store(low, Ordering::Relaxed);
-        slot.written_at
-            .store(koala_runtime::clock::monotonic_ns(), Ordering::Relaxed);
+        // Never TAKEN, even at boot.
+        let now = koala_runtime::clock::monotonic_ns().max(TAKEN + 1);
+        slot.written_at.store(now, Ordering::Relaxed);
         slot.replay.store(replay, Ordering::Release);
     }
 
@@ -167,15 +172,25 @@ impl SharedTables {
             .load(Ordering::Acquire)
     }
 
-    /// The original destination of the connection from `port`, if its slot
-    /// was written at or after `since` (CLOCK_MONOTONIC ns).
-    pub fn outbound_destination_since(&self, port: u16, since: u64) -> Option<SocketAddr> {
+    /// Takes the original destination of the connection from `port`, if its
+    /// slot was written at or after `since` (CLOCK_MONOTONIC ns) and no
+    /// connection took it yet: the outbound server takes it when it accepts
+    /// the connection, so that another connection from the same port (a
+    /// local user who bound it after the service closed it) finds none.
+    /// The replay id stays, for the requests of the connection that took it.
+    pub fn take_outbound_destination(&self, port: u16, since: u64) -> Option<SocketAddr> {
         let slot = &self.layout.outbound[port as usize];
         slot.replay.load(Ordering::Acquire);
-        if slot.written_at.load(Ordering::Relaxed) < since {
+        let written_at = slot.written_at.load(Ordering::Acquire);
+        if written_at == TAKEN || written_at < since {
             return None;
         }
-        self.outbound_destination(port)
+        let destination = self.outbound_destination(port)?;
+        // Only one accept takes a slot, and only the one it read.
+        slot.written_at
+            .compare_exchange(written_at, TAKEN, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| destination)
     }
 
     pub fn outbound_destination(&self, port: u16) -> Option<SocketAddr> {
@@ -430,6 +445,49 @@ mod tests {
         );
         assert_eq!(tables.outbound_replay(50001), 9);
         assert_eq!(tables.outbound_destination(50001), Some(destination));
+        tables.remove_file();
+    }
+
+    #[test]
+    fn an_outbound_slot_is_taken_by_one_connection_only() {
+        let tables = SharedTables::create().unwrap();
+        let destination: SocketAddr = "10.0.0.7:6379".parse().unwrap();
+        let port = 50002;
+        tables.set_outbound(port, 3, destination);
+        assert_eq!(
+            tables.take_outbound_destination(port, 0),
+            Some(destination),
+            "the connection the slot was written for"
+        );
+        assert_eq!(
+            tables.take_outbound_destination(port, 0),
+            None,
+            "another connection from the same port, within the slot's freshness"
+        );
+        assert_eq!(
+            tables.outbound_replay(port),
+            3,
+            "the taking connection's requests still find their replay"
+        );
+        tables.set_outbound(port, 4, destination);
+        assert_eq!(
+            tables.take_outbound_destination(port, 0),
+            Some(destination),
+            "the port's next redirected connection writes a new slot"
+        );
+        tables.set_outbound(port, 5, destination);
+        let after = koala_runtime::clock::monotonic_ns() + 1;
+        assert_eq!(
+            tables.take_outbound_destination(port, after),
+            None,
+            "a slot written before the connection began is not its own"
+        );
+        tables.clear_outbound(port);
+        assert_eq!(
+            tables.take_outbound_destination(50003, 0),
+            None,
+            "never written"
+        );
         tables.remove_file();
     }
 

@@ -858,8 +858,12 @@ mod replay_api_tests {
             config.redact_key_file,
             Some(PathBuf::from("/r/.koala-redact-key"))
         );
+        let (config, errors) = parse(&[("KOALA_REDACT", "json:pin,regex:key=(\\w+),")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let rules = config.redact.unwrap();
+        assert_eq!(rules.patterns[0].as_str(), "key=(\\w+),");
         // A bad value keeps the default rules (never less redaction).
-        let (config, errors) = parse(&[("KOALA_REDACT", "regex:.*")]);
+        let (config, errors) = parse(&[("KOALA_REDACT", "regex:(")]);
         assert_eq!(config.redact, Some(koala_redact::Rules::default()));
         assert_eq!(errors[0].variable, "KOALA_REDACT");
     }

@@ -16,7 +16,10 @@
 //! - protocol-aware secrets: the password of redis `AUTH` and
 //!   `HELLO ... AUTH`, the PostgreSQL password message (`p`: cleartext or
 //!   MD5 password, and the proof of a SCRAM client-final message), and the
-//!   auth data of a MySQL handshake response.
+//!   auth data of a MySQL handshake response;
+//! - user regexes ([`Pattern`], `regex:<pattern>`): each match (or its
+//!   first capture group) in HTTP header values and bodies, and in payloads
+//!   of no protocol the crate knows.
 //!
 //! Framing stays consistent: where a protocol frames by length (HTTP
 //! `Content-Length`, RESP bulk lengths, PostgreSQL message lengths, MySQL
@@ -33,6 +36,7 @@ mod json;
 mod mysql;
 mod postgres;
 mod redis;
+mod regex;
 
 pub use key::Key;
 
@@ -70,7 +74,39 @@ pub struct Rules {
     pub json_fields: Vec<String>,
     /// redis AUTH, PostgreSQL and MySQL passwords.
     pub protocols: bool,
+    /// User regexes.
+    pub patterns: Vec<Pattern>,
 }
+
+/// A user regex over bytes: what it matches (or its first capture group,
+/// when the pattern has one and it took part) is a secret.
+#[derive(Clone, Debug)]
+pub struct Pattern(::regex::bytes::Regex);
+
+impl Pattern {
+    /// Compiles `pattern`; an empty one (it would match everywhere) is an
+    /// error too.
+    pub fn new(pattern: &str) -> Result<Pattern, String> {
+        if pattern.is_empty() {
+            return Err("the regex is empty".to_string());
+        }
+        ::regex::bytes::Regex::new(pattern)
+            .map(Pattern)
+            .map_err(|error| format!("bad regex {pattern:?}: {error}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Pattern {}
 
 impl Default for Rules {
     fn default() -> Self {
@@ -78,6 +114,7 @@ impl Default for Rules {
             headers: DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect(),
             json_fields: DEFAULT_JSON_FIELDS.iter().map(|s| s.to_string()).collect(),
             protocols: true,
+            patterns: Vec::new(),
         }
     }
 }
@@ -86,7 +123,8 @@ impl Rules {
     /// Parses a `KOALA_REDACT` value: `off` (or `none`, `0`, `false`) for no
     /// redaction (`None`); otherwise the default rules plus a comma list of
     /// `header:<name>` and `json:<field>` items (`default`, `on` or an empty
-    /// value add nothing).
+    /// value add nothing), and last, `regex:<pattern>`: the rest of the
+    /// value, commas included (several patterns: join them with `|`).
     pub fn parse(spec: &str) -> Result<Option<Rules>, String> {
         let spec = spec.trim();
         if ["off", "none", "0", "false"]
@@ -96,7 +134,19 @@ impl Rules {
             return Ok(None);
         }
         let mut rules = Rules::default();
-        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        // A regex may hold commas: it runs to the end of the value.
+        let regex_at = spec
+            .match_indices("regex:")
+            .map(|(at, _)| at)
+            .find(|&at| at == 0 || spec[..at].trim_end().ends_with(','));
+        let (items, pattern) = match regex_at {
+            Some(at) => (&spec[..at], Some(&spec[at + "regex:".len()..])),
+            None => (spec, None),
+        };
+        if let Some(pattern) = pattern {
+            rules.patterns.push(Pattern::new(pattern)?);
+        }
+        for item in items.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let lower = item.to_ascii_lowercase();
             if lower == "default" || lower == "on" {
                 continue;
@@ -104,14 +154,20 @@ impl Rules {
             let (kind, name) = lower
                 .split_once(':')
                 .map(|(k, n)| (k.trim(), n.trim()))
-                .ok_or_else(|| format!("{item:?}: expected header:<name> or json:<field>"))?;
+                .ok_or_else(|| {
+                    format!("{item:?}: expected header:<name>, json:<field> or regex:<pattern>")
+                })?;
             if name.is_empty() {
                 return Err(format!("{item:?}: the name is empty"));
             }
             let list = match kind {
                 "header" => &mut rules.headers,
                 "json" => &mut rules.json_fields,
-                _ => return Err(format!("{item:?}: expected header:<name> or json:<field>")),
+                _ => {
+                    return Err(format!(
+                        "{item:?}: expected header:<name>, json:<field> or regex:<pattern>"
+                    ));
+                }
             };
             if !list.iter().any(|known| known == name) {
                 list.push(name.to_string());
@@ -169,12 +225,17 @@ impl Redactor {
         }
         let redacted = if http::is_http(payload) {
             http::redact(self, payload)
-        } else if self.rules.protocols {
-            redis::redact(self, payload)
+        } else if self.rules.protocols
+            && let Some(redacted) = redis::redact(self, payload)
                 .or_else(|| postgres::redact(self, payload))
                 .or_else(|| mysql::redact(self, payload))
-        } else {
+        {
+            Some(redacted)
+        } else if redis::is_resp(payload) || postgres::is_frontend(payload) {
+            // Framed by lengths a regex match would not fix up.
             None
+        } else {
+            regex::redact(self, payload)
         };
         redacted.filter(|bytes| bytes.as_slice() != payload)
     }
@@ -248,7 +309,26 @@ mod tests {
         assert_eq!(rules.headers.last().map(String::as_str), Some("x-my-token"));
         assert_eq!(rules.headers.len(), DEFAULT_HEADERS.len() + 1);
         assert_eq!(rules.json_fields.last().map(String::as_str), Some("pin"));
-        assert!(Rules::parse("regex:.*").is_err());
+        assert!(Rules::parse("regex:").is_err());
+        assert!(Rules::parse("regex:(").is_err());
+        assert!(Rules::parse("json:pin,regex:a{1,2}").is_ok());
+        let rules = Rules::parse("json:pin, regex:Key=(\\w{3,}),x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rules.json_fields.last().map(String::as_str), Some("pin"));
+        assert_eq!(
+            rules.patterns,
+            vec![Pattern::new("Key=(\\w{3,}),x").unwrap()]
+        );
+        assert_eq!(rules.patterns[0].as_str(), "Key=(\\w{3,}),x");
+        assert_eq!(
+            Rules::parse("header:regex:x,regex:y")
+                .unwrap()
+                .unwrap()
+                .patterns,
+            vec![Pattern::new("y").unwrap()]
+        );
+        assert!(Rules::parse("regexp:x").is_err());
         assert!(Rules::parse("header:").is_err());
         assert!(Rules::parse("pin").is_err());
     }

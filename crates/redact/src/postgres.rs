@@ -37,6 +37,11 @@ pub(crate) fn redact(redactor: &Redactor, payload: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `payload` is wholly a sequence of typed frontend messages.
+pub(crate) fn is_frontend(payload: &[u8]) -> bool {
+    messages(payload).is_some()
+}
+
 /// The secret in a `p` message's body.
 fn secret(body: &[u8]) -> Option<Range<usize>> {
     if body.starts_with(b"SCRAM-") || body.starts_with(b"SCRAM_") {

@@ -6,6 +6,8 @@
 //! authorization=...` gives the header back to the service, and the
 //! service's AUTH, redacted with the recording's key, matches its recorded
 //! call. Without `--secret` each session is an error that says why.
+//! A user regex (`KOALA_REDACT=regex:...`) redacts the client id in an
+//! `X-Client` header the same way: only the match, the same token each time.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -16,6 +18,9 @@ use koala_tests::*;
 
 const BEARER: &str = "Bearer tok-Zq81-client-secret";
 const REDIS_PASSWORD: &str = "pw-Kx42-redis-secret";
+/// Matched by the user regex [`CLIENT_RULE`]: only the id is a secret.
+const CLIENT_ID: &str = "cl_Vb55Nq";
+const CLIENT_RULE: &str = "regex:cl_[A-Za-z0-9]+";
 const REQUESTS: usize = 2;
 
 /// The service: `GET /greeting` checks the bearer token (401 otherwise),
@@ -58,7 +63,7 @@ HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
 "#;
 
 fn request(port: u16) -> Vec<u8> {
-    format!("GET /greeting HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {BEARER}\r\n\r\n")
+    format!("GET /greeting HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {BEARER}\r\nX-Client: id={CLIENT_ID}\r\n\r\n")
         .into_bytes()
 }
 
@@ -102,6 +107,7 @@ fn record_redaction() {
         .arg(script.display())
         .args(&service_args)
         .record_to(&record)
+        .env("KOALA_REDACT", CLIENT_RULE)
         .spawn(&dir);
     service.wait_for_port(port);
     let expected = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\ngreeting=hello\n";
@@ -118,7 +124,7 @@ fn record_redaction() {
     let files = session_files(&record);
     assert_eq!(files.len(), 1, "{}", describe_dir(&record));
     let raw = fs::read(record.join(&files[0].0)).unwrap();
-    for secret in [BEARER, REDIS_PASSWORD, "tok-Zq81", "pw-Kx42"] {
+    for secret in [BEARER, REDIS_PASSWORD, "tok-Zq81", "pw-Kx42", CLIENT_ID] {
         assert!(
             find(&raw, secret.as_bytes()).is_none(),
             "{secret:?} is in the session file:\n{}",
@@ -143,16 +149,21 @@ fn record_redaction() {
         String::from_utf8_lossy(&bytes[at..at + 31]).into_owned()
     };
     let mut auth_tokens = Vec::new();
+    let mut client_tokens = Vec::new();
     for session in &sessions {
         let what = show(session);
         let inbound = session.inbound.request.as_bytes();
         let header = token_of(inbound, "Authorization: ");
         assert!(header.starts_with("koala:redacted:"), "{what}");
+        let client = token_of(inbound, "X-Client: id=");
+        assert!(client.starts_with("koala:redacted:"), "{what}");
+        assert_ne!(client, header, "{what}");
         assert_bytes(
             inbound,
-            format!("GET /greeting HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {header}\r\n\r\n").as_bytes(),
+            format!("GET /greeting HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {header}\r\nX-Client: id={client}\r\n\r\n").as_bytes(),
             "the recorded inbound request",
         );
+        client_tokens.push(client);
         let auth = session
             .calls
             .iter()
@@ -169,6 +180,7 @@ fn record_redaction() {
         auth_tokens.push((header, token));
     }
     assert_eq!(auth_tokens[0], auth_tokens[1], "same secret, same token");
+    assert_eq!(client_tokens[0], client_tokens[1], "same match, same token");
     assert_ne!(
         auth_tokens[0].0, auth_tokens[0].1,
         "different secrets, different tokens"
@@ -186,9 +198,12 @@ fn record_redaction() {
         run_koala(&dir, name, &args, &[])
     };
     let secret = format!("authorization={BEARER}");
+    let client = format!("x-client=id={CLIENT_ID}");
     let run = replay(
         "koala-replay-secret",
-        &["--secret", &secret, "--report", "r.json"],
+        &[
+            "--secret", &secret, "--secret", &client, "--report", "r.json",
+        ],
     );
     run.assert_all_passed(REQUESTS);
     run.assert_summary([REQUESTS, REQUESTS, 0, 0], [run_calls(&run), 0, 0, 0]);
@@ -196,7 +211,7 @@ fn record_redaction() {
     // the service's HELLO AUTH, redacted with the recording's key, is the
     // recorded request byte for byte (so the report holds no secret either).
     let report_text = fs::read(dir.join("r.json")).unwrap();
-    for secret in [BEARER, REDIS_PASSWORD] {
+    for secret in [BEARER, REDIS_PASSWORD, CLIENT_ID] {
         assert!(
             find(&report_text, secret.as_bytes()).is_none(),
             "{secret:?} in the report"
@@ -218,7 +233,7 @@ fn record_redaction() {
     assert_ne!(run.code, Some(0), "{out}");
     assert!(
         out.contains(
-            "the inbound request has a redacted Authorization header; pass --secret authorization=..."
+            "the inbound request has redacted headers (Authorization, X-Client); pass --secret NAME=... for each"
         ),
         "{out}"
     );

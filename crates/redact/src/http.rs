@@ -150,7 +150,7 @@ fn redact_head(
             if token != line[start..end] {
                 edits.push((range, token));
             }
-        } else if start < end {
+        } else if start < end && !is_framing(name) {
             for secret in crate::regex::secrets(redactor, &line[start..end]) {
                 let secret_at = this_line + start;
                 let token = redactor.token(&line[start + secret.start..start + secret.end]);
@@ -158,6 +158,11 @@ fn redact_head(
             }
         }
     }
+}
+
+/// A header a token would break the framing of: never regex-redacted.
+fn is_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// How a message's body is delimited.
@@ -385,6 +390,14 @@ mod tests {
                 "PUT / HTTP/1.1\r\nContent-Length: 99\r\n\r\n{}",
                 token("sk_2")
             )
+        );
+        // Framing headers are never regex-redacted.
+        assert_eq!(
+            redact_with(
+                "regex:\\d+|chunked",
+                "HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            None
         );
         // A chunked body is not looked into; the default rules miss it all.
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nsk_3\r\n";

@@ -25,7 +25,11 @@
 //! `Content-Length`, RESP bulk lengths, PostgreSQL message lengths, MySQL
 //! packet and auth-data lengths) the length is rewritten for the token.
 //! A payload that does not parse the way its protocol says is left as is:
-//! redaction never fails and never panics.
+//! redaction never fails and never panics. A payload cut short (a payload
+//! cap, a torn capture) leaks no part of a secret it was cut inside: the
+//! rest of a torn secret header line, of a redis `AUTH` or `HELLO ... AUTH`
+//! or of a PostgreSQL password message becomes a token (no length is
+//! fixed up: the message is cut anyway).
 
 use std::hash::Hasher as _;
 
@@ -331,6 +335,34 @@ mod tests {
         assert!(Rules::parse("regexp:x").is_err());
         assert!(Rules::parse("header:").is_err());
         assert!(Rules::parse("pin").is_err());
+    }
+
+    #[test]
+    fn payloads_cut_anywhere_never_panic_nor_leak_a_torn_secret() {
+        let redactor = Redactor::new(
+            Rules::parse("regex:sk_[a-z0-9]+").unwrap().unwrap(),
+            Key { k0: 1, k1: 2 },
+        );
+        let hello = b"*6\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$1\r\nu\r\n$9\r\nSECRETxyz\r\n$1\r\nx\r\n";
+        let http = b"HTTP/1.1 100 Continue\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 27\r\nAuthorization: SECRETxyz \r\n\r\n{\"k\":\"sk_1\",\"token\":\"t\"}";
+        let mut postgres = vec![b'p', 0, 0, 0, 14];
+        postgres.extend_from_slice(b"SECRETxyz\0");
+        for payload in [&hello[..], &http[..], &postgres[..], b"\x2a\xff\r\n$"] {
+            for cut in 0..=payload.len() {
+                let part = &payload[..cut];
+                let out = redactor.redact(part).unwrap_or_else(|| part.to_vec());
+                // Of the secret, at most two bytes may be left (the length
+                // byte of a PostgreSQL message cut before its body).
+                for window in b"SECRETxyz".windows(3) {
+                    assert!(
+                        !out.windows(3).any(|w| w == window),
+                        "{:?} leaks {:?}",
+                        String::from_utf8_lossy(part),
+                        String::from_utf8_lossy(window)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,15 +5,18 @@
 //! secret, and keep the message recognisable); a SASL initial response
 //! (mechanism name, client-first message) holds no secret. The message
 //! length is rewritten. Only a payload that is wholly a sequence of typed
-//! frontend messages is looked at.
+//! frontend messages is looked at, but for its last one cut short (a
+//! payload cap, a torn capture): a password message cut after its header
+//! has what it holds of its secret replaced, its length left as it was.
 
 use std::ops::Range;
 
 use crate::Redactor;
 
 pub(crate) fn redact(redactor: &Redactor, payload: &[u8]) -> Option<Vec<u8>> {
-    let messages = messages(payload)?;
-    if !messages.iter().any(|m| payload[m.start] == b'p') {
+    let (messages, torn) = messages_cut(payload)?;
+    let torn = torn.filter(|&at| payload[at] == b'p' && at + 5 < payload.len());
+    if torn.is_none() && !messages.iter().any(|m| payload[m.start] == b'p') {
         return None;
     }
     let mut out = Vec::with_capacity(payload.len() + crate::TOKEN_LEN);
@@ -34,12 +37,24 @@ pub(crate) fn redact(redactor: &Redactor, payload: &[u8]) -> Option<Vec<u8>> {
             _ => out.extend_from_slice(bytes),
         }
     }
+    if let Some(at) = torn {
+        let body = &payload[at + 5..];
+        out.extend_from_slice(&payload[at..at + 5]);
+        match secret(body) {
+            Some(secret) => {
+                out.extend_from_slice(&body[..secret.start]);
+                out.extend_from_slice(&redactor.token(&body[secret.clone()]));
+                out.extend_from_slice(&body[secret.end..]);
+            }
+            None => out.extend_from_slice(body),
+        }
+    }
     Some(out)
 }
 
 /// Whether `payload` is wholly a sequence of typed frontend messages.
 pub(crate) fn is_frontend(payload: &[u8]) -> bool {
-    messages(payload).is_some()
+    messages_cut(payload).is_some_and(|(_, torn)| torn.is_none())
 }
 
 /// The secret in a `p` message's body.
@@ -59,8 +74,9 @@ fn secret(body: &[u8]) -> Option<Range<usize>> {
     (end > 0).then_some(0..end)
 }
 
-/// The typed messages making up the whole payload, or `None`.
-fn messages(payload: &[u8]) -> Option<Vec<Range<usize>>> {
+/// The whole typed messages making up the payload, and where a last one
+/// cut short starts (its header whole); `None` if it is not all messages.
+fn messages_cut(payload: &[u8]) -> Option<(Vec<Range<usize>>, Option<usize>)> {
     let mut messages = Vec::new();
     let mut at = 0;
     while at < payload.len() {
@@ -75,12 +91,14 @@ fn messages(payload: &[u8]) -> Option<Vec<Range<usize>>> {
         }
         let end = at.checked_add(1 + len)?;
         if end > payload.len() {
-            return None;
+            // A login message is short: a huge length is rather text
+            // (`pass...`) than a message cut short.
+            return (len <= 0xffff).then_some((messages, Some(at)));
         }
         messages.push(at..end);
         at = end;
     }
-    Some(messages)
+    Some((messages, None))
 }
 
 #[cfg(test)]
@@ -117,15 +135,36 @@ mod tests {
     }
 
     #[test]
+    fn a_password_message_cut_short_has_its_part_replaced() {
+        let redactor = test_redactor();
+        let whole = message(b'p', b"md5abc\0");
+        let mut want = whole[..5].to_vec();
+        want.extend_from_slice(&token("md5a"));
+        assert_eq!(redactor.redact(&whole[..9]), Some(want));
+        let scram = message(b'p', b"c=biws,r=nonce,p=PROOF==");
+        let mut want = scram[..5].to_vec();
+        want.extend_from_slice(b"c=biws,r=nonce,p=");
+        want.extend_from_slice(&token("PR"));
+        assert_eq!(redactor.redact(&scram[..scram.len() - 5]), Some(want));
+        let mut cut = message(b'p', b"pw\0");
+        cut.pop();
+        let mut want = cut[..5].to_vec();
+        want.extend_from_slice(&token("pw"));
+        assert_eq!(redactor.redact(&cut), Some(want));
+        // Cut in the header or before a proof: nothing to hide.
+        assert_eq!(redactor.redact(&whole[..5]), None);
+        assert_eq!(redactor.redact(&scram[..10]), None);
+        // Text starting with p is no message cut short.
+        assert_eq!(redactor.redact(b"password=1"), None);
+    }
+
+    #[test]
     fn other_messages_are_left_alone() {
         let redactor = test_redactor();
         let initial = message(b'p', b"SCRAM-SHA-256\0\0\0\0\x10n,,n=,r=nonce123");
         assert_eq!(redactor.redact(&initial), None);
         assert_eq!(redactor.redact(&message(b'Q', b"SELECT 1\0")), None);
         assert_eq!(redactor.redact(&message(b'p', b"\0")), None);
-        let mut cut = message(b'p', b"pw\0");
-        cut.pop();
-        assert_eq!(redactor.redact(&cut), None);
         assert_eq!(redactor.redact(b"p\0\0\0\x02"), None);
     }
 }

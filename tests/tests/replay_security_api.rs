@@ -5,9 +5,11 @@
 //! replay` without CMD and without the token stops with the reason. The
 //! caps hold: API connections past KOALA_REPLAY_MAX_CONNECTIONS get 429, a
 //! body past KOALA_REPLAY_MAX_BODY_BYTES 413, background records past
-//! KOALA_REPLAY_MAX_BACKGROUND_BYTES 413 with nothing of them kept. The
-//! service is /bin/sleep under the library in replay mode (the API answers
-//! without a service behind it).
+//! KOALA_REPLAY_MAX_BACKGROUND_BYTES 413 with nothing of them kept.
+//! Strangers cannot hold the connection slots: a first request trickled a
+//! byte at a time is cut 10 s after the connection, and blank lines before
+//! a request are bounded. The service is /bin/sleep under the library in
+//! replay mode (the API answers without a service behind it).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -266,4 +268,87 @@ fn the_api_caps_connections_and_sizes() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The inbound server's deadline for a connection's first request.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn strangers_cannot_hold_the_api_connections() {
+    let dir = TestDir::new("replay_security_api_strangers");
+    let (_service, ports) = sleeper(
+        &dir,
+        "held",
+        &[("KOALA_REPLAY_MAX_CONNECTIONS", MAX_CONNECTIONS.to_string())],
+    );
+    let inbound = ports.inbound;
+
+    // Strangers take every slot and send a byte of a request head every
+    // 500 ms: each read is quick, but the first request has a deadline.
+    let started = Instant::now();
+    let strangers: Vec<_> = (0..MAX_CONNECTIONS)
+        .map(|_| {
+            let mut stream = connect(inbound);
+            thread::spawn(move || {
+                let head = b"GET /v1/status HTTP/1.1\r\nX-Slow: ".iter();
+                for byte in head.chain(std::iter::repeat(&b'a')) {
+                    if stream.write_all(&[*byte]).is_err() {
+                        break;
+                    }
+                    // Whether the server closed: a read that ends at once.
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    let mut answer = Vec::new();
+                    match stream.read_to_end(&mut answer) {
+                        Ok(_) => return (answer, started.elapsed()),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => return (answer, started.elapsed()),
+                    }
+                    if started.elapsed() > FIRST_REQUEST_WAIT + WAIT {
+                        break;
+                    }
+                }
+                (Vec::new(), started.elapsed())
+            })
+        })
+        .collect();
+    // While they hold the slots, a client is turned away.
+    let answer = api_raw(inbound, &status_without_token(inbound), false);
+    assert_eq!(answer.status, 429, "{answer}");
+    for stranger in strangers {
+        let (answer, closed_after) = stranger.join().unwrap();
+        assert_eq!(String::from_utf8_lossy(&answer), "", "a stranger got bytes");
+        assert!(
+            closed_after < FIRST_REQUEST_WAIT + Duration::from_secs(3),
+            "a stranger trickling its first request held its connection {closed_after:?}"
+        );
+    }
+    // Then the slots are free again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = api_raw(inbound, &status_without_token(inbound), false);
+        if answer.status == 200 {
+            break;
+        }
+        assert_eq!(answer.status, 429, "{answer}");
+        assert!(Instant::now() < deadline, "no room after the strangers");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // Blank lines before a request are bounded: the ninth is answered 400.
+    // (After the strangers: a closed keep-alive connection frees its slot
+    // only once the server reads the close.)
+    let request = with_token(&status_without_token(inbound), REPLAY_TOKEN);
+    let few = [b"\r\n".repeat(8), request.clone()].concat();
+    assert_eq!(api_raw_exact(inbound, &few, false).status, 200);
+    let many = [b"\r\n".repeat(9), request.clone()].concat();
+    assert_refused(
+        &api_raw_exact(inbound, &many, false),
+        400,
+        &["more than 8 blank lines"],
+        "blank lines without end",
+    );
 }

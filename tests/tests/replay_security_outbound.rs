@@ -3,7 +3,8 @@
 //! connects to it during a replay (here a plain TCP client of the test,
 //! sending exactly the bytes the service sent when recorded) gets nothing
 //! recorded — not one byte, the connection closed — while the service's
-//! redirected connections are still answered from the recording. The
+//! redirected connections are still answered from the recording. Past 64
+//! strangers waiting for a slot, more are refused at once. The
 //! refusal is logged once. The service is the Python service of
 //! `python_redis_backend`, started in replay mode with its dependencies
 //! stopped.
@@ -16,6 +17,12 @@ use koala_tests::*;
 
 /// Longer than the outbound server's wait for a connection's slot.
 const REFUSAL_BOUND: Duration = Duration::from_secs(5);
+/// How many connections may wait for their slot at once.
+const MAX_WAITING: usize = 64;
+/// Strangers past them in a flood.
+const EXTRA: usize = 16;
+/// Well short of the outbound server's wait for a slot (1 s).
+const AT_ONCE: Duration = Duration::from_millis(700);
 
 /// Connects to the outbound server as a stranger, sends `request`, and
 /// reads all it gets until the server closes (or [`REFUSAL_BOUND`]).
@@ -91,6 +98,42 @@ fn strangers_get_nothing_from_the_outbound_server() {
             "the outbound server closes a stranger's connection ({what})"
         );
     }
+
+    // A flood of strangers costs no wait past the first MAX_WAITING: those
+    // wait up to SLOT_WAIT for a slot that never comes, every other one is
+    // refused at once.
+    let flood: Vec<_> = (0..MAX_WAITING + EXTRA)
+        .map(|_| (connect(ports.outbound), Instant::now()))
+        .collect();
+    let closes: Vec<_> = flood
+        .into_iter()
+        .map(|(mut stream, connected)| {
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(REFUSAL_BOUND)).unwrap();
+                let mut received = Vec::new();
+                let closed = stream.read_to_end(&mut received).is_ok();
+                (received, closed, connected.elapsed())
+            })
+        })
+        .collect();
+    let mut at_once = 0;
+    for close in closes {
+        let (received, closed, after) = close.join().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&received),
+            "",
+            "a flooding stranger got bytes"
+        );
+        assert!(closed, "a flooding stranger's connection is closed");
+        if after < AT_ONCE {
+            at_once += 1;
+        }
+    }
+    assert!(
+        at_once >= EXTRA,
+        "{at_once} of {} strangers were refused within {AT_ONCE:?}, at least {EXTRA} should be",
+        MAX_WAITING + EXTRA
+    );
 
     // The service's own redirected connections are still served.
     let (line, session) = lines

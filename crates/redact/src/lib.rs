@@ -139,7 +139,9 @@ impl Rules {
         }
         let mut rules = Rules::default();
         // A regex may hold commas: it runs to the end of the value.
+        // ASCII lower case keeps the byte offsets.
         let regex_at = spec
+            .to_ascii_lowercase()
             .match_indices("regex:")
             .map(|(at, _)| at)
             .find(|&at| at == 0 || spec[..at].trim_end().ends_with(','));
@@ -235,7 +237,10 @@ impl Redactor {
                 .or_else(|| mysql::redact(self, payload))
         {
             Some(redacted)
-        } else if redis::is_resp(payload) || postgres::is_frontend(payload) {
+        } else if self.rules.patterns.is_empty()
+            || redis::is_resp(payload)
+            || postgres::is_frontend(payload)
+        {
             // Framed by lengths a regex match would not fix up.
             None
         } else {
@@ -333,6 +338,10 @@ mod tests {
             vec![Pattern::new("y").unwrap()]
         );
         assert!(Rules::parse("regexp:x").is_err());
+        assert_eq!(
+            Rules::parse("Regex:X").unwrap().unwrap().patterns,
+            vec![Pattern::new("X").unwrap()]
+        );
         assert!(Rules::parse("header:").is_err());
         assert!(Rules::parse("pin").is_err());
     }

@@ -50,7 +50,7 @@ pub fn restore(request: &[u8], secrets: &[SecretArg]) -> Result<Option<Vec<u8>>,
     let (head, body) = request.split_at(head_len);
     if koala_redact::contains_token(body) {
         return Err(
-            "the inbound request's body holds a redacted value (KOALA_REDACT json: rules): it cannot be replayed; record with KOALA_REDACT=off to replay it"
+            "the inbound request's body holds a redacted value (KOALA_REDACT json: or regex: rules): it cannot be replayed; record with KOALA_REDACT=off to replay it"
                 .into(),
         );
     }

@@ -145,9 +145,10 @@ impl SharedTables {
         slot.family_port.store(family_port, Ordering::Relaxed);
         slot.ip_high.store(high, Ordering::Relaxed);
         slot.ip_low.store(low, Ordering::Relaxed);
-        // Never TAKEN, even at boot.
+        // Never TAKEN, even at boot. Release: whoever takes the slot by this
+        // time sees the destination stored above.
         let now = koala_runtime::clock::monotonic_ns().max(TAKEN + 1);
-        slot.written_at.store(now, Ordering::Relaxed);
+        slot.written_at.store(now, Ordering::Release);
         slot.replay.store(replay, Ordering::Release);
     }
 

@@ -19,7 +19,7 @@ const CEILING: Duration = Duration::from_millis(60 * IDLE_MS);
 
 /// `backend PORT`: HTTP/1.0, answers `GET /slow/ITEM` after 600 ms with
 /// `slow ITEM`, then closes. `service PORT BACKEND_PORT`: HTTP/1.1,
-/// `/work/ITEM` answers after 600 ms of work; `/call/ITEM` answers with
+/// the path `work/ITEM` answers after 600 ms of work; `/call/ITEM` answers with
 /// the backend's whole slow answer; `/stream/ITEM` writes its head, then calls
 /// the backend for the body; `/stuck/ITEM` never answers.
 const PROGRAMS: &str = r#"

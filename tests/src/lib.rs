@@ -348,6 +348,25 @@ impl Program {
         self.status
     }
 
+    /// Waits (polling, at most `within`) for the program to exit by itself;
+    /// panics with its output if it does not.
+    #[track_caller]
+    pub fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}\n{}",
+                self.name,
+                self.output_report()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
     /// Stdout and stderr, for failure messages.
     pub fn output_report(&self) -> String {
         format!(

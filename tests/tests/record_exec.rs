@@ -6,7 +6,7 @@
 //! goes on and is recorded as before.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use koala_tests::*;
 
@@ -204,18 +204,7 @@ fn record_around_exec(mode: &str, symbol: &str) -> (Vec<koala_session::Session>,
             assert_bytes(&answer, &response(item), &format!("response {item}"));
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = program.exited() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "exec_server {mode} did not exit\n{}",
-            program.output_report()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = program.wait_for_exit(Duration::from_secs(20));
     assert!(
         status.success(),
         "exec_server {mode}: {status}\n{}",
@@ -440,18 +429,7 @@ fn python_execvp_flushes_once_across_its_path_search() {
         assert_bytes(&answer, &response(item), &format!("response {item}"));
         kept.push(stream);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = program.exited() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "python_server did not exit\n{}",
-            program.output_report()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = program.wait_for_exit(Duration::from_secs(20));
     assert!(status.success(), "{status}\n{}", program.output_report());
     assert_eq!(program.stdout(), "exec-ok python\n");
     let sessions = read_sessions(&record);

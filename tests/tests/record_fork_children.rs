@@ -4,7 +4,7 @@
 //! per child — while a child that does record (a prefork worker) still
 //! writes its sessions and its summary line.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use koala_tests::*;
 
@@ -138,18 +138,7 @@ fn record_run(name: &str, env: &[(&str, &str)]) -> Run {
     let answer = http_exchange(&mut stream, &request("worker"));
     assert_bytes(&answer, &response("worker"), "worker's answer");
     drop(stream);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = program.exited() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fork_server did not exit\n{}",
-            program.output_report()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = program.wait_for_exit(Duration::from_secs(20));
     assert!(
         status.success(),
         "fork_server: {status}\n{}",

@@ -9,9 +9,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::process::ExitStatus;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use koala_tests::replay::koala_bin;
 use koala_tests::*;
@@ -30,21 +28,6 @@ fn koala_record(dir: &TestDir, to: &Path, command: &[&str]) -> Program {
         .args(command)
         .env("TMPDIR", tmp.display())
         .spawn(dir)
-}
-
-fn wait_for_exit(program: &mut Program) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = program.exited() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "koala record did not end\n{}",
-            program.output_report()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A Python HTTP server answering `count` connections (0: until SIGTERM,
@@ -105,7 +88,7 @@ fn the_summary_counts_the_sessions_of_each_file() {
     wait_for_sessions(&record, 2);
     // SAFETY: signalling the child we started.
     unsafe { libc::kill(koala.pid() as i32, libc::SIGTERM) };
-    let status = wait_for_exit(&mut koala);
+    let status = koala.wait_for_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}\n{}", koala.output_report());
     let files = jsonl_files(&record);
     assert_eq!(files.len(), 1, "{}", describe_dir(&record));
@@ -136,7 +119,7 @@ fn an_unusable_record_directory_is_reported() {
     let mut koala = koala_record(&dir, &record, &[&python, "-c", &script]);
     koala.wait_for_port(port);
     exchange(port, "/lost");
-    let status = wait_for_exit(&mut koala);
+    let status = koala.wait_for_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}\n{}", koala.output_report());
 
     let stderr = koala.stderr();
@@ -193,7 +176,7 @@ fn a_static_program_is_named_before_it_starts() {
     compile_c(&source, &["-static"], &program);
     let program = program.display().to_string();
     let mut koala = koala_record(&dir, &dir.join("record"), &[&program]);
-    let status = wait_for_exit(&mut koala);
+    let status = koala.wait_for_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(3), "{}", koala.output_report());
     let blind = "is statically linked: the dynamic loader never runs, so LD_PRELOAD cannot load libkoala.so into it";
     assert_eq!(
@@ -212,7 +195,7 @@ fn nothing_connected_is_said() {
     let dir = TestDir::new("record-nothing");
     let python = python().display().to_string();
     let mut koala = koala_record(&dir, &dir.join("record"), &[&python, "-c", "pass"]);
-    let status = wait_for_exit(&mut koala);
+    let status = koala.wait_for_exit(Duration::from_secs(30));
     assert!(status.success(), "{}", koala.output_report());
     assert_eq!(
         koala.stderr(),
@@ -252,7 +235,7 @@ fn a_directory_the_worker_user_cannot_write_is_reported() {
     let mut koala = koala_record(&dir, &record, &[&python, "-c", &script]);
     koala.wait_for_port(port);
     exchange(port, "/as-nobody");
-    let status = wait_for_exit(&mut koala);
+    let status = koala.wait_for_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}\n{}", koala.output_report());
 
     let stderr = koala.stderr();

@@ -184,8 +184,18 @@ fn open_output() -> io::Result<Output> {
                 // SAFETY: getuid cannot fail.
                 let uid = unsafe { libc::getuid() };
                 let fallback = koala_config::fallback_log_path(settings.tmpdir.as_deref(), uid);
-                let file = open_fallback(&fallback)?;
-                tracing::error!(log = %path.display(), %error, "cannot open the log file; logging here instead");
+                let mut file = open_fallback(&fallback)?;
+                // Written at once, ahead of the lines already queued: an
+                // exit flush may be queued too, and the process gone before
+                // a line queued now would be drained.
+                let line = subscriber::plain_line(
+                    tracing::Level::ERROR,
+                    &format!(
+                        "cannot open the log file; logging here instead log={} error={error}",
+                        path.display()
+                    ),
+                );
+                file.write_line(format!("{}{line}", prefix()).as_bytes());
                 Output::File(file)
             }
         },

@@ -73,6 +73,15 @@ fn format_line(now: SystemTime, level: Level, event: &Event<'_>) -> String {
     line
 }
 
+/// A line for `text`, with no event behind it: for what the log thread
+/// must write itself, before the lines already queued.
+pub(crate) fn plain_line(level: Level, text: &str) -> String {
+    let mut line = String::with_capacity(40 + text.len());
+    write_timestamp(&mut line, SystemTime::now());
+    let _ = writeln!(line, " {level:>5} {text}");
+    line
+}
+
 /// The message first, then the other fields as ` name=value`.
 struct Fields<'a> {
     line: &'a mut String,

@@ -30,26 +30,6 @@ const SERVER: &str = r#"
 
 extern char **environ;
 
-static int answer(int listener, int item) {
-    int fd = accept(listener, NULL, NULL);
-    if (fd < 0) return -1;
-    char request[512];
-    size_t got = 0;
-    while (got < sizeof request - 1) {
-        ssize_t n = read(fd, request + got, sizeof request - 1 - got);
-        if (n <= 0) return -1;
-        got += n;
-        request[got] = 0;
-        if (strstr(request, "\r\n\r\n")) break;
-    }
-    char body[64], response[256];
-    int body_len = snprintf(body, sizeof body, "item %d", item);
-    int len = snprintf(response, sizeof response,
-                       "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", body_len, body);
-    if (write(fd, response, len) != len) return -1;
-    return fd; /* kept open: the session is not over */
-}
-
 /* The next request on a kept connection. */
 static int again(int fd, int item) {
     char request[512];
@@ -66,6 +46,14 @@ static int again(int fd, int item) {
     int len = snprintf(response, sizeof response,
                        "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", body_len, body);
     return write(fd, response, len) == len ? 0 : -1;
+}
+
+/* Accepts a connection and answers its first request; the connection is
+ * kept open: the session is not over. */
+static int answer(int listener, int item) {
+    int fd = accept(listener, NULL, NULL);
+    if (fd < 0) return -1;
+    return again(fd, item) == 0 ? fd : -1;
 }
 
 static char **with_mark(void) {

@@ -1019,6 +1019,8 @@ impl Assembler {
             end: reason,
             inbound,
             calls,
+            random: Vec::new(),
+            random_truncated: false,
         });
     }
 
@@ -1085,6 +1087,8 @@ impl Assembler {
                 },
                 inbound,
                 calls: calls.by_ref().take(part.calls.len()).collect(),
+                random: Vec::new(),
+                random_truncated: false,
             });
         }
         self.keep_spare(open.request.bytes);

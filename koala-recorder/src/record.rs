@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use koala_session::{EndReason, FORMAT_VERSION, Kind};
+use koala_session::{EndReason, FORMAT_VERSION, Kind, Tls};
 
 /// One direction-pair of bytes on one connection.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +35,9 @@ pub struct FinishedExchange {
     pub seq: Option<u32>,
     /// Calls: the dependency closed the connection after this response.
     pub closed: bool,
+    pub tls: Tls,
+    /// Background calls no session could be tied to without guessing.
+    pub unattributed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,9 @@ pub struct FinishedSession {
     pub end: EndReason,
     pub inbound: FinishedExchange,
     pub calls: Vec<FinishedExchange>,
+    /// Random bytes the session's threads drew, in order.
+    pub random: Vec<u8>,
+    pub random_truncated: bool,
 }
 
 /// What every session of a process shares.
@@ -90,6 +96,8 @@ impl FinishedSession {
             conn: e.conn,
             seq: e.seq,
             closed: e.closed,
+            tls: e.tls,
+            unattributed: e.unattributed,
         };
         Session {
             koala: FORMAT_VERSION,
@@ -101,6 +109,8 @@ impl FinishedSession {
             end: Some(self.end),
             inbound: exchange(&self.inbound),
             calls: self.calls.iter().map(exchange).collect(),
+            random: Payload::new(self.random.clone()),
+            random_truncated: self.random_truncated,
         }
     }
 
@@ -134,7 +144,15 @@ impl FinishedSession {
             }
             write_exchange(out, call);
         }
-        out.extend_from_slice(b"]}\n");
+        out.push(b']');
+        if !self.random.is_empty() {
+            out.extend_from_slice(b",\"random\":");
+            write_payload(out, &self.random);
+        }
+        if self.random_truncated {
+            out.extend_from_slice(b",\"random_truncated\":true");
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -244,6 +262,14 @@ fn write_exchange(out: &mut Vec<u8>, exchange: &FinishedExchange) {
     }
     if exchange.closed {
         out.extend_from_slice(b",\"closed\":true");
+    }
+    match exchange.tls {
+        Tls::None => {}
+        Tls::Plaintext => out.extend_from_slice(b",\"tls\":true"),
+        Tls::Ciphertext => out.extend_from_slice(b",\"tls\":\"ciphertext\""),
+    }
+    if exchange.unattributed {
+        out.extend_from_slice(b",\"unattributed\":true");
     }
     out.push(b'}');
 }
@@ -400,7 +426,43 @@ mod tests {
             end: EndReason::NextRequest,
             inbound,
             calls,
+            random: Vec::new(),
+            random_truncated: false,
         }
+    }
+
+    #[test]
+    fn tls_unattributed_and_random_round_trip() {
+        let mut plaintext = exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        plaintext.tls = Tls::Plaintext;
+        let mut ciphertext = exchange(&[0x16, 0x03, 0x01, 0x00, 0x05], b"");
+        ciphertext.tls = Tls::Ciphertext;
+        ciphertext.unattributed = true;
+        let mut background = session(FinishedExchange::default(), vec![plaintext, ciphertext]);
+        background.kind = Kind::Background;
+        round_trip(&background);
+        let mut drew = session(exchange(b"req", b"resp"), vec![]);
+        drew.random = vec![0xff, 0x00, b'a'];
+        drew.random_truncated = true;
+        round_trip(&drew);
+        let mut line = Vec::new();
+        background.write_json_line(&identity(), &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.contains(r#""tls":true}"#), "{line}");
+        assert!(
+            line.contains(r#""tls":"ciphertext","unattributed":true}"#),
+            "{line}"
+        );
+        let mut line = Vec::new();
+        drew.write_json_line(&identity(), &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.ends_with(
+                r#""calls":[],"random":{"base64":"/wBh"},"random_truncated":true}
+"#
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -749,6 +749,7 @@ mod tests {
             end: None,
             inbound: Exchange::default(),
             calls,
+            ..Default::default()
         }
     }
 

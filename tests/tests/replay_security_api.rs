@@ -66,6 +66,7 @@ fn background_line(id: &str, length: usize) -> String {
         end: None,
         inbound: Exchange::default(),
         calls: Vec::new(),
+        ..Default::default()
     };
     let bare = record.to_json_line().len();
     assert!(bare < length, "a bare record is {bare} bytes");
@@ -129,6 +130,7 @@ fn the_api_requires_the_token() {
         end: None,
         inbound: Exchange::default(),
         calls: Vec::new(),
+        ..Default::default()
     };
     session.inbound.request = Payload::new(b"GET / HTTP/1.1\r\n\r\n".to_vec());
     std::fs::write(record.join("p-1.jsonl"), session.to_json_line() + "\n").unwrap();

@@ -42,6 +42,7 @@ fn session(id: &str, kind: Kind) -> Session {
             response: Payload::from("$3\r\nann\r\n"),
             ..Exchange::default()
         }],
+        ..Session::default()
     }
 }
 

@@ -70,7 +70,7 @@ impl Kind {
 }
 
 /// One recorded inbound request with the outbound calls made for it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Format version, [`FORMAT_VERSION`].
     pub koala: u32,
@@ -91,6 +91,15 @@ pub struct Session {
     /// Outbound calls in the order they were made.
     #[serde(default)]
     pub calls: Vec<Exchange>,
+    /// The random bytes the session's threads drew (getrandom, getentropy,
+    /// reads of /dev/urandom), concatenated in the order they were drawn:
+    /// replay hands them back in the same order. Absent when none.
+    #[serde(default, skip_serializing_if = "Payload::is_empty")]
+    pub random: Payload,
+    /// Set when the session drew more than `KOALA_MAX_RANDOM_BYTES`: `random`
+    /// holds the first bytes only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub random_truncated: bool,
 }
 
 /// Bytes sent one way and the bytes that came back, on one TCP connection.
@@ -129,6 +138,62 @@ pub struct Exchange {
     /// call's response: the dependency closed it there.
     #[serde(default, skip_serializing_if = "is_false")]
     pub closed: bool,
+    /// Whether the connection carried TLS, and what was recorded of it.
+    #[serde(default, skip_serializing_if = "Tls::is_none")]
+    pub tls: Tls,
+    /// Calls in a background record: sent by a thread that served no
+    /// session, which could not be tied to one without guessing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unattributed: bool,
+}
+
+/// What an exchange holds of a TLS connection: in JSON, absent (not TLS),
+/// `true` (the application's plaintext, seen at the TLS library) or
+/// `"ciphertext"` (encrypted bytes the library could not see through).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tls {
+    /// Not TLS, as far as the recorder could tell.
+    #[default]
+    None,
+    /// TLS, recorded as plaintext through the TLS library's calls.
+    Plaintext,
+    /// TLS records on the socket: encrypted, cannot be matched or replayed.
+    Ciphertext,
+}
+
+impl Tls {
+    pub fn is_none(&self) -> bool {
+        *self == Tls::None
+    }
+}
+
+impl Serialize for Tls {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Tls::None => serializer.serialize_bool(false),
+            Tls::Plaintext => serializer.serialize_bool(true),
+            Tls::Ciphertext => serializer.serialize_str("ciphertext"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Flag(bool),
+            Word(String),
+        }
+        match Form::deserialize(deserializer)? {
+            Form::Flag(false) => Ok(Tls::None),
+            Form::Flag(true) => Ok(Tls::Plaintext),
+            Form::Word(word) if word == "ciphertext" => Ok(Tls::Ciphertext),
+            Form::Word(word) => Err(serde::de::Error::custom(format!(
+                "tls: expected true, false or \"ciphertext\", found {word:?}"
+            ))),
+        }
+    }
 }
 
 fn is_false(value: &bool) -> bool {

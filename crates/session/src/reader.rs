@@ -145,7 +145,26 @@ mod tests {
                     ..Exchange::default()
                 },
             ],
+            ..Session::default()
         }
+    }
+
+    #[test]
+    fn tls_reads_from_its_three_forms_and_rejects_others() {
+        let with = |tls: &str| {
+            let mut value: serde_json::Value =
+                serde_json::from_str(&sample().to_json_line()).unwrap();
+            value["calls"][1]["tls"] = serde_json::from_str(tls).unwrap();
+            read_session_line(&value.to_string())
+        };
+        assert_eq!(with("true").unwrap().calls[1].tls, crate::Tls::Plaintext);
+        assert_eq!(with("false").unwrap().calls[1].tls, crate::Tls::None);
+        assert_eq!(
+            with("\"ciphertext\"").unwrap().calls[1].tls,
+            crate::Tls::Ciphertext
+        );
+        assert!(with("\"maybe\"").is_err());
+        assert!(!sample().to_json_line().contains("tls"));
     }
 
     #[test]

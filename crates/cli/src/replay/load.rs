@@ -183,6 +183,7 @@ pub(crate) mod tests {
                 ..Exchange::default()
             },
             calls: Vec::new(),
+            ..Session::default()
         }
     }
 

@@ -124,6 +124,43 @@ impl std::str::FromStr for ChildSummary {
     }
 }
 
+/// What a replayed session's threads see of `CLOCK_REALTIME`
+/// (`KOALA_REPLAY_TIME`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplayTime {
+    /// The real clock: nothing is hooked.
+    Real,
+    /// Shifted: the session starts at its recorded instant and time goes on
+    /// at the real rate (timeouts and durations still tick). The default.
+    #[default]
+    Shifted,
+    /// Frozen at the recorded instant for the whole session.
+    Frozen,
+}
+
+impl ReplayTime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayTime::Real => "real",
+            ReplayTime::Shifted => "shifted",
+            ReplayTime::Frozen => "frozen",
+        }
+    }
+}
+
+impl std::str::FromStr for ReplayTime {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "real" => Ok(ReplayTime::Real),
+            "shifted" => Ok(ReplayTime::Shifted),
+            "frozen" => Ok(ReplayTime::Frozen),
+            _ => Err("expected real, shifted or frozen".into()),
+        }
+    }
+}
+
 /// An outbound address the replayer must not redirect. `None` parts match anything.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bypass {
@@ -173,6 +210,10 @@ pub struct Config {
     /// Replay: the recording's redaction key file (`KOALA_REDACT_KEY_FILE`),
     /// to redact what the service sends the way the recording was.
     pub redact_key_file: Option<PathBuf>,
+    /// Replay: the clock a replayed session's threads see.
+    pub replay_time: ReplayTime,
+    /// Record: random bytes kept per session; beyond, cut and counted.
+    pub max_random_bytes: usize,
 }
 
 /// A value never shown: `Debug` prints `<secret>`, so a logged `Config`
@@ -336,6 +377,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "(unset: requests are matched unredacted)",
         "replay: the recording's redaction key file; koala replay sets it to <sessions>/.koala-redact-key",
     ),
+    (
+        "KOALA_REPLAY_TIME",
+        "shifted",
+        "replay: the clock of a replayed session's threads: shifted (its recorded start, ticking), frozen or real",
+    ),
+    (
+        "KOALA_MAX_RANDOM_BYTES",
+        "65536",
+        "record: random bytes kept per session (getrandom, getentropy, /dev/urandom); beyond, cut and counted",
+    ),
 ];
 
 impl Config {
@@ -430,6 +481,8 @@ impl Config {
             redact_key_file: lookup("KOALA_REDACT_KEY_FILE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            replay_time: parser.parse("KOALA_REPLAY_TIME", ReplayTime::default(), str::parse),
+            max_random_bytes: parser.parse("KOALA_MAX_RANDOM_BYTES", 65536, parse_positive),
             record_to,
         };
         (config, parser.errors)
@@ -932,5 +985,49 @@ mod docs_tests {
                 documented[*name]
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod determinism_tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> (Config, Vec<ConfigError>) {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn replay_time_and_random_bounds() {
+        let (config, errors) = parse(&[]);
+        assert_eq!(config.replay_time, ReplayTime::Shifted);
+        assert_eq!(config.max_random_bytes, 65536);
+        assert!(errors.is_empty());
+        for (value, expected) in [
+            ("real", ReplayTime::Real),
+            ("FROZEN", ReplayTime::Frozen),
+            ("shifted", ReplayTime::Shifted),
+        ] {
+            assert_eq!(
+                parse(&[("KOALA_REPLAY_TIME", value)]).0.replay_time,
+                expected
+            );
+        }
+        let (config, errors) = parse(&[
+            ("KOALA_REPLAY_TIME", "later"),
+            ("KOALA_MAX_RANDOM_BYTES", "0"),
+        ]);
+        assert_eq!(config.replay_time, ReplayTime::Shifted);
+        assert_eq!(config.max_random_bytes, 65536);
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "KOALA_REPLAY_TIME=\"later\" ignored: expected real, shifted or frozen",
+                "KOALA_MAX_RANDOM_BYTES=\"0\" ignored: must be greater than 0"
+            ]
+        );
     }
 }

@@ -22,6 +22,8 @@ pub mod memcached;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+/// TLS recognised on the wire (not a catalogued protocol).
+pub mod tls;
 
 mod exchange;
 mod normalized;

@@ -393,6 +393,9 @@ fn apply_hint(hint: koala_hints::Hint) {
     tracing::debug!(?hint, tid, "helper hint");
     match hint {
         koala_hints::Hint::Delegate { virtual_id } => {
+            // A service instrumented by hand: its hints win over the
+            // automatic context helpers from now on.
+            HAND_HINTS.store(true, Ordering::Relaxed);
             if let Some(recorder) = recorder() {
                 recorder.delegate(tid, virtual_id);
             }
@@ -409,6 +412,35 @@ fn apply_hint(hint: koala_hints::Hint) {
             }
         }
     }
+}
+
+/// Set once the service sent a `set-delegated-from-thread-id` hint of its
+/// own: [`set_context`] then steps aside, so hand-written hints are never
+/// overridden by the automatic helpers.
+static HAND_HINTS: AtomicBool = AtomicBool::new(false);
+
+/// The helpers' in-process channel (`koala_context_set`): the calling
+/// thread now works for virtual thread `virtual_id`, as with a delegate
+/// hint, without the datagram. 0: applied; 1: ignored (the service's own
+/// hints take precedence); -1: the library is not active.
+pub fn set_context(virtual_id: u64) -> i32 {
+    if !is_active() {
+        return -1;
+    }
+    if HAND_HINTS.load(Ordering::Relaxed) {
+        return 1;
+    }
+    let Some(_busy) = Busy::enter() else { return 1 };
+    contain("context", || {
+        let tid = thread::current_tid();
+        if let Some(recorder) = recorder() {
+            recorder.delegate(tid, virtual_id);
+        }
+        if let Some(replayer) = replayer() {
+            replayer.delegate(virtual_id);
+        }
+    });
+    0
 }
 
 /// Logs the first bad hints, then one in a thousand: a service sending

@@ -1,5 +1,7 @@
 //! The exported libc entry points, grouped by what they do.
 
+/// The helpers' in-process channel (`koala_context_set`).
+mod context;
 // RTLD_DEEPBIND: the trampolines are written for these ABIs.
 #[cfg(all(
     target_env = "gnu",

@@ -165,6 +165,18 @@ pub fn current(tid: u32) -> u64 {
     }
 }
 
+/// The replay the calling thread works for, for the clock and random hooks:
+/// like [`current`] but never claims a request (0: none known).
+pub fn current_replay() -> u64 {
+    let delegated = DELEGATED.with(Cell::get);
+    if delegated == 0 {
+        return CURRENT.with(Cell::get);
+    }
+    let guard = virtual_threads();
+    let bound = guard.as_ref().and_then(|state| state.bound.get(&delegated));
+    bound.map_or(0, |&replay| replay & !TENTATIVE)
+}
+
 /// Helper hint `set-delegated-from-thread-id`: the calling thread works for
 /// virtual thread `virtual_id` (0: for itself again).
 pub fn delegate(virtual_id: u64) {

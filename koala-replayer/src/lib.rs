@@ -12,6 +12,7 @@
 //!   looks like is the protocol catalogue's (`koala_protocols`).
 
 pub mod attribution;
+pub mod determinism;
 pub mod http;
 pub mod inbound;
 pub mod matching;

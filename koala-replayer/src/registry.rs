@@ -161,6 +161,12 @@ impl Registry {
     /// Registers a session about to be replayed.
     pub fn begin(&self, session: Session) -> Arc<Replay> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Its threads see the session's recorded clock and random bytes.
+        crate::determinism::begin(
+            id,
+            session.inbound.request_ns,
+            session.random.as_bytes().to_vec(),
+        );
         let units = units::expand(&session.calls);
         let exchanges: Vec<Exchange> = units.iter().map(|u| u.exchange.clone()).collect();
         let replay = Arc::new(Replay {
@@ -177,6 +183,7 @@ impl Registry {
 
     /// The replay is over: requests still tagged with it get background answers.
     pub fn end(&self, replay: &Replay) {
+        crate::determinism::end(replay.id);
         lock(&self.active).remove(&replay.id);
         self.counters
             .sessions_replayed

@@ -98,6 +98,8 @@ impl Replayer {
             replayer.refusing.store(true, Ordering::Relaxed);
             Box::leak(Box::new(replayer))
         };
+        // Before the host runs: the clock slots are shared with forked workers.
+        crate::determinism::init(config.replay_time);
         let tables = match SharedTables::create() {
             Ok(tables) => tables,
             Err(error) => {
@@ -213,6 +215,10 @@ impl Replayer {
         let Some(tables) = &self.tables else { return };
         let replay = attribution::replay_of(fd, |port| tables.inbound(port));
         attribution::inbound_io(replay, wrote, tid);
+        if replay != 0 && !wrote {
+            // The replayed session's clock starts where it started when recorded.
+            crate::determinism::request_read(replay, koala_runtime::clock::now_ns());
+        }
     }
 
     /// Before the service sends on outbound `fd`: tell the outbound server

@@ -33,6 +33,12 @@ pub enum FdKind {
     Hint = 7,
     /// Opened by one of the library's own threads.
     Library = 8,
+    /// An inbound connection whose bytes go through the host's TLS library:
+    /// its plaintext is recorded by the TLS hooks, so the socket hooks pass
+    /// its ciphertext through unrecorded.
+    InboundTls = 9,
+    /// An outbound connection carrying TLS, as [`FdKind::InboundTls`].
+    OutboundTls = 10,
 }
 
 impl FdKind {
@@ -46,13 +52,37 @@ impl FdKind {
             6 => FdKind::Udp,
             7 => FdKind::Hint,
             8 => FdKind::Library,
+            9 => FdKind::InboundTls,
+            10 => FdKind::OutboundTls,
             _ => FdKind::Unknown,
         }
     }
 
-    /// A TCP connection whose bytes are observed.
+    /// A TCP connection whose bytes are observed (through the socket
+    /// hooks, or for TLS connections through the TLS hooks).
     pub fn is_connection(self) -> bool {
-        matches!(self, FdKind::Inbound | FdKind::Outbound)
+        matches!(
+            self,
+            FdKind::Inbound | FdKind::Outbound | FdKind::InboundTls | FdKind::OutboundTls
+        )
+    }
+
+    /// The same connection, its bytes going through the TLS library.
+    pub fn with_tls(self) -> FdKind {
+        match self {
+            FdKind::Inbound => FdKind::InboundTls,
+            FdKind::Outbound => FdKind::OutboundTls,
+            other => other,
+        }
+    }
+
+    /// The direction of a connection, TLS or not.
+    pub fn without_tls(self) -> FdKind {
+        match self {
+            FdKind::InboundTls => FdKind::Inbound,
+            FdKind::OutboundTls => FdKind::Outbound,
+            other => other,
+        }
     }
 }
 
@@ -184,6 +214,17 @@ mod tests {
         assert_eq!(get(fd), FdKind::Inbound);
         assert_eq!(get(-3), FdKind::Unknown);
         assert_eq!(get_or_classify(MAX_TRACKED_FD as i32), FdKind::NotSocket);
+    }
+
+    #[test]
+    fn tls_kinds_round_trip_and_stay_connections() {
+        for kind in [FdKind::InboundTls, FdKind::OutboundTls] {
+            assert_eq!(FdKind::from_u8(kind as u8), kind);
+            assert!(kind.is_connection());
+        }
+        assert_eq!(FdKind::Inbound.with_tls(), FdKind::InboundTls);
+        assert_eq!(FdKind::OutboundTls.without_tls(), FdKind::Outbound);
+        assert_eq!(FdKind::NotSocket.with_tls(), FdKind::NotSocket);
     }
 
     #[test]

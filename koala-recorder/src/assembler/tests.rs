@@ -1280,3 +1280,22 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
     a.forget_reported(&reported);
     assert_eq!(a.stats().empty_sessions, 1);
 }
+
+/// At exit, a virtual thread that never wrote to a client (the start-up
+/// work of an event loop under the automatic context helper) has its calls
+/// written in the background record, not lost.
+#[test]
+fn at_exit_a_virtual_thread_without_a_client_goes_to_the_background_record() {
+    const LOOP: u32 = 10;
+    let mut a = assembler();
+    connect(&mut a, 8, LOOP, 40001, 6379, 1);
+    a.delegate(LOOP, 1 << 48);
+    a.sent(8, LOOP, b"PING", 2);
+    a.received(8, LOOP, b"+PONG", 3);
+    a.close_all(EndReason::Exit);
+    let finished = a.take_finished();
+    assert_eq!(finished.len(), 1);
+    assert!(finished[0].is_background());
+    assert_eq!(calls(&finished[0]), [("PING", "+PONG")]);
+    assert_eq!(a.stats().sessions_without_inbound, 1);
+}

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use koala_protocols::Completeness;
-use koala_session::{EndReason, Kind};
+use koala_session::{EndReason, Kind, Tls};
 
 use crate::record::{FinishedExchange, FinishedSession};
 use pipelining::WriteTimes;
@@ -100,6 +100,9 @@ pub struct Stats {
     /// and they made no calls: readiness probes (connect and send a
     /// newline, or connect to a service that speaks first, and close).
     pub empty_sessions: u64,
+    /// Exchanges written with `"tls": "ciphertext"`: TLS the library could
+    /// not see into (a static or non-OpenSSL TLS library), not replayable.
+    pub ciphertext_exchanges: u64,
 }
 
 impl Stats {
@@ -124,6 +127,9 @@ impl Stats {
                 .truncated_payloads
                 .saturating_sub(reported.truncated_payloads),
             empty_sessions: self.empty_sessions.saturating_sub(reported.empty_sessions),
+            ciphertext_exchanges: self
+                .ciphertext_exchanges
+                .saturating_sub(reported.ciphertext_exchanges),
         }
     }
 }
@@ -187,6 +193,19 @@ impl Bytes<'_> {
     fn len(&self) -> usize {
         self.0.iter().map(|part| part.len()).sum()
     }
+
+    /// Whether these bytes start with a TLS record (the first bytes of an
+    /// exchange on a connection whose TLS the library cannot see).
+    fn look_like_tls(&self) -> bool {
+        let mut head = [0u8; 6];
+        let mut filled = 0;
+        for part in self.0 {
+            let take = (head.len() - filled).min(part.len());
+            head[filled..filled + take].copy_from_slice(&part[..take]);
+            filled += take;
+        }
+        koala_protocols::tls::looks_like_tls(&head[..filled])
+    }
 }
 
 impl Buf {
@@ -242,6 +261,9 @@ struct Conn {
     opened_in: Option<SessionKey>,
     /// Outbound: the position the next call on this connection gets.
     next_seq: u32,
+    /// Plaintext seen through the TLS hooks, or TLS records seen on the
+    /// socket; exchanges started on the connection carry it.
+    tls: Tls,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -264,6 +286,7 @@ struct CallRecord {
     seq: u32,
     /// The service read end-of-file after this call's response.
     closed: bool,
+    tls: Tls,
     request: Buf,
     response: Buf,
 }
@@ -290,6 +313,7 @@ struct InboundSide {
     conn: ConnId,
     local: Arc<str>,
     peer: Arc<str>,
+    tls: Tls,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -422,6 +446,7 @@ impl Assembler {
                 call: CallRef::Fresh,
                 opened_in,
                 next_seq: 0,
+                tls: Tls::None,
             },
         );
         if self.fd_conns.len() <= index {
@@ -510,6 +535,26 @@ impl Assembler {
         }
     }
 
+    /// The service moves `fd`'s bytes through its TLS library, whose hooks
+    /// hand over the plaintext: exchanges started from now on are marked
+    /// `"tls": true` (those before, an SSLRequest say, were in clear).
+    pub fn tls_plaintext(&mut self, fd: i32) {
+        if let Some(conn) = self.conn_id(fd).and_then(|id| self.conns.get_mut(&id)) {
+            conn.tls = Tls::Plaintext;
+        }
+    }
+
+    /// The first bytes of an exchange on `conn_id`: a TLS record there means
+    /// encryption the library cannot see into (`"tls": "ciphertext"`).
+    fn sniff_tls(&mut self, conn_id: ConnId, data: Bytes<'_>) {
+        if let Some(conn) = self.conns.get_mut(&conn_id)
+            && conn.tls == Tls::None
+            && data.look_like_tls()
+        {
+            conn.tls = Tls::Ciphertext;
+        }
+    }
+
     fn conn_id(&self, fd: i32) -> Option<ConnId> {
         let index = usize::try_from(fd).ok()?;
         self.fd_conns.get(index).copied().filter(|&id| id != 0)
@@ -551,10 +596,14 @@ impl Assembler {
             // session, unless the request read so far is not complete yet.
             Some(s) if !self.sessions[&s].response.is_empty() && !self.request_continues(s) => {
                 self.finish(s, EndReason::NextRequest);
+                self.sniff_tls(conn_id, data);
                 self.start_inbound_session(conn_id, tid, now_ns)
             }
             Some(s) => s,
-            None => self.start_inbound_session(conn_id, tid, now_ns),
+            None => {
+                self.sniff_tls(conn_id, data);
+                self.start_inbound_session(conn_id, tid, now_ns)
+            }
         };
         self.append_inbound(session, tid, data, now_ns, Side::Read);
     }
@@ -563,7 +612,10 @@ impl Assembler {
         // Bytes written before any request: the service speaks first.
         let session = match self.inbound_session(conn_id) {
             Some(s) => s,
-            None => self.start_inbound_session(conn_id, tid, now_ns),
+            None => {
+                self.sniff_tls(conn_id, data);
+                self.start_inbound_session(conn_id, tid, now_ns)
+            }
         };
         self.append_inbound(session, tid, data, now_ns, Side::Write);
     }
@@ -650,6 +702,7 @@ impl Assembler {
             }
             CallRef::OverLimit { answered: false } => {}
             _ => {
+                self.sniff_tls(conn_id, data);
                 let call_ref = match self.new_call(conn_id, session, tid, now_ns) {
                     Some(call_id) => {
                         let call = self.calls.get_mut(&call_id).expect("just stored");
@@ -693,6 +746,7 @@ impl Assembler {
     /// connection, or in the background record if it was opened outside
     /// any session (or that session is over).
     fn greeting_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        self.sniff_tls(conn_id, data);
         let opened_in = self.conns[&conn_id]
             .opened_in
             .filter(|s| self.sessions.contains_key(s));
@@ -740,6 +794,7 @@ impl Assembler {
             conn: conn_id,
             seq,
             closed: false,
+            tls: conn.tls,
             request: Buf::default(),
             response: Buf::default(),
         };
@@ -793,6 +848,7 @@ impl Assembler {
             conn: conn_id,
             local: conn.local.clone(),
             peer: conn.peer.clone(),
+            tls: conn.tls,
         };
         self.sessions
             .insert(key, OpenSession::new(tid, Some(inbound), now_ns));
@@ -940,11 +996,6 @@ impl Assembler {
         for key in keys {
             self.finish(key, reason);
         }
-        // A virtual thread that never wrote to a client, finished above,
-        // may have moved its calls into a background record started then.
-        if let Some(key) = self.background {
-            self.finish(key, reason);
-        }
     }
 
     fn finish(&mut self, key: SessionKey, reason: EndReason) {
@@ -975,6 +1026,7 @@ impl Assembler {
                 conn: Some(c.conn),
                 seq: Some(c.seq),
                 closed: c.closed,
+                tls: c.tls,
                 ..exchange(c.local, c.peer, c.request, c.response)
             })
             .collect();
@@ -1007,7 +1059,10 @@ impl Assembler {
         let (kind, inbound) = match open.inbound {
             Some(side) => (
                 Kind::Session,
-                exchange(side.local, side.peer, open.request, open.response),
+                FinishedExchange {
+                    tls: side.tls,
+                    ..exchange(side.local, side.peer, open.request, open.response)
+                },
             ),
             None if calls.is_empty() => return,
             None => {
@@ -1016,6 +1071,7 @@ impl Assembler {
             }
         };
         self.sessions_written += 1;
+        self.stats.ciphertext_exchanges += ciphertext_in(&inbound, &calls);
         self.finished.push(FinishedSession {
             kind,
             seq: self.sessions_written,
@@ -1077,9 +1133,12 @@ impl Assembler {
                 // Read together: the time of the first request byte.
                 request_ns: open.request.first_ns,
                 response_ns: part.response_ns.unwrap_or(open.response.first_ns),
+                tls: side.tls,
                 ..FinishedExchange::default()
             };
+            let calls: Vec<FinishedExchange> = calls.by_ref().take(part.calls.len()).collect();
             self.sessions_written += 1;
+            self.stats.ciphertext_exchanges += ciphertext_in(&inbound, &calls);
             self.finished.push(FinishedSession {
                 kind: Kind::Session,
                 seq: self.sessions_written,
@@ -1091,7 +1150,7 @@ impl Assembler {
                     EndReason::NextRequest
                 },
                 inbound,
-                calls: calls.by_ref().take(part.calls.len()).collect(),
+                calls,
                 random: Vec::new(),
                 random_truncated: false,
             });
@@ -1143,6 +1202,14 @@ impl OpenSession {
             touched_since_fork: true,
         }
     }
+}
+
+/// How many of a session's exchanges hold TLS the library could not see into.
+fn ciphertext_in(inbound: &FinishedExchange, calls: &[FinishedExchange]) -> u64 {
+    std::iter::once(inbound)
+        .chain(calls)
+        .filter(|e| e.tls == Tls::Ciphertext)
+        .count() as u64
 }
 
 /// An empty or whitespace-only request (never a cut one).

@@ -343,6 +343,12 @@ impl Recorder {
         self.with_assembler(true, |a| a.sent_parts(fd, tid, data, now_ns));
     }
 
+    /// `fd`'s bytes go through the host's TLS library, whose hooks hand
+    /// over the plaintext: its exchanges from now on are `"tls": true`.
+    pub fn tls_plaintext(&'static self, fd: i32) {
+        self.with_assembler(false, |a| a.tls_plaintext(fd));
+    }
+
     /// A read on `fd` returned end-of-file.
     pub fn peer_closed(&'static self, fd: i32, now_ns: u64) {
         self.with_assembler(false, |a| a.peer_closed(fd, now_ns));
@@ -516,6 +522,7 @@ impl Recorder {
             calls_over_limit = stats.calls_over_limit,
             truncated_payloads = stats.truncated_payloads,
             empty_sessions = stats.empty_sessions,
+            ciphertext_exchanges = stats.ciphertext_exchanges,
             file = %self.current_session_file().display(),
             "koala recording summary"
         );

@@ -1243,6 +1243,7 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
         calls_over_limit: 2,
         truncated_payloads: 1,
         empty_sessions: 7,
+        ciphertext_exchanges: 2,
     };
     let reported = Stats {
         background_records: 2,
@@ -1252,6 +1253,7 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
         calls_over_limit: 0,
         truncated_payloads: 1,
         empty_sessions: 6,
+        ciphertext_exchanges: 3,
     };
     assert_eq!(
         now.minus(&reported),
@@ -1263,6 +1265,7 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
             calls_over_limit: 2,
             truncated_payloads: 0,
             empty_sessions: 1,
+            ciphertext_exchanges: 0,
         }
     );
     let mut a = assembler();
@@ -1279,6 +1282,61 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
     a.forget_fd(5);
     a.forget_reported(&reported);
     assert_eq!(a.stats().empty_sessions, 1);
+}
+
+// ---- TLS (issue 12) ----------------------------------------------------------
+
+#[test]
+fn exchanges_after_the_tls_hooks_took_a_connection_are_plaintext_tls() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.tls_plaintext(5);
+    a.received(5, 10, b"GET /a HTTP/1.1\r\n\r\n", 2);
+    connect(&mut a, 7, 10, 40000, 5432, 3);
+    // A PostgreSQL SSLRequest is answered in clear before the handshake.
+    a.sent(7, 10, &[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f], 4);
+    a.received(7, 10, b"S", 5);
+    a.tls_plaintext(7);
+    a.sent(7, 10, b"Q\0\0\0\x0dSELECT 1\0", 6);
+    a.received(7, 10, b"C", 7);
+    a.sent(5, 10, b"HTTP/1.1 200 OK\r\n\r\n", 8);
+    a.forget_fd(5);
+    let sessions = a.take_finished();
+    assert_eq!(sessions.len(), 1);
+    let s = &sessions[0];
+    assert_eq!(s.inbound.tls, Tls::Plaintext);
+    let tls: Vec<Tls> = s.calls.iter().map(|c| c.tls).collect();
+    assert_eq!(tls, [Tls::None, Tls::Plaintext]);
+    assert_eq!(a.stats().ciphertext_exchanges, 0);
+}
+
+#[test]
+fn tls_records_on_the_socket_mark_ciphertext_and_are_counted() {
+    let hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    let server_hello: &[u8] = &[0x16, 0x03, 0x03, 0x00, 0x7a, 0x02, 0x00];
+    let mut a = assembler();
+    accept(&mut a, 5, 5000, 1);
+    a.received(5, 10, b"GET /a HTTP/1.1\r\n\r\n", 2);
+    connect(&mut a, 7, 10, 40000, 443, 3);
+    a.sent(7, 10, hello, 4);
+    a.received(7, 10, server_hello, 5);
+    connect(&mut a, 8, 10, 40001, 6379, 6);
+    a.sent(8, 10, b"*1\r\n$4\r\nPING\r\n", 7);
+    a.received(8, 10, b"+PONG\r\n", 8);
+    a.sent(5, 10, b"HTTP/1.1 200 OK\r\n\r\n", 9);
+    // An inbound client speaking TLS the service's library hides from us.
+    accept(&mut a, 6, 5001, 10);
+    a.received(6, 11, hello, 11);
+    a.sent(6, 11, server_hello, 12);
+    a.forget_fd(5);
+    a.forget_fd(6);
+    let sessions = a.take_finished();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].inbound.tls, Tls::None);
+    let tls: Vec<Tls> = sessions[0].calls.iter().map(|c| c.tls).collect();
+    assert_eq!(tls, [Tls::Ciphertext, Tls::None]);
+    assert_eq!(sessions[1].inbound.tls, Tls::Ciphertext);
+    assert_eq!(a.stats().ciphertext_exchanges, 2);
 }
 
 /// At exit, a virtual thread that never wrote to a client (the start-up

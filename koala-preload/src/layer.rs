@@ -699,3 +699,36 @@ pub fn after_fork(state: ForkState, pid: libc::pid_t) {
         }
     });
 }
+
+// ---- the session's clock and randomness ---------------------------------------
+
+/// What the calling thread sees of CLOCK_REALTIME when the real clock says
+/// `real_ns`: its replayed session's clock, or `None` (the real one) for
+/// the library's threads, threads working for no replay in flight, and
+/// calls the library's bookkeeping makes.
+pub fn session_realtime(real_ns: i64) -> Option<i64> {
+    let _busy = Busy::enter()?;
+    replayer()?;
+    let replay = koala_replayer::attribution::current_replay();
+    if replay == 0 || real_ns < 0 {
+        return None;
+    }
+    koala_replayer::determinism::realtime(replay, real_ns as u64).map(|ns| ns as i64)
+}
+
+/// A host thread drew random bytes (already in `drawn`): in replay, a
+/// replayed session's threads get its recorded bytes back instead, as far
+/// as they go; when recording, the bytes the service got are kept in the
+/// thread's session.
+pub fn random_drawn(drawn: &mut [u8]) {
+    let Some(_busy) = Busy::enter() else { return };
+    contain("random", || {
+        if let Some(_replayer) = replayer() {
+            let replay = koala_replayer::attribution::current_replay();
+            koala_replayer::determinism::draw(replay, drawn);
+        }
+        if let Some(recorder) = recorder() {
+            recorder.random_drawn(thread::current_tid(), drawn);
+        }
+    });
+}

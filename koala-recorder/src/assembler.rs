@@ -307,6 +307,9 @@ struct OpenSession {
     /// Copied into a forked child: only written by the child if it adds bytes.
     inherited: bool,
     touched_since_fork: bool,
+    /// Random bytes the session's threads drew, up to the bound.
+    random: Vec<u8>,
+    random_truncated: bool,
 }
 
 struct InboundSide {
@@ -913,6 +916,30 @@ impl Assembler {
         }
     }
 
+    /// `tid` drew `bytes` of randomness (getrandom, /dev/urandom...): kept in
+    /// its current session, up to `max` bytes per session, for replay to
+    /// hand back. Returns how many bytes were cut (0 outside a session: the
+    /// draws of threads serving no request are not kept).
+    pub fn random_drawn(&mut self, tid: u32, bytes: &[u8], max: usize) -> u64 {
+        let Some(key) = self.session_of_sender(tid, 0, false) else {
+            return 0;
+        };
+        let Some(open) = self.sessions.get_mut(&key) else {
+            return 0;
+        };
+        if open.inbound.is_none() {
+            return 0;
+        }
+        let room = max.saturating_sub(open.random.len());
+        let kept = bytes.len().min(room);
+        open.random.extend_from_slice(&bytes[..kept]);
+        let cut = bytes.len() - kept;
+        if cut > 0 {
+            open.random_truncated = true;
+        }
+        cut as u64
+    }
+
     /// Helper hint `set-delegated-from-thread-id`: from now on `tid` works
     /// for virtual thread `virtual_id` (0: for itself again).
     pub fn delegate(&mut self, tid: u32, virtual_id: u64) {
@@ -1080,8 +1107,8 @@ impl Assembler {
             end: reason,
             inbound,
             calls,
-            random: Vec::new(),
-            random_truncated: false,
+            random: open.random,
+            random_truncated: open.random_truncated,
         });
     }
 
@@ -1122,6 +1149,7 @@ impl Assembler {
         let side = open.inbound.as_ref().expect("caller checked");
         let last = parts.len() - 1;
         let mut calls = calls.into_iter();
+        let mut random = open.random.clone();
         for (index, part) in parts.into_iter().enumerate() {
             let request = self.copy_of(&open.request.bytes[part.request]);
             let response = self.copy_of(&open.response.bytes[part.response]);
@@ -1151,8 +1179,13 @@ impl Assembler {
                 },
                 inbound,
                 calls,
-                random: Vec::new(),
-                random_truncated: false,
+                // Draws cannot be told apart per request: the last one's.
+                random: if index == last {
+                    std::mem::take(&mut random)
+                } else {
+                    Vec::new()
+                },
+                random_truncated: index == last && open.random_truncated,
             });
         }
         self.keep_spare(open.request.bytes);
@@ -1200,6 +1233,8 @@ impl OpenSession {
             last_write_ns: 0,
             inherited: false,
             touched_since_fork: true,
+            random: Vec::new(),
+            random_truncated: false,
         }
     }
 }
@@ -1240,3 +1275,40 @@ fn exchange(local: Arc<str>, peer: Arc<str>, request: Buf, response: Buf) -> Fin
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod random_tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn finished(a: &mut Assembler) -> Vec<FinishedSession> {
+        let mut out = Vec::new();
+        a.drain_finished(|s| out.push(s));
+        out
+    }
+
+    #[test]
+    fn a_session_keeps_its_threads_draws_in_order_up_to_the_bound() {
+        let limits = Limits {
+            max_payload_bytes: 1 << 20,
+            max_calls_per_session: 100,
+            idle_ns: 1_000_000_000,
+        };
+        let mut a = Assembler::new(1, limits);
+        a.open_connection(5, Direction::Inbound, addr(80), addr(5000), 10, 1);
+        assert_eq!(a.random_drawn(10, b"before", 8), 0, "no session yet: not kept");
+        a.received_parts(5, 10, Bytes(&[b"GET / HTTP/1.1\r\n\r\n"]), 2);
+        assert_eq!(a.random_drawn(10, b"abcd", 6), 0);
+        assert_eq!(a.random_drawn(11, b"other", 6), 0, "another thread's: not kept");
+        assert_eq!(a.random_drawn(10, b"efgh", 6), 2, "cut at the bound, counted");
+        a.sent_parts(5, 10, Bytes(&[b"HTTP/1.1 204 No Content\r\n\r\n"]), 3);
+        a.forget_fd(5);
+        let sessions = finished(&mut a);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].random, b"abcdef");
+        assert!(sessions[0].random_truncated);
+    }
+}

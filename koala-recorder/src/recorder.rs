@@ -34,6 +34,8 @@ pub struct Counters {
     /// The session file was reopened: the host closed its fd, or it was
     /// deleted (with its directory, say).
     pub file_reopened: AtomicU64,
+    /// Random bytes drawn by sessions beyond `KOALA_MAX_RANDOM_BYTES`.
+    pub random_bytes_cut: AtomicU64,
     drops_reported: AtomicU64,
 }
 
@@ -81,6 +83,8 @@ pub struct Recorder {
     child_summary: ChildSummary,
     /// What the writer redacts (`KOALA_REDACT`); `None`: nothing.
     pub(crate) redact: Option<koala_redact::Rules>,
+    /// Random bytes kept per session (`KOALA_MAX_RANDOM_BYTES`).
+    max_random_bytes: usize,
 }
 
 /// The counts a summary line reports.
@@ -168,6 +172,7 @@ impl Recorder {
             parent_recorded: AtomicBool::new(false),
             child_summary: config.child_summary,
             redact: config.redact.clone(),
+            max_random_bytes: config.max_random_bytes,
         }))
     }
 
@@ -354,6 +359,19 @@ impl Recorder {
         self.with_assembler(false, |a| a.peer_closed(fd, now_ns));
     }
 
+    /// `tid` drew random bytes: kept in its session for replay, bounded.
+    pub fn random_drawn(&'static self, tid: u32, bytes: &[u8]) {
+        let mut cut = 0;
+        self.with_assembler(false, |a| {
+            cut = a.random_drawn(tid, bytes, self.max_random_bytes)
+        });
+        if cut > 0 {
+            self.counters
+                .random_bytes_cut
+                .fetch_add(cut, Ordering::Relaxed);
+        }
+    }
+
     pub fn delegate(&'static self, tid: u32, virtual_id: u64) {
         self.with_assembler(false, |a| a.delegate(tid, virtual_id));
     }
@@ -523,6 +541,7 @@ impl Recorder {
             truncated_payloads = stats.truncated_payloads,
             empty_sessions = stats.empty_sessions,
             ciphertext_exchanges = stats.ciphertext_exchanges,
+            random_bytes_cut = self.counters.random_bytes_cut.load(Ordering::Relaxed),
             file = %self.current_session_file().display(),
             "koala recording summary"
         );

@@ -8,6 +8,7 @@ mod context;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod dl;
+mod determinism;
 mod fd;
 mod io;
 mod process;

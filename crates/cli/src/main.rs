@@ -1,6 +1,7 @@
 //! `koala`: the command-line side of koala.
 
 mod env;
+mod helpers;
 mod library;
 mod record;
 mod replay;

@@ -32,14 +32,16 @@ pub fn run(dir: &Path, lib: Option<&Path>, command: &[String]) -> Result<ExitCod
     }
     let logs = log_places(dir);
     let before = Lengths::take(dir, &logs);
-    let status = run_forwarding_signals(
-        Command::new(program)
-            .args(args)
-            .env("LD_PRELOAD", crate::library::preload(&lib))
-            .env("KOALA_MODE", "record")
-            .env("KOALA_RECORD_TO", dir),
-    )
-    .map_err(|error| format!("cannot run {program}: {error}"))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("LD_PRELOAD", crate::library::preload(&lib))
+        .env("KOALA_MODE", "record")
+        .env("KOALA_RECORD_TO", dir);
+    // The automatic request context for asyncio and Node services.
+    crate::helpers::load_into(&mut command);
+    let status = run_forwarding_signals(&mut command)
+        .map_err(|error| format!("cannot run {program}: {error}"))?;
     // Looked for again: a worker that switched user made its fallback
     // directory during the run.
     let logs = log_places(dir);

@@ -160,6 +160,12 @@ impl Service {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .envs(env.iter().map(|(name, value)| (name, value)))
+            // The automatic request context, as `koala record` loads it.
+            .envs(
+                crate::helpers::locate()
+                    .map(|dir| crate::helpers::environment(&dir))
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -221,6 +221,12 @@ impl Replayer {
         }
     }
 
+    /// The replay inbound connection `fd` carries (0: none).
+    pub fn replay_of_inbound(&self, fd: i32) -> u64 {
+        let Some(tables) = &self.tables else { return 0 };
+        attribution::replay_of(fd, |port| tables.inbound(port))
+    }
+
     /// Before the service sends on outbound `fd`: tell the outbound server
     /// which replay the bytes belong to.
     pub fn before_send(&self, fd: i32, tid: u32) {
@@ -301,6 +307,12 @@ impl Replayer {
             tables.clear_outbound(port);
         }
         attribution::forget(fd);
+    }
+
+    /// Whether `fd` was redirected to the outbound server (its TLS calls
+    /// are then answered in plaintext: see docs/tls.md).
+    pub fn is_redirected(&self, fd: i32) -> bool {
+        attribution::slot_of(fd).is_some() || attribution::slot_pending(fd)
     }
 
     pub fn delegate(&self, virtual_id: u64) {

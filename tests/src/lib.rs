@@ -7,6 +7,7 @@
 //! A [`Program`] is stopped when dropped: SIGTERM to its process group, then
 //! SIGKILL after a bound.
 
+pub mod event_loop;
 pub mod php_stacks;
 pub mod python_stacks;
 

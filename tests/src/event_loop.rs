@@ -1,0 +1,297 @@
+//! The `event_loop_*` tests: a single-threaded service (aiohttp, Node
+//! `http`) with several requests in flight at once, each calling redis
+//! and an HTTP backend through real client libraries, recorded and
+//! replayed by `koala record` / `koala replay`, which load the automatic
+//! request-context helpers (`helpers/python`, `helpers/node`) by
+//! themselves. The service has no hint of its own.
+//!
+//! In flight at once, by construction: every request's backend call is
+//! held by `event_loop_backend.py` until all of them arrived (`together`),
+//! then each is answered after its own delay, so the calls complete in
+//! another order than the requests came. Whatever the timing, each session
+//! must hold exactly its own calls.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::thread;
+
+use crate::replay::*;
+use crate::*;
+
+/// The requests: item id, and the backend's delay (ms) before it answers.
+pub const REQUESTS: [(&str, u32); 6] = [
+    ("ev1", 300),
+    ("ev2", 0),
+    ("ev3", 200),
+    ("ev4", 50),
+    ("ev5", 250),
+    ("ev6", 100),
+];
+
+/// A service under test.
+pub struct Stack {
+    /// The program and its arguments before `PORT REDIS_PORT BACKEND_PORT`.
+    pub command: Vec<String>,
+    /// The program name sessions carry.
+    pub program: &'static str,
+    /// The redis command its client sends for the hit counter.
+    pub incr: &'static [&'static str],
+}
+
+/// One request as the test client made it.
+pub struct Sent {
+    pub id: &'static str,
+    pub client: String,
+    pub request: Vec<u8>,
+    pub response: Vec<u8>,
+}
+
+/// What a recording run left.
+pub struct Recorded {
+    /// Kept so a replay can use the recording.
+    pub dir: TestDir,
+    pub port: u16,
+    pub redis_port: u16,
+    pub backend_port: u16,
+    pub sessions: Vec<Session>,
+    pub background: Vec<Session>,
+    pub sent: Vec<Sent>,
+    pub pid: u32,
+    redis: Option<Program>,
+    backend: Option<Program>,
+}
+
+impl Recorded {
+    /// Stops redis and the backend: a replay must not reach them.
+    pub fn stop_dependencies(&mut self) {
+        for mut program in [self.redis.take(), self.backend.take()]
+            .into_iter()
+            .flatten()
+        {
+            program.stop();
+        }
+        assert!(!is_listening(self.redis_port), "redis is stopped");
+        assert!(!is_listening(self.backend_port), "the backend is stopped");
+    }
+}
+
+/// The request the test sends for item `id`.
+pub fn request(port: u16, id: &str, delay: u32) -> Vec<u8> {
+    format!(
+        "GET /item/{id}?delay={delay}&together={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+        REQUESTS.len()
+    )
+    .into_bytes()
+}
+
+/// The body every stack answers for item `id`.
+pub fn body(id: &str) -> String {
+    format!("item {id}: value=value-{id} backend=backend says {id} hits=1\n")
+}
+
+/// `koala record --to record -- COMMAND PORT REDIS BACKEND`, all requests
+/// sent at once, each on its own connection; returns once the sessions are
+/// written and the service stopped.
+pub fn record(test: &str, stack: &Stack, env: &[(&str, &str)]) -> Recorded {
+    let dir = TestDir::new(test);
+    let (redis, redis_port) = start_redis(&dir);
+    let ids: Vec<&str> = REQUESTS.iter().map(|(id, _)| *id).collect();
+    seed_items(redis_port, &ids);
+    let backend_port = free_port();
+    let mut backend = Spec::python_fixture("backend", "event_loop_backend.py")
+        .arg(backend_port)
+        .spawn(&dir);
+    backend.wait_for_port(backend_port);
+
+    let port = free_port();
+    let mut spec = Spec::new("koala", koala_bin())
+        .args(["record", "--lib"])
+        .arg(koala_lib().display())
+        .args(["--to", "record", "--"])
+        .args(&stack.command)
+        .args([port, redis_port, backend_port])
+        // No session may end for idleness while the backend holds calls.
+        .env("KOALA_SESSION_IDLE_MS", 10_000);
+    for (key, value) in env {
+        spec = spec.env(key, value);
+    }
+    let mut koala = spec.spawn(&dir);
+    koala.wait_for_port(port);
+
+    let clients: Vec<thread::JoinHandle<(Sent, TcpStream)>> = REQUESTS
+        .iter()
+        .map(|&(id, delay)| {
+            thread::spawn(move || {
+                let mut stream = connect(port);
+                let request = request(port, id, delay);
+                let response = http_exchange(&mut stream, &request);
+                let client = stream.local_addr().unwrap().to_string();
+                let sent = Sent {
+                    id,
+                    client,
+                    request,
+                    response,
+                };
+                (sent, stream)
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    let mut streams = Vec::new();
+    for client in clients {
+        let (one, stream) = client.join().expect("client thread");
+        let text = String::from_utf8_lossy(&one.response).into_owned();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with(&body(one.id)),
+            "response to {}: {text:?}\n{}",
+            one.id,
+            koala.output_report()
+        );
+        sent.push(one);
+        streams.push(stream);
+    }
+    drop(streams); // each session ends with its connection
+    let record = dir.join("record");
+    wait_for_sessions(&record, REQUESTS.len());
+    let pid = koala.pid();
+    koala.stop_cleanly();
+    let sessions = read_sessions(&record);
+    let background = background_records(&record);
+    Recorded {
+        dir,
+        port,
+        redis_port,
+        backend_port,
+        sessions,
+        background,
+        sent,
+        pid,
+        redis: Some(redis),
+        backend: Some(backend),
+    }
+}
+
+/// Every session holds exactly its own three calls, with their exact
+/// bytes, in order; no call of any request is in the background record.
+pub fn assert_own_calls(run: &Recorded, stack: &Stack) {
+    let all: Vec<String> = run.sessions.iter().map(show).collect();
+    let all = all.join("\n");
+    assert_eq!(
+        run.sessions.len(),
+        REQUESTS.len(),
+        "one session per request:\n{all}"
+    );
+    let redis_peer = format!("127.0.0.1:{}", run.redis_port);
+    let backend_peer = format!("127.0.0.1:{}", run.backend_port);
+    for sent in &run.sent {
+        let id = sent.id;
+        let found: Vec<&Session> = run
+            .sessions
+            .iter()
+            .filter(|s| s.inbound.request.as_bytes() == sent.request.as_slice())
+            .collect();
+        assert_eq!(found.len(), 1, "one session for {id}:\n{all}");
+        let session = found[0];
+        let what = format!("session of {id}: {}", show(session));
+        assert_eq!(session.program, stack.program, "{what}");
+        assert_ne!(session.pid, run.pid, "{what}: the service, not koala");
+        assert_exchange(
+            &session.inbound,
+            &sent.client,
+            &sent.request,
+            &sent.response,
+            &format!("{what}\ninbound"),
+        );
+        assert_eq!(
+            session.calls.len(),
+            3,
+            "{what}\nexactly GET item:{id}, the backend call for {id}, {} hits:{id}",
+            stack.incr.join(" ")
+        );
+        assert_exchange(
+            &session.calls[0],
+            &redis_peer,
+            &resp_command(&["GET", &format!("item:{id}")]),
+            &resp_bulk(&format!("value-{id}")),
+            &format!("{what}\nGET"),
+        );
+        let backend = &session.calls[1];
+        assert_eq!(backend.peer, backend_peer, "{what}\nbackend call");
+        let line = format!(
+            "GET /backend/{id}?{} HTTP/1.1\r\n",
+            String::from_utf8_lossy(&sent.request)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|target| target.split_once('?'))
+                .map(|(_, query)| query.to_string())
+                .unwrap()
+        );
+        assert!(
+            backend.request.as_bytes().starts_with(line.as_bytes()),
+            "{what}\nbackend call starts with {line:?}"
+        );
+        assert_bytes(
+            backend.response.as_bytes(),
+            &backend_response(id),
+            &format!("{what}\nbackend response"),
+        );
+        let mut incr: Vec<String> = stack.incr.iter().map(|s| s.to_string()).collect();
+        incr.insert(1, format!("hits:{id}"));
+        let incr: Vec<&str> = incr.iter().map(String::as_str).collect();
+        assert_exchange(
+            &session.calls[2],
+            &redis_peer,
+            &resp_command(&incr),
+            b":1\r\n",
+            &format!("{what}\nhits"),
+        );
+        assert!(
+            session.calls.iter().all(|c| !c.unattributed),
+            "{what}: attributed"
+        );
+    }
+    for record in &run.background {
+        for call in &record.calls {
+            let request = String::from_utf8_lossy(call.request.as_bytes()).into_owned();
+            assert!(
+                !REQUESTS.iter().any(|(id, _)| request.contains(id)),
+                "a request's call in the background record: {}",
+                show(record)
+            );
+        }
+    }
+}
+
+/// `koala replay record --concurrency N -- COMMAND PORT REDIS BACKEND`
+/// with the dependencies stopped: every session passes, every call
+/// answered from its own session.
+pub fn assert_replays(run: &Recorded, stack: &Stack, concurrency: usize) {
+    let recording = Recording::read(&run.dir, "record", run.port);
+    let report = format!("r-{concurrency}.json");
+    let mut args: Vec<String> = ["replay", "record", "--lib"].map(String::from).to_vec();
+    args.push(koala_lib().display().to_string());
+    args.extend(
+        [
+            "--concurrency",
+            &concurrency.to_string(),
+            "--report",
+            &report,
+            "--",
+        ]
+        .map(String::from),
+    );
+    args.extend(stack.command.iter().cloned());
+    args.extend([run.port, run.redis_port, run.backend_port].map(|p| p.to_string()));
+    let replay = run_koala(&run.dir, &format!("replay-{concurrency}"), &args, &[]);
+    replay.assert_all_passed(REQUESTS.len());
+    replay.assert_summary(
+        [REQUESTS.len(), REQUESTS.len(), 0, 0],
+        [3 * REQUESTS.len(), 0, 0, 0],
+    );
+    assert_report_all_replayed(&read_report(&run.dir.join(&report)), &recording);
+}
+
+/// The helpers' directory of the source tree.
+pub fn helpers_dir() -> PathBuf {
+    workspace_root().join("helpers")
+}

@@ -8,6 +8,7 @@
 //! SIGKILL after a bound.
 
 pub mod event_loop;
+pub mod nats;
 pub mod php_stacks;
 pub mod python_stacks;
 

@@ -5,6 +5,7 @@ mod helpers;
 mod library;
 mod record;
 mod replay;
+mod ship;
 mod show;
 
 use std::path::PathBuf;
@@ -78,6 +79,14 @@ enum Command {
     Replay(Box<replay::ReplayArgs>),
     /// Show every KOALA_* variable: its value here, its default, and any problem.
     Env,
+    /// Follow record directories and publish their sessions to NATS JetStream.
+    ///
+    /// Publishes every complete line of the session files as they grow and
+    /// as new processes create new files, with the session id as the
+    /// message id (de-duplicated by the stream), and saves its progress so
+    /// that a restart goes on where it stopped. See docs/distributed.md.
+    #[command(after_help = ship::AFTER_HELP)]
+    Ship(Box<ship::ShipArgs>),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
         Command::Show { paths, full } => show::run(&paths, full),
         Command::Replay(args) => replay::run(&args),
         Command::Env => env::run(),
+        Command::Ship(args) => ship::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,322 @@
+//! `koala ship` against a real nats-server with JetStream: a torn last
+//! line waits until it is complete and a bad line is reported and skipped;
+//! SIGKILLed in the middle of a file and restarted, it loses nothing and
+//! duplicates nothing; an unreachable server, refused credentials and a
+//! missing stream are clear errors with a non-zero exit that leave the
+//! files (and the progress) as they were.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use koala_tests::nats::*;
+use koala_tests::replay::{KoalaRun, koala_bin, run_koala};
+use koala_tests::*;
+
+/// A session line with this id, padded to about `size` bytes.
+fn session_line(id: &str, size: usize) -> String {
+    let body = "x".repeat(size.saturating_sub(400));
+    let session = serde_json::json!({
+        "koala": 1, "id": id, "pid": 4242, "tid": 4242, "program": "svc", "end": "close",
+        "inbound": {"local": "127.0.0.1:8080", "peer": "127.0.0.1:50000",
+                    "request": format!("GET /{id} HTTP/1.1\r\n\r\n"),
+                    "response": format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+                    "request_ns": 1_700_000_000_000_000_000u64, "response_ns": 1_700_000_000_000_000_001u64},
+        "calls": []
+    });
+    session.to_string()
+}
+
+fn ship(dir: &TestDir, name: &str, url: &str, extra: &[&str]) -> KoalaRun {
+    let mut args: Vec<String> = [
+        "ship", "record", "--to", url, "--stream", "KOALA", "--once", "--host", "h1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_koala(dir, name, &args, &[])
+}
+
+fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[test]
+fn torn_and_bad_lines() {
+    let dir = TestDir::new("ship_torn_bad");
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    let file = record.join("svc-4242.jsonl");
+    let last = session_line("1-4242-4", 600);
+    let (head, tail) = last.split_at(last.len() / 2);
+    fs::write(
+        &file,
+        format!(
+            "{}\n{}\n{{\"koala\":1,\"id\":broken\n{}\n{head}",
+            session_line("1-4242-1", 500),
+            session_line("1-4242-2", 500),
+            session_line("1-4242-3", 500),
+        ),
+    )
+    .unwrap();
+
+    let run = ship(&dir, "ship-1", &nats.url(), &["--create"]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert!(
+        run.stderr.contains("is not a session, skipped"),
+        "the bad line is reported\n{}",
+        run.output()
+    );
+    assert!(
+        run.stderr.contains("1 torn last line(s)"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(
+        stream_ids(&nats.url(), "KOALA"),
+        ["1-4242-1", "1-4242-2", "1-4242-3"],
+        "the torn last line is not shipped, the bad one never\n{}",
+        run.output()
+    );
+
+    // The line is completed: now it goes, once; nothing else again.
+    let mut text = fs::read_to_string(&file).unwrap();
+    text.push_str(tail);
+    text.push('\n');
+    fs::write(&file, text).unwrap();
+    let run = ship(&dir, "ship-2", &nats.url(), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert!(
+        !run.stderr.contains("not a session"),
+        "the bad line is not reported twice\n{}",
+        run.output()
+    );
+    let messages = stream_messages(&nats.url(), "KOALA");
+    assert_eq!(
+        stream_ids(&nats.url(), "KOALA"),
+        ["1-4242-1", "1-4242-2", "1-4242-3", "1-4242-4"]
+    );
+    assert_eq!(
+        messages[3].data,
+        last.as_bytes(),
+        "the line exactly as written"
+    );
+    assert_eq!(messages[3].subject, "koala.KOALA.session.svc.h1");
+}
+
+#[test]
+fn sigkill_mid_file_then_restart() {
+    let dir = TestDir::new("ship_sigkill");
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    const LINES: usize = 3000;
+    let expected = ids("9", 0..LINES);
+    let text: String = expected
+        .iter()
+        .map(|id| session_line(id, 2000) + "\n")
+        .collect();
+    let file = record.join("svc-4242.jsonl");
+    fs::write(&file, &text).unwrap();
+    let state = record.join(".koala-ship-KOALA.state");
+
+    // Small batches, so the kill lands between two saves of the progress.
+    let mut shipper = Spec::new("ship-killed", koala_bin())
+        .args([
+            "ship",
+            "record",
+            "--to",
+            &nats.url(),
+            "--stream",
+            "KOALA",
+            "--create",
+            "--batch",
+            "8",
+            "--host",
+            "h1",
+        ])
+        .spawn(&dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let offset = loop {
+        let offset = fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["files"].as_object()?.values().next()?["offset"].as_u64())
+            .unwrap_or(0);
+        if offset > (text.len() / 4) as u64 {
+            break offset;
+        }
+        assert!(shipper.exited().is_none(), "{}", shipper.output_report());
+        assert!(
+            Instant::now() < deadline,
+            "no progress\n{}",
+            shipper.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(shipper.pid() as i32, libc::SIGKILL) };
+    shipper.wait_for_exit(Duration::from_secs(10));
+    assert!(
+        offset < text.len() as u64,
+        "killed in the middle of the file ({offset} of {} bytes)",
+        text.len()
+    );
+
+    let run = ship(&dir, "ship-restarted", &nats.url(), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    let got = stream_ids(&nats.url(), "KOALA");
+    assert_eq!(
+        got.len(),
+        LINES,
+        "every line exactly once (no loss, no duplicate)"
+    );
+    assert_eq!(got, expected, "in file order");
+    // The restart began where the saved progress said: it re-sent at most
+    // the lines confirmed after the last save (de-duplicated), not the file.
+    let resent = run
+        .stderr
+        .split("already in the stream")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(resent < 200, "{resent} lines sent again\n{}", run.output());
+    assert_eq!(
+        fs::read_to_string(&file).unwrap(),
+        text,
+        "the file untouched"
+    );
+}
+
+fn assert_fails_cleanly(run: &KoalaRun, wanted: &str, file: &Path, text: &str, state: &Path) {
+    assert_eq!(run.code, Some(2), "{}", run.output());
+    assert!(
+        run.stderr.contains(wanted),
+        "the error says {wanted:?}\n{}",
+        run.output()
+    );
+    assert!(
+        !run.stderr.contains("secret"),
+        "no password in messages\n{}",
+        run.output()
+    );
+    assert_eq!(
+        fs::read_to_string(file).unwrap(),
+        text,
+        "nothing lost locally"
+    );
+    assert!(!state.exists(), "no progress recorded");
+}
+
+#[test]
+fn unreachable_refused_and_missing_stream() {
+    let dir = TestDir::new("ship_errors");
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    let file = record.join("svc-4242.jsonl");
+    let text: String = ids("5", 0..3)
+        .iter()
+        .map(|id| session_line(id, 500) + "\n")
+        .collect();
+    fs::write(&file, &text).unwrap();
+    let state = record.join(".koala-ship-KOALA.state");
+
+    // Nothing listens there.
+    let port = free_port();
+    let run = ship(
+        &dir,
+        "ship-unreachable",
+        &format!("nats://127.0.0.1:{port}"),
+        &["--create"],
+    );
+    assert_fails_cleanly(&run, "cannot reach a NATS server", &file, &text, &state);
+    assert!(
+        run.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        run.output()
+    );
+    // Not a NATS URL; TLS is refused with a reason.
+    let run = ship(&dir, "ship-http", "http://127.0.0.1:4222", &[]);
+    assert_fails_cleanly(&run, "not a NATS URL", &file, &text, &state);
+    let run = ship(&dir, "ship-tls", "tls://127.0.0.1:4222", &[]);
+    assert_fails_cleanly(
+        &run,
+        "TLS to the NATS server is not supported",
+        &file,
+        &text,
+        &state,
+    );
+
+    // A server with a user and password.
+    let users = Nats::single(&dir, ServerAuth::User("koala", "right-secret"));
+    let port = users.nodes[0].port;
+    let run = ship(
+        &dir,
+        "ship-wrong-password",
+        &format!("nats://koala:wrong-secret@127.0.0.1:{port}"),
+        &["--create"],
+    );
+    assert_fails_cleanly(&run, "NATS authorization failed", &file, &text, &state);
+    let run = ship(
+        &dir,
+        "ship-no-credentials",
+        &users.nodes[0].url(),
+        &["--create"],
+    );
+    assert_fails_cleanly(&run, "NATS_USER", &file, &text, &state);
+    drop(users);
+
+    // A server with a token.
+    let tokens = Nats::single(&dir, ServerAuth::Token("token-secret"));
+    let port = tokens.nodes[0].port;
+    let run = ship(
+        &dir,
+        "ship-wrong-token",
+        &format!("nats://not-it@127.0.0.1:{port}"),
+        &["--create"],
+    );
+    assert_fails_cleanly(&run, "NATS authorization failed", &file, &text, &state);
+    // The right token from the environment: it works.
+    let mut args: Vec<String> = [
+        "ship",
+        "record",
+        "--to",
+        &tokens.nodes[0].url(),
+        "--stream",
+        "KOALA",
+        "--once",
+        "--create",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--quiet".into());
+    let run = run_koala(
+        &dir,
+        "ship-token",
+        &args,
+        &[("NATS_TOKEN", "token-secret".into())],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert_eq!(run.stderr, "", "--quiet prints nothing when all is well");
+    fs::remove_file(&state).unwrap();
+    drop(tokens);
+
+    // No stream, and no --create.
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let run = ship(&dir, "ship-no-stream", &nats.url(), &[]);
+    assert_fails_cleanly(
+        &run,
+        "the stream KOALA does not exist",
+        &file,
+        &text,
+        &state,
+    );
+    assert!(run.stderr.contains("--create"), "{}", run.output());
+    let run = ship(&dir, "ship-created", &nats.url(), &["--create"]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert_eq!(stream_ids(&nats.url(), "KOALA"), ids("5", 0..3));
+}

@@ -1023,6 +1023,11 @@ impl Assembler {
         for key in keys {
             self.finish(key, reason);
         }
+        // A virtual thread that never wrote to a client, finished above,
+        // may have moved its calls into a background record started then.
+        if let Some(key) = self.background {
+            self.finish(key, reason);
+        }
     }
 
     fn finish(&mut self, key: SessionKey, reason: EndReason) {

@@ -201,7 +201,18 @@ pub fn observe(fd: i32) -> Option<Observed> {
     }
     match fdkind::get(fd) {
         kind @ (FdKind::Inbound | FdKind::Outbound) => {
-            Busy::enter().map(|busy| Observed { _busy: busy, kind })
+            let busy = Busy::enter()?;
+            if crate::tls::in_call() {
+                // The host's TLS library moving ciphertext: the TLS hooks
+                // record the plaintext instead.
+                crate::tls::saw_fd(fd, kind);
+                return None;
+            }
+            Some(Observed { _busy: busy, kind })
+        }
+        kind @ (FdKind::InboundTls | FdKind::OutboundTls) => {
+            crate::tls::saw_fd(fd, kind);
+            None
         }
         FdKind::Unknown => {
             // First sight of this fd number: classify it once, outside any lock.
@@ -243,6 +254,10 @@ pub fn sending(fd: i32, destination: *const libc::sockaddr, len: libc::socklen_t
         return Sending::Pass;
     }
     let kind = fdkind::get(fd);
+    if matches!(kind, FdKind::InboundTls | FdKind::OutboundTls) {
+        crate::tls::saw_fd(fd, kind);
+        return Sending::Pass;
+    }
     if !matches!(
         kind,
         FdKind::Inbound | FdKind::Outbound | FdKind::Udp | FdKind::Hint | FdKind::Unknown
@@ -258,6 +273,11 @@ pub fn sending(fd: i32, destination: *const libc::sockaddr, len: libc::socklen_t
         kind => kind,
     };
     match kind {
+        FdKind::Inbound | FdKind::Outbound if crate::tls::in_call() => {
+            // Ciphertext of the host's TLS library (see `observe`).
+            crate::tls::saw_fd(fd, kind);
+            Sending::Pass
+        }
         FdKind::Inbound | FdKind::Outbound => {
             if kind == FdKind::Outbound
                 && let Some(replayer) = replayer()
@@ -746,4 +766,52 @@ fn recording_clock(kind: FdKind, fd: i32) -> u64 {
         .map(|replayer| replayer.replay_of_inbound(fd))
         .and_then(|replay| koala_replayer::determinism::realtime(replay, now))
         .unwrap_or(now)
+}
+
+// ---- TLS (crate::tls, hooks/tls.rs) ----------------------------------------------
+
+/// Plaintext moved by a TLS call on connection `fd`, observed as the socket
+/// hooks observe a plain connection (its kind without the TLS mark).
+pub fn observe_tls(fd: i32) -> Option<Observed> {
+    if !is_active() {
+        return None;
+    }
+    match fdkind::get(fd) {
+        kind @ (FdKind::InboundTls | FdKind::OutboundTls) => Busy::enter().map(|busy| Observed {
+            _busy: busy,
+            kind: kind.without_tls(),
+        }),
+        _ => None,
+    }
+}
+
+/// Connection `fd` (of `kind`) carries TLS from now on: the socket hooks
+/// pass its ciphertext through, the TLS hooks record its plaintext.
+pub fn tie_tls(fd: i32, kind: FdKind) {
+    if !kind.is_connection() {
+        return;
+    }
+    fdkind::set(fd, kind.with_tls());
+    contain("tls", || {
+        if let Some(recorder) = recorder() {
+            recorder.tls_plaintext(fd);
+        }
+    });
+}
+
+/// In replay: whether `fd` is an outbound connection the replayer
+/// redirected to its outbound server (never a real dependency).
+pub fn tls_redirected(fd: i32) -> bool {
+    replayer().is_some_and(|r| r.is_redirected(fd))
+}
+
+/// In replay: tell the outbound server which replay the plaintext about to
+/// be written on redirected `fd` belongs to (what `sending` does for plain
+/// connections).
+pub fn tls_before_send(fd: i32) {
+    if let Some(replayer) = replayer() {
+        contain("tls send", || {
+            replayer.before_send(fd, thread::current_tid())
+        });
+    }
 }

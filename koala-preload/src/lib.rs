@@ -13,6 +13,7 @@
 mod hooks;
 mod layer;
 mod real;
+mod tls;
 
 /// Runs when the library is loaded, before the host's `main`.
 extern "C" fn koala_init() {

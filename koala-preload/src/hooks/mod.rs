@@ -12,3 +12,9 @@ mod determinism;
 mod fd;
 mod io;
 mod process;
+// The TLS trampolines are written for these ABIs too.
+#[cfg(all(
+    target_env = "gnu",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod tls;

@@ -16,6 +16,10 @@
 //!   sent until a response arrives, plus the bytes received until the next
 //!   send. A call belongs to the current session of the thread that sent its
 //!   first byte; its response belongs to that call whatever thread reads it.
+//! - Calls of different sessions pipelined on one outbound connection (an
+//!   event loop sharing one client connection) each get their own answer:
+//!   the protocol catalogue frames the answers, which come back in order
+//!   (`pipelined_calls`).
 //! - Bytes received on an outbound connection before anything was sent are a
 //!   greeting (server speaks first): a call with an empty request, in the
 //!   session that opened the connection.
@@ -41,7 +45,7 @@
 //! The assembler does no I/O and reads no clock: callers pass the time, so
 //! every rule is testable with synthetic events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +56,7 @@ use koala_session::{EndReason, Kind, Tls};
 use crate::record::{FinishedExchange, FinishedSession};
 use pipelining::WriteTimes;
 
+mod pipelined_calls;
 mod pipelining;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +269,10 @@ struct Conn {
     /// Plaintext seen through the TLS hooks, or TLS records seen on the
     /// socket; exchanges started on the connection carry it.
     tls: Tls,
+    /// Outbound: calls of different sessions sent one after the other
+    /// before the first was answered (`pipelined_calls`), oldest first;
+    /// empty otherwise.
+    awaiting: VecDeque<CallId>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -450,6 +459,7 @@ impl Assembler {
                 opened_in,
                 next_seq: 0,
                 tls: Tls::None,
+                awaiting: VecDeque::new(),
             },
         );
         if self.fd_conns.len() <= index {
@@ -704,7 +714,7 @@ impl Assembler {
                 }
             }
             CallRef::OverLimit { answered: false } => {}
-            _ => {
+            previous => {
                 self.sniff_tls(conn_id, data);
                 let call_ref = match self.new_call(conn_id, session, tid, now_ns) {
                     Some(call_id) => {
@@ -712,6 +722,7 @@ impl Assembler {
                         if call.request.append(data, now_ns, max, &mut self.spare) {
                             self.stats.truncated_payloads += 1;
                         }
+                        self.pipeline(conn_id, previous, call_id);
                         CallRef::Stored(call_id)
                     }
                     None => CallRef::OverLimit { answered: false },
@@ -724,6 +735,10 @@ impl Assembler {
 
     fn outbound_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
         let max = self.limits.max_payload_bytes;
+        if !self.conns[&conn_id].awaiting.is_empty() {
+            self.pipelined_received(conn_id, tid, data, now_ns);
+            return;
+        }
         match self.conns[&conn_id].call {
             CallRef::Stored(call_id) => {
                 let Some(call) = self.calls.get_mut(&call_id) else {
@@ -741,6 +756,89 @@ impl Assembler {
                     CallRef::OverLimit { answered: true };
             }
             CallRef::Fresh => self.greeting_received(conn_id, tid, data, now_ns),
+        }
+    }
+
+    /// A new call `call_id` was sent on `conn_id` after `previous`: when
+    /// `previous` (another session's: a call of the same session is
+    /// appended to) has no answer yet, both wait for theirs in order.
+    fn pipeline(&mut self, conn_id: ConnId, previous: CallRef, call_id: CallId) {
+        let unanswered = |id: &CallId| {
+            self.calls
+                .get(id)
+                .is_some_and(|c| c.response.is_empty() && !c.request.is_empty())
+        };
+        let conn = &self.conns[&conn_id];
+        let waiting = match previous {
+            _ if !conn.awaiting.is_empty() => true,
+            CallRef::Stored(previous) if unanswered(&previous) => {
+                self.conns
+                    .get_mut(&conn_id)
+                    .expect("caller checked")
+                    .awaiting
+                    .push_back(previous);
+                true
+            }
+            _ => false,
+        };
+        if waiting {
+            let conn = self.conns.get_mut(&conn_id).expect("caller checked");
+            conn.awaiting.push_back(call_id);
+        }
+    }
+
+    /// Bytes received while pipelined calls wait: each call, oldest first,
+    /// takes the bytes that finish its answer. What cannot be framed ends
+    /// the pipeline: the rest goes to the latest call, as without one.
+    fn pipelined_received(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
+        let max = self.limits.max_payload_bytes;
+        let bytes = data.0.concat();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let conn = self.conns.get_mut(&conn_id).expect("caller checked");
+            let Some(&front) = conn.awaiting.front() else {
+                break;
+            };
+            let Some(call) = self.calls.get_mut(&front) else {
+                conn.awaiting.clear(); // written already: its answer cannot be framed
+                break;
+            };
+            let take = if call.request.truncated {
+                None
+            } else {
+                match pipelined_calls::answer_len(&call.request.bytes, &call.response.bytes, rest) {
+                    pipelined_calls::Answer::Completes(n) => {
+                        conn.awaiting.pop_front();
+                        Some(n)
+                    }
+                    pipelined_calls::Answer::Continues => Some(rest.len()),
+                    pipelined_calls::Answer::Unknown => None,
+                }
+            };
+            let Some(take) = take else {
+                conn.awaiting.clear();
+                break;
+            };
+            if call
+                .response
+                .append(Bytes(&[&rest[..take]]), now_ns, max, &mut self.spare)
+            {
+                self.stats.truncated_payloads += 1;
+            }
+            let session = call.session;
+            self.touch(session, now_ns);
+            rest = &rest[take..];
+        }
+        if self.conns[&conn_id].awaiting.len() == 1 {
+            // The last one waiting is the connection's current call.
+            self.conns
+                .get_mut(&conn_id)
+                .expect("caller checked")
+                .awaiting
+                .clear();
+        }
+        if !rest.is_empty() {
+            self.outbound_received(conn_id, tid, Bytes(&[rest]), now_ns);
         }
     }
 

@@ -1357,3 +1357,42 @@ fn at_exit_a_virtual_thread_without_a_client_goes_to_the_background_record() {
     assert_eq!(calls(&finished[0]), [("PING", "+PONG")]);
     assert_eq!(a.stats().sessions_without_inbound, 1);
 }
+
+/// An event loop sharing one redis connection: request A's GET, then B's,
+/// sent before either answer; both answers come back in one read. Each
+/// call gets exactly its own answer (framed), and what follows goes on.
+#[test]
+fn calls_of_two_sessions_pipelined_on_one_connection_get_their_own_answers() {
+    const LOOP: u32 = 10;
+    let get = |key: &str| format!("*2\r\n$3\r\nGET\r\n$1\r\n{key}\r\n").into_bytes();
+    let mut a = assembler();
+    accept(&mut a, 5, 5001, 1);
+    accept(&mut a, 6, 5002, 1);
+    connect(&mut a, 8, LOOP, 40001, 6379, 1);
+    a.received(5, LOOP, b"req-a", 2);
+    a.received(6, LOOP, b"req-b", 3);
+    a.delegate(LOOP, 1);
+    a.sent(8, LOOP, &get("a"), 4);
+    a.delegate(LOOP, 2);
+    a.sent(8, LOOP, &get("b"), 5);
+    a.received(8, LOOP, b"$2\r\nva\r\n$2", 6); // B's answer cut
+    a.received(8, LOOP, b"\r\nvb\r\n", 7);
+    a.sent(8, LOOP, &get("c"), 8); // B again, after its answer
+    a.received(8, LOOP, b"$2\r\nvc\r\n", 9);
+    a.delegate(LOOP, 1);
+    a.sent(5, LOOP, b"resp-a", 10);
+    a.delegate(LOOP, 2);
+    a.sent(6, LOOP, b"resp-b", 11);
+    a.forget_fd(5);
+    a.forget_fd(6);
+    let finished = a.take_finished();
+    let get = |key: &str| format!("*2\r\n$3\r\nGET\r\n$1\r\n{key}\r\n");
+    let (ga, gb, gc) = (get("a"), get("b"), get("c"));
+    assert_eq!(text(&finished[0].inbound.request), "req-a");
+    assert_eq!(calls(&finished[0]), [(ga.as_str(), "$2\r\nva\r\n")]);
+    assert_eq!(text(&finished[1].inbound.request), "req-b");
+    assert_eq!(
+        calls(&finished[1]),
+        [(gb.as_str(), "$2\r\nvb\r\n"), (gc.as_str(), "$2\r\nvc\r\n")]
+    );
+}

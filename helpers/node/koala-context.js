@@ -15,8 +15,10 @@
 // writes the response, and moves the calls it made before into that
 // session. Writes outside any request context are the thread's own (0).
 //
-// Without KOALA_MODE in the environment (the library is not active) it
-// does nothing at all: no socket, no patch. Never throws into the service.
+// A service that sends hints of its own keeps them: once it sent one,
+// this helper stays silent. Without KOALA_MODE in the environment (the
+// library is not active) it does nothing at all: no socket, no patch.
+// Never throws into the service.
 
 (function start() {
   if (!process.env.KOALA_MODE) {
@@ -56,11 +58,32 @@
   });
   hints.unref(); // never keeps the process alive
 
+  // A service that sends hints of its own (helpers/koala_hint.js) keeps
+  // them: from its first one on, this helper says nothing more.
+  let handWritten = false;
+  const dgramSend = dgram.Socket.prototype.send;
+  dgram.Socket.prototype.send = function koalaSend(message, ...args) {
+    if (this !== hints && !handWritten) {
+      try {
+        let head = '';
+        if (typeof message === 'string') {
+          head = message.slice(0, 9);
+        } else if (Buffer.isBuffer(message)) {
+          head = message.toString('latin1', 0, 9);
+        }
+        handWritten = head === 'to-koala!';
+      } catch (_) {
+        // not ours to judge
+      }
+    }
+    return dgramSend.call(this, message, ...args);
+  };
+
   // Before each write: tell the library when the context changed. Until
   // the hint socket is connected (the first tick) nothing is said.
   function beforeWrite() {
     const id = storage.getStore() || 0;
-    if (id === current || !connected) {
+    if (id === current || !connected || handWritten) {
       return;
     }
     try {

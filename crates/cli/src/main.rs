@@ -87,6 +87,20 @@ enum Command {
     /// that a restart goes on where it stopped. See docs/distributed.md.
     #[command(after_help = ship::AFTER_HELP)]
     Ship(Box<ship::ShipArgs>),
+    /// Work with replay reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Join the JSON reports of several `koala replay --consumer` workers
+    /// into one (sessions in stream order, counts summed), and optionally
+    /// a JUnit file. Exit status 0 when every session passed, 1 otherwise.
+    #[command(
+        after_help = "Example:\n  koala report merge worker1.json worker2.json --to replay.json --junit replay.xml"
+    )]
+    Merge(replay::merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +115,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(&args),
         Command::Env => env::run(),
         Command::Ship(args) => ship::run(&args),
+        Command::Report(ReportCommand::Merge(args)) => replay::merge::run(&args),
     };
     match result {
         Ok(code) => code,

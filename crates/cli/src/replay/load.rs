@@ -64,6 +64,35 @@ impl Loaded {
         })
     }
 
+    /// Lines read from elsewhere (a stream), kept in `file` (a private
+    /// temporary file, already unlinked): each line's `line` number is
+    /// its position in the source (the stream sequence), and `name` (the
+    /// source's URL) stands for the file in locations and reports.
+    pub fn from_lines(name: PathBuf, file: File, lines: &[(u64, u64, usize)]) -> Loaded {
+        let items = lines
+            .iter()
+            .map(|&(seq, offset, len)| {
+                let mut buffer = vec![0; len];
+                let kind = match file.read_exact_at(&mut buffer, offset) {
+                    Ok(()) => classify(&buffer),
+                    Err(e) => ItemKind::Bad(format!("cannot read it back: {e}")),
+                };
+                Item {
+                    file: 0,
+                    line: seq as usize,
+                    offset,
+                    len,
+                    kind,
+                }
+            })
+            .collect();
+        Loaded {
+            files: vec![name],
+            handles: vec![file],
+            items,
+        }
+    }
+
     /// The raw bytes of an item's line, as in the file (no newline).
     pub fn read_line(&self, item: &Item) -> std::io::Result<Vec<u8>> {
         let mut buffer = vec![0; item.len];

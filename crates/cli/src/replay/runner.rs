@@ -27,6 +27,20 @@ pub struct Plan<'a> {
     pub concurrency: usize,
     pub timeout: Duration,
     pub settings: Settings,
+    /// Where the sessions to replay come from when not all of `loaded`:
+    /// a queue shared with other koala processes (`--consumer`).
+    pub work: Option<&'a dyn WorkQueue>,
+}
+
+/// Sessions handed out one at a time by something outside (a durable
+/// consumer shared by several `koala replay` processes), told when each
+/// one's verdict is known.
+pub trait WorkQueue: Sync {
+    /// The index (into the plan's `loaded.items`) of the next session to
+    /// replay; `None` when there is no more.
+    fn next(&self) -> Option<usize>;
+    /// The session's verdict is known (`interrupted`: koala is stopping).
+    fn done(&self, index: usize, outcome: &Outcome, interrupted: bool);
 }
 
 /// Why a run stopped before every session was replayed.
@@ -53,7 +67,9 @@ pub fn replay_all(plan: &Plan, term: &Term, mut service: Option<&mut Service>) -
         .items
         .iter()
         .map(|item| match &item.kind {
-            ItemKind::Bad(message) => Some(Outcome::error(
+            // With a shared queue, a bad line is reported by the process
+            // it is handed to.
+            ItemKind::Bad(message) if plan.work.is_none() => Some(Outcome::error(
                 format!("bad session line: {message}"),
                 None,
                 None,
@@ -79,10 +95,17 @@ pub fn replay_all(plan: &Plan, term: &Term, mut service: Option<&mut Service>) -
                 let mut client = Client::new(plan.inbound, plan.timeout, plan.token.as_deref())
                     .registered(connections, slot);
                 while !stop.load(Ordering::SeqCst) {
-                    let Some(&index) = order.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                    let index = match plan.work {
+                        Some(work) => work.next(),
+                        None => order.get(next.fetch_add(1, Ordering::SeqCst)).copied(),
+                    };
+                    let Some(index) = index else {
                         break;
                     };
                     let outcome = replay_one(&mut client, plan, &loaded.items[index]);
+                    if let Some(work) = plan.work {
+                        work.done(index, &outcome, stop.load(Ordering::SeqCst));
+                    }
                     if sender.send((index, outcome)).is_err() {
                         break;
                     }
@@ -135,7 +158,10 @@ pub fn replay_all(plan: &Plan, term: &Term, mut service: Option<&mut Service>) -
     });
     let elapsed = started.elapsed();
     term.finish();
-    if let Some(Stopped::ServiceExited(_)) = &stopped {
+    // (With a shared queue, the others replay what this one did not.)
+    if let Some(Stopped::ServiceExited(_)) = &stopped
+        && plan.work.is_none()
+    {
         for &index in &order {
             outcomes[index].get_or_insert_with(|| {
                 Outcome::error("not replayed: the service exited".into(), None, None)

@@ -48,6 +48,8 @@ if [ "${1:-}" != demo ]; then
     need mariadbd mariadb-server
     need_file '/usr/sbin/php-fpm*' php-fpm
     need php php-cli
+    # the TLS tests make their certificates with the openssl CLI
+    need openssl openssl
     need_package php-mysql
     need_package php-curl
     need_package libcurl4

@@ -5,9 +5,9 @@
 mod client;
 mod compare;
 mod diff;
+mod learn;
 mod load;
-pub mod merge;
-pub mod nats;
+mod noise;
 mod outcome;
 mod progress;
 mod report;
@@ -119,6 +119,22 @@ pub struct ReplayArgs {
     /// repeat it, or separate names with commas). Date always is.
     #[arg(long = "ignore-header", value_name = "NAME", value_delimiter = ',')]
     pub ignore_headers: Vec<String>,
+    /// A noise rule: what may differ in the response without failing the
+    /// session (repeatable): `json:$.path` (or `$.path`, `[*]` for every
+    /// element), `header:NAME`, `regex:PATTERN`, optionally after a scope
+    /// `METHOD /path/*` (docs/replay.md#noise).
+    #[arg(long = "ignore", value_name = "RULE", value_parser = noise::Rule::parse)]
+    pub ignore: Vec<noise::Rule>,
+    /// A file of noise rules, one per line (# comments), as --ignore takes
+    /// them; --learn-noise writes one.
+    #[arg(long = "noise", value_name = "FILE")]
+    pub noise: Vec<PathBuf>,
+    /// Replay every session twice (waiting for the wall clock's next second
+    /// in between), write the rules for what differed between the two runs
+    /// to FILE, for review and reuse with --noise. The run's verdicts are
+    /// the second run's, with the learned rules applied.
+    #[arg(long = "learn-noise", value_name = "FILE")]
+    pub learn_noise: Option<PathBuf>,
     /// Seconds to wait for each replay's answer.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
     pub timeout: Duration,
@@ -177,28 +193,6 @@ pub struct ReplayArgs {
     /// koala's stderr.
     #[arg(long, value_name = "FILE", requires = "command")]
     pub service_log: Option<PathBuf>,
-    /// With a stream (nats://HOST:PORT/STREAM): take the sessions from the
-    /// durable consumer NAME, shared with every other `koala replay` of the
-    /// same NAME (on any machine): each session is replayed by one of them,
-    /// acknowledged after its verdict. Each writes its own report; `koala
-    /// report merge` joins them.
-    #[arg(long, value_name = "NAME")]
-    pub consumer: Option<String>,
-    /// With a stream: only the records of this program.
-    #[arg(long, value_name = "PROGRAM")]
-    pub program: Option<String>,
-    /// With a stream: only sessions whose request came at or after TIME
-    /// (Unix seconds, or YYYY-MM-DDTHH:MM:SSZ).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
-    /// With a stream: only sessions whose request came before TIME.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
-    /// With --consumer: seconds a delivered session may go without its
-    /// acknowledgement before the server hands it to another worker
-    /// (default: --timeout plus 60).
-    #[arg(long, value_name = "SECS", requires = "consumer")]
-    pub ack_wait: Option<u64>,
     /// The service to start, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -219,20 +213,8 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
-    // A stream (nats://...) is read into a Loaded as files are.
-    let source = nats::StreamSource::from_args(args)?;
-    let (loaded, left_out, last_seq) = match &source {
-        Some(source) => source.load()?,
-        None => (Loaded::read(&args.paths)?, Default::default(), 0),
-    };
-    let consumer = match (&source, &args.consumer) {
-        (Some(source), Some(name)) => {
-            let ack_wait =
-                Duration::from_secs(args.ack_wait.unwrap_or(args.timeout.as_secs() + 60).max(1));
-            Some(source.consumer(name, &loaded, left_out, last_seq, ack_wait)?)
-        }
-        _ => None,
-    };
+    let noise_rules = noise_rules(args)?;
+    let loaded = Loaded::read(&args.paths)?;
     if loaded.files.is_empty() {
         return Err("no .jsonl session files found".into());
     }
@@ -399,7 +381,7 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         loaded.files.len()
     ));
     let keep_results = args.report.is_some();
-    let plan = Plan {
+    let mut plan = Plan {
         loaded: &loaded,
         inbound,
         token,
@@ -416,11 +398,22 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             keep_results,
             // The report keeps more than the console shows.
             max_lines: args.diff_lines.max(400),
+            noise: noise_rules,
         },
-        work: consumer.as_ref().map(|c| c as &dyn runner::WorkQueue),
     };
     let started = SystemTime::now();
-    let replayed = runner::replay_all(&plan, &term, started_service.as_mut());
+    let replayed = match &args.learn_noise {
+        Some(path) => match learn::run(&mut plan, &term, started_service.as_mut(), path) {
+            Ok(replayed) => replayed,
+            Err(message) => {
+                if let Some(mut service) = started_service.take() {
+                    service.stop();
+                }
+                return Err(message);
+            }
+        },
+        None => runner::replay_all(&plan, &term, started_service.as_mut()),
+    };
     if let Some(mut service) = started_service.take() {
         // Errors may mean the service is dying: give its exit a moment to show.
         let errored = replayed
@@ -445,9 +438,6 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         service.stop();
     }
 
-    for note in consumer.iter().flat_map(|c| c.notes()) {
-        term.message(&format!("koala: {note}"));
-    }
     let run = Run {
         loaded: &loaded,
         outcomes: &replayed.outcomes,
@@ -500,6 +490,19 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::from(code))
+}
+
+/// The rules of `--ignore` and of every `--noise` file, in that order.
+fn noise_rules(args: &ReplayArgs) -> Result<Vec<noise::Rule>, String> {
+    let mut rules = args.ignore.clone();
+    for path in &args.noise {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--noise {}: {e}", path.display()))?;
+        rules.extend(
+            noise::parse_file(&text).map_err(|e| format!("--noise {}: {e}", path.display()))?,
+        );
+    }
+    Ok(rules)
 }
 
 /// The `.koala-redact-key` beside the first of `paths` (a directory of

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::compare::{Difference, compare};
 use super::diff::{self, escape, preview};
+use super::noise::{self, Rule};
 
 /// Lines of a body diff (before the whole explanation is capped).
 const BODY_DIFF_LINES: usize = 120;
@@ -57,6 +58,8 @@ pub struct Outcome {
     pub calls: CallCounts,
     /// Kept only when a report is written.
     pub result: Option<ReplayResult>,
+    /// The noise rules that hid a difference in this session's response.
+    pub noise: Vec<String>,
 }
 
 pub struct Settings {
@@ -66,6 +69,8 @@ pub struct Settings {
     pub keep_results: bool,
     /// Most lines of explanation kept per session.
     pub max_lines: usize,
+    /// `--ignore` and `--noise` rules.
+    pub noise: Vec<Rule>,
 }
 
 impl Outcome {
@@ -78,6 +83,7 @@ impl Outcome {
             http_status,
             calls: CallCounts::default(),
             result: None,
+            noise: Vec::new(),
         }
     }
 }
@@ -136,12 +142,32 @@ pub fn evaluate(
             .and_then(|protocol| protocol.comparable_response(request, response))
             .unwrap_or_else(|| response.to_vec())
     };
-    let comparison = compare(
-        &comparable(result.recorded_response.as_bytes()),
-        &comparable(result.response.as_bytes()),
-        session.inbound.truncated,
-        &settings.ignore_headers,
-    );
+    let recorded = comparable(result.recorded_response.as_bytes());
+    let actual = comparable(result.response.as_bytes());
+    // Noise rules of this endpoint hide what they name in both responses
+    // (not in a truncated recording: only its prefix is compared).
+    let rules: Vec<&Rule> = settings
+        .noise
+        .iter()
+        .filter(|rule| rule.applies_to(request))
+        .collect();
+    let masked = (!session.inbound.truncated)
+        .then(|| noise::mask(&recorded, &actual, &rules))
+        .flatten();
+    let comparison = match &masked {
+        Some(masked) => {
+            let mut ignore = settings.ignore_headers.clone();
+            ignore.extend(masked.ignore_headers.iter().cloned());
+            compare(&masked.recorded, &masked.actual, false, &ignore)
+        }
+        None => compare(
+            &recorded,
+            &actual,
+            session.inbound.truncated,
+            &settings.ignore_headers,
+        ),
+    };
+    let noise_applied = masked.map(|m| m.applied).unwrap_or_default();
     let calls = CallCounts {
         matched: result.calls.iter().filter(|c| c.matched.is_some()).count(),
         setup: result
@@ -167,6 +193,9 @@ pub fn evaluate(
         reasons.push(format!("{} unmatched call(s)", calls.unmatched));
     }
     let mut lines = Vec::new();
+    if !noise_applied.is_empty() {
+        lines.push(format!("noise rules applied: {}", noise_applied.join(", ")));
+    }
     if !response_equal {
         let kind = if comparison.http { "HTTP" } else { "bytes" };
         lines.push(format!(
@@ -211,6 +240,7 @@ pub fn evaluate(
         http_status: None,
         calls,
         result: settings.keep_results.then_some(result),
+        noise: noise_applied,
     }
 }
 
@@ -330,6 +360,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            noise: Vec::new(),
             ignore_headers: vec!["x-id".into()],
             keep_results: false,
             max_lines: 50,

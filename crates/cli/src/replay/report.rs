@@ -278,6 +278,7 @@ pub fn report_json(run: &Run, summary: &Summary) -> Value {
                 "calls": outcome.calls,
                 "diff": outcome.diff.join("\n"),
                 "error": error,
+                "noise": outcome.noise,
                 "result": outcome.result,
             })
         })
@@ -352,6 +353,15 @@ pub fn junit_xml(run: &Run, summary: &Summary) -> String {
             seconds(outcome.latency_ms)
         );
         let (tag, kind) = match outcome.verdict {
+            Verdict::Pass if !outcome.noise.is_empty() => {
+                // The noise rules that let it pass.
+                let _ = write!(
+                    xml,
+                    ">\n      <system-out>noise rules applied: {}</system-out>\n    </testcase>\n",
+                    xml_escape(&outcome.noise.join(", "), false)
+                );
+                continue;
+            }
             Verdict::Pass => {
                 xml.push_str("/>\n");
                 continue;
@@ -461,6 +471,7 @@ mod tests {
             http_status: None,
             calls: CallCounts::default(),
             result: None,
+            noise: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use koala_protocols::{Protocol, Side};
 use koala_replayer::units;
-use koala_session::{Exchange, Payload, Session, read_sessions_file, session_files};
+use koala_session::{Exchange, Payload, Session, Tls, read_sessions_file, session_files};
 
 pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
     if let [path] = paths
@@ -19,12 +19,16 @@ pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
     }
     let mut bad_lines = 0;
     let mut total = 0;
+    let mut encrypted = 0;
     for file in files {
         println!("{}", file.display());
         for entry in read_sessions_file(&file).map_err(|e| e.to_string())? {
             match entry {
                 Ok(session) => {
                     total += 1;
+                    if holds_ciphertext(&session) {
+                        encrypted += 1;
+                    }
                     print_session(&session, full);
                 }
                 Err(error) => {
@@ -33,6 +37,14 @@ pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
                 }
             }
         }
+    }
+    if encrypted > 0 {
+        println!(
+            "{encrypted} session(s) hold encrypted traffic: TLS done where koala cannot see the \
+             plaintext (Java's JSSE, Go, a statically linked TLS library, OpenSSL fed through \
+             memory BIOs such as Python's asyncio); its bytes are ciphertext, which replay \
+             cannot match (see docs/tls.md)"
+        );
     }
     println!(
         "{total} session(s){}",
@@ -63,7 +75,7 @@ fn print_session(session: &Session, full: bool) {
     if !session.is_background() {
         let protocol = koala_protocols::detect_request(session.inbound.request.as_bytes());
         print_exchange(
-            &label("inbound", protocol),
+            &with_tls(label("inbound", protocol), session.inbound.tls),
             &session.inbound,
             &format!("{} -> {}", session.inbound.peer, session.inbound.local),
             protocol,
@@ -94,11 +106,32 @@ fn print_session(session: &Session, full: bool) {
         if call.closed {
             notes.push("then closed");
         }
+        match call.tls {
+            Tls::Plaintext => notes.push("tls"),
+            Tls::Ciphertext => notes.push("encrypted"),
+            Tls::None => {}
+        }
         let mut text = label(&format!("call {}", index + 1), protocol);
         if !notes.is_empty() {
             text.push_str(&format!(" ({})", notes.join(", ")));
         }
         print_exchange(&text, call, &format!("-> {}", call.peer), protocol, full);
+    }
+}
+
+/// Whether any exchange of `session` holds TLS koala could not see into.
+fn holds_ciphertext(session: &Session) -> bool {
+    std::iter::once(&session.inbound)
+        .chain(&session.calls)
+        .any(|e| e.tls == Tls::Ciphertext)
+}
+
+/// `inbound [http] (tls)`: plaintext recorded through the TLS hooks.
+fn with_tls(label: String, tls: Tls) -> String {
+    match tls {
+        Tls::Plaintext => format!("{label} (tls)"),
+        Tls::Ciphertext => format!("{label} (encrypted)"),
+        Tls::None => label,
     }
 }
 
@@ -129,6 +162,11 @@ fn print_exchange(
         ""
     };
     println!("    {label:<18} {route}{took}{cut}");
+    if exchange.tls == Tls::Ciphertext {
+        println!(
+            "      (ciphertext: TLS koala could not see into; this session cannot be replayed)"
+        );
+    }
     for (name, payload, side) in [
         ("request ", &exchange.request, Side::Request),
         ("response", &exchange.response, Side::Response),

@@ -7,6 +7,8 @@ mod compare;
 mod diff;
 mod learn;
 mod load;
+pub mod merge;
+pub mod nats;
 mod noise;
 mod outcome;
 mod progress;
@@ -193,6 +195,28 @@ pub struct ReplayArgs {
     /// koala's stderr.
     #[arg(long, value_name = "FILE", requires = "command")]
     pub service_log: Option<PathBuf>,
+    /// With a stream (nats://HOST:PORT/STREAM): take the sessions from the
+    /// durable consumer NAME, shared with every other `koala replay` of the
+    /// same NAME (on any machine): each session is replayed by one of them,
+    /// acknowledged after its verdict. Each writes its own report; `koala
+    /// report merge` joins them.
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// With a stream: only the records of this program.
+    #[arg(long, value_name = "PROGRAM")]
+    pub program: Option<String>,
+    /// With a stream: only sessions whose request came at or after TIME
+    /// (Unix seconds, or YYYY-MM-DDTHH:MM:SSZ).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// With a stream: only sessions whose request came before TIME.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// With --consumer: seconds a delivered session may go without its
+    /// acknowledgement before the server hands it to another worker
+    /// (default: --timeout plus 60).
+    #[arg(long, value_name = "SECS", requires = "consumer")]
+    pub ack_wait: Option<u64>,
     /// The service to start, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -214,7 +238,20 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
     let noise_rules = noise_rules(args)?;
-    let loaded = Loaded::read(&args.paths)?;
+    // A stream (nats://...) is read into a Loaded as files are.
+    let source = nats::StreamSource::from_args(args)?;
+    let (loaded, left_out, last_seq) = match &source {
+        Some(source) => source.load()?,
+        None => (Loaded::read(&args.paths)?, Default::default(), 0),
+    };
+    let consumer = match (&source, &args.consumer) {
+        (Some(source), Some(name)) => {
+            let ack_wait =
+                Duration::from_secs(args.ack_wait.unwrap_or(args.timeout.as_secs() + 60).max(1));
+            Some(source.consumer(name, &loaded, left_out, last_seq, ack_wait)?)
+        }
+        _ => None,
+    };
     if loaded.files.is_empty() {
         return Err("no .jsonl session files found".into());
     }
@@ -400,6 +437,7 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
             max_lines: args.diff_lines.max(400),
             noise: noise_rules,
         },
+        work: consumer.as_ref().map(|c| c as &dyn runner::WorkQueue),
     };
     let started = SystemTime::now();
     let replayed = match &args.learn_noise {
@@ -414,6 +452,8 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         },
         None => runner::replay_all(&plan, &term, started_service.as_mut()),
     };
+    let mut replayed = replayed;
+    encrypted_not_replayable(&loaded, &mut replayed.outcomes, &term);
     if let Some(mut service) = started_service.take() {
         // Errors may mean the service is dying: give its exit a moment to show.
         let errored = replayed
@@ -438,6 +478,9 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         service.stop();
     }
 
+    for note in consumer.iter().flat_map(|c| c.notes()) {
+        term.message(&format!("koala: {note}"));
+    }
     let run = Run {
         loaded: &loaded,
         outcomes: &replayed.outcomes,
@@ -783,6 +826,59 @@ impl BackgroundFile {
 impl Drop for BackgroundFile {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sessions holding TLS the library could not see into (`"tls":
+/// "ciphertext"`) cannot be replayed: their recorded bytes are ciphertext,
+/// with the handshake's random values, which nothing the service sends
+/// again can match. Their outcome is an error that says so, not a
+/// confusing mismatch; the run says how many there were (docs/tls.md).
+fn encrypted_not_replayable(
+    loaded: &Loaded,
+    outcomes: &mut [Option<outcome::Outcome>],
+    term: &Term,
+) {
+    let mut count = 0;
+    for (index, item) in loaded.sessions() {
+        let Ok(line) = loaded.read_line(item) else {
+            continue;
+        };
+        let Ok(session) = load::parse_line(&line) else {
+            continue;
+        };
+        let inbound = std::iter::once(("the inbound request".to_string(), &session.inbound));
+        let calls = (session.calls.iter().enumerate())
+            .map(|(i, call)| (format!("call {} to {}", i + 1, call.peer), call));
+        let encrypted: Vec<String> = inbound
+            .chain(calls)
+            .filter(|(_, exchange)| exchange.tls == koala_session::Tls::Ciphertext)
+            .map(|(what, _)| what)
+            .collect();
+        if encrypted.is_empty() {
+            continue;
+        }
+        count += 1;
+        if let Some(slot) = outcomes.get_mut(index)
+            && slot.is_some()
+        {
+            *slot = Some(outcome::Outcome::error(
+                format!(
+                    "not replayable: its traffic was encrypted where koala cannot see the \
+                     plaintext ({}: TLS of Java, Go, a statically linked TLS library, or \
+                     OpenSSL on memory BIOs); the recording holds ciphertext, which replay \
+                     cannot match (see docs/tls.md)",
+                    encrypted.join(", ")
+                ),
+                None,
+                None,
+            ));
+        }
+    }
+    if count > 0 {
+        term.message(&format!(
+            "koala: {count} session(s) hold encrypted traffic and cannot be replayed (their errors say why)"
+        ));
     }
 }
 

@@ -6,6 +6,10 @@ Without the library it only does the latter. Never raises.
 
 
 def _koala_start():
+    import os
+
+    if not os.environ.get("KOALA_MODE"):
+        return  # the library is not active: nothing is imported
     try:
         import koala_context
 

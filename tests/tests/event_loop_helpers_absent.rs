@@ -59,7 +59,7 @@ fn the_python_helper_does_nothing_without_an_active_library() {
     let pythonpath = ("PYTHONPATH", path);
     // No KOALA_MODE: not even ctypes is imported.
     assert_eq!(
-        python_probe(&dir, "none", &[pythonpath.clone()], false),
+        python_probe(&dir, "none", std::slice::from_ref(&pythonpath), false),
         "user sitecustomize ran\nunpatched False False\n"
     );
     // KOALA_MODE without the library: looked for, not found, no patch.

@@ -452,6 +452,8 @@ pub fn run(args: &ReplayArgs) -> Result<ExitCode, String> {
         },
         None => runner::replay_all(&plan, &term, started_service.as_mut()),
     };
+    let mut replayed = replayed;
+    encrypted_not_replayable(&loaded, &mut replayed.outcomes, &term);
     if let Some(mut service) = started_service.take() {
         // Errors may mean the service is dying: give its exit a moment to show.
         let errored = replayed
@@ -824,6 +826,59 @@ impl BackgroundFile {
 impl Drop for BackgroundFile {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sessions holding TLS the library could not see into (`"tls":
+/// "ciphertext"`) cannot be replayed: their recorded bytes are ciphertext,
+/// with the handshake's random values, which nothing the service sends
+/// again can match. Their outcome is an error that says so, not a
+/// confusing mismatch; the run says how many there were (docs/tls.md).
+fn encrypted_not_replayable(
+    loaded: &Loaded,
+    outcomes: &mut [Option<outcome::Outcome>],
+    term: &Term,
+) {
+    let mut count = 0;
+    for (index, item) in loaded.sessions() {
+        let Ok(line) = loaded.read_line(item) else {
+            continue;
+        };
+        let Ok(session) = load::parse_line(&line) else {
+            continue;
+        };
+        let inbound = std::iter::once(("the inbound request".to_string(), &session.inbound));
+        let calls = (session.calls.iter().enumerate())
+            .map(|(i, call)| (format!("call {} to {}", i + 1, call.peer), call));
+        let encrypted: Vec<String> = inbound
+            .chain(calls)
+            .filter(|(_, exchange)| exchange.tls == koala_session::Tls::Ciphertext)
+            .map(|(what, _)| what)
+            .collect();
+        if encrypted.is_empty() {
+            continue;
+        }
+        count += 1;
+        if let Some(slot) = outcomes.get_mut(index)
+            && slot.is_some()
+        {
+            *slot = Some(outcome::Outcome::error(
+                format!(
+                    "not replayable: its traffic was encrypted where koala cannot see the \
+                     plaintext ({}: TLS of Java, Go, a statically linked TLS library, or \
+                     OpenSSL on memory BIOs); the recording holds ciphertext, which replay \
+                     cannot match (see docs/tls.md)",
+                    encrypted.join(", ")
+                ),
+                None,
+                None,
+            ));
+        }
+    }
+    if count > 0 {
+        term.message(&format!(
+            "koala: {count} session(s) hold encrypted traffic and cannot be replayed (their errors say why)"
+        ));
     }
 }
 

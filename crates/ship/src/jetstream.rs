@@ -277,6 +277,10 @@ impl JetStream {
             .collect();
         let deadline = Instant::now() + self.timeout;
         let (mut answers, failure) = self.connection.collect(&sent, deadline);
+        if matches!(failure, Some(nats::Error::Timeout)) {
+            // A server that stopped answering: try another next time.
+            self.connection.mark_broken();
+        }
         replies
             .iter()
             .zip(results)

@@ -230,6 +230,12 @@ impl Connection {
         self.subscribe_inbox()
     }
 
+    /// Gives the connection up: the next use connects again (to the next
+    /// server). For a server that stopped answering without closing.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
     /// Reconnects if the connection broke.
     pub fn ensure(&mut self) -> Result<()> {
         if self.broken {

@@ -805,6 +805,12 @@ pub fn tls_redirected(fd: i32) -> bool {
     replayer().is_some_and(|r| r.is_redirected(fd))
 }
 
+/// In replay: whether inbound `fd` carries a request the replayer's inbound
+/// server injected (not a real client).
+pub fn tls_injected(fd: i32) -> bool {
+    replayer().is_some_and(|r| r.is_injected(fd))
+}
+
 /// In replay: tell the outbound server which replay the plaintext about to
 /// be written on redirected `fd` belongs to (what `sending` does for plain
 /// connections).

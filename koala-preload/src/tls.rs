@@ -390,7 +390,9 @@ pub struct Faked {
 /// In replay mode: the faked connection of `ssl`, deciding on first sight
 /// (`decide`: a handshake or data call; other calls only look). Faked only
 /// when `ssl` is a client whose socket-BIO fd the replayer redirected to
-/// its outbound server: nothing real is on the other end to talk TLS with.
+/// its outbound server, or a server whose fd carries a request the
+/// replayer's inbound server injected: nothing real is on the other end to
+/// talk TLS with.
 pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
     if ssl.is_null() || !layer::is_active() {
         return None;
@@ -425,7 +427,17 @@ pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
             && !server
             && matches!(kind, FdKind::Outbound | FdKind::OutboundTls)
             && layer::tls_redirected(fd);
-        if redirected && table::insert(ssl, fd, table::FAKED) {
+        let injected = fd >= 0
+            && server
+            && matches!(kind, FdKind::Inbound | FdKind::InboundTls)
+            && layer::tls_injected(fd);
+        // An injected request starts with the inbound server's marker byte.
+        let flags = if injected {
+            table::FAKED | table::MARKER
+        } else {
+            table::FAKED
+        };
+        if (redirected || injected) && table::insert(ssl, fd, flags) {
             layer::tie_tls(fd, kind);
             tracing::debug!(
                 fd,
@@ -456,6 +468,7 @@ impl Faked {
     /// SSL_ERROR_WANT_READ when a non-blocking socket has nothing yet, or
     /// SSL_ERROR_SYSCALL with errno for other failures.
     pub fn read(&self, buf: *mut c_void, len: usize, peek: bool) -> isize {
+        self.take_marker();
         let flags = if peek { libc::MSG_PEEK } else { 0 };
         // SAFETY: the caller's buffer of `len` bytes; the host's own fd.
         let n = unsafe { libc::recv(self.fd, buf, len, flags) };
@@ -474,6 +487,27 @@ impl Faked {
             self.set_error(would_block(SSL_ERROR_WANT_READ));
         }
         n
+    }
+
+    /// Before the first read of an injected request: the inbound server's
+    /// marker byte ([`koala_replayer::inbound::TLS_MARKER`]) is taken off
+    /// the socket, once it is there (a non-blocking socket may not have it
+    /// yet: the next read tries again).
+    fn take_marker(&self) {
+        if table::state(self.ssl).is_none_or(|s| s & table::MARKER == 0) {
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: one byte into our own buffer; the host's own fd.
+        let seen = unsafe { libc::recv(self.fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
+        if seen != 1 {
+            return;
+        }
+        if byte == koala_replayer::inbound::TLS_MARKER {
+            // SAFETY: as above.
+            unsafe { libc::recv(self.fd, (&mut byte as *mut u8).cast(), 1, 0) };
+        }
+        table::clear_flags(self.ssl, table::MARKER);
     }
 
     /// SSL_write as a plain write of the whole buffer: a partial write on a
@@ -588,6 +622,8 @@ mod table {
     pub const REAL: u64 = 2;
     pub const EOF: u64 = 4;
     pub const SENT_SHUTDOWN: u64 = 8;
+    /// An injected request's marker byte is still on the socket.
+    pub const MARKER: u64 = 16;
 
     const SLOTS: usize = 4096;
     const EMPTY: usize = 0;
@@ -677,6 +713,12 @@ mod table {
     pub fn add_flags(ssl: Ssl, flags: u64) {
         if let Some(slot) = find(ssl) {
             VALUES[slot].fetch_or(flags, Ordering::AcqRel);
+        }
+    }
+
+    pub fn clear_flags(ssl: Ssl, flags: u64) {
+        if let Some(slot) = find(ssl) {
+            VALUES[slot].fetch_and(!flags, Ordering::AcqRel);
         }
     }
 

@@ -356,6 +356,11 @@ fn replay(body: &[u8], replayer: &Replayer) -> Result<ReplayResult, Failure> {
     })
 }
 
+/// The byte the inbound server sends before a request recorded through the
+/// service's TLS library (a TLS handshake record's first byte): the TLS
+/// hooks take it off before the service's first TLS read.
+pub const TLS_MARKER: u8 = 0x16;
+
 /// Sends the recorded request to the service and reads its response.
 fn drive(
     replay: &Replay,
@@ -371,8 +376,16 @@ fn drive(
     let connected = replay.started.elapsed();
     let request = replay.session.inbound.request.as_bytes();
     let sent_at = Instant::now();
+    // Recorded through the service's TLS library: the service's TLS calls
+    // are answered in plaintext, and one marker byte first makes a server
+    // that peeks to tell TLS from plain HTTP (nginx) take the TLS path.
+    let marker: &[u8] = if replay.session.inbound.tls == koala_session::Tls::Plaintext {
+        &[TLS_MARKER]
+    } else {
+        &[]
+    };
     let result = stream
-        .write_all(request)
+        .write_all(&[marker, request].concat())
         .map_err(|e| {
             (
                 502,

@@ -309,6 +309,15 @@ impl Replayer {
         attribution::forget(fd);
     }
 
+    /// Whether inbound `fd` carries a request the inbound server injected
+    /// (its TLS calls are then answered in plaintext: see docs/tls.md).
+    pub fn is_injected(&self, fd: i32) -> bool {
+        let Some(tables) = &self.tables else {
+            return false;
+        };
+        attribution::replay_of(fd, |port| tables.inbound(port)) != 0
+    }
+
     /// Whether `fd` was redirected to the outbound server (its TLS calls
     /// are then answered in plaintext: see docs/tls.md).
     pub fn is_redirected(&self, fd: i32) -> bool {

@@ -209,7 +209,10 @@ fn tls_python_requests_urllib_and_asyncio() {
         "{out}"
     );
     assert_eq!(
-        run.stdout.lines().filter(|l| l.starts_with("FAIL ")).count(),
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("FAIL "))
+            .count(),
         0,
         "{out}"
     );

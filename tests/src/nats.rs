@@ -263,3 +263,11 @@ pub fn stream_ids(url: &str, stream: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The consumer's messages not delivered yet, and delivered but not
+/// acknowledged.
+pub fn consumer_pending(url: &str, stream: &str, consumer: &str) -> (u64, u64) {
+    client(url)
+        .and_then(|mut js| js.consumer_pending(stream, consumer))
+        .unwrap_or_else(|e| panic!("consumer {consumer} of {stream}: {e}"))
+}

@@ -180,6 +180,12 @@ fn two_consumers_replay_each_session_once() {
         recorded
     );
 
+    assert_eq!(
+        consumer_pending(&nats.url(), "KOALA", "ci"),
+        (0, 0),
+        "every session delivered and acknowledged (none waits to be delivered again)"
+    );
+
     let merge = run_koala(
         &dir,
         "merge",

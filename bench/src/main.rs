@@ -16,10 +16,12 @@
 //! docs/benchmarks.md). Targets are reported, never enforced: the exit
 //! status is non-zero only when a part could not run.
 
+mod clock;
 mod fork;
 mod matching;
 mod recording;
 mod replay;
+mod ship;
 mod stats;
 mod tools;
 
@@ -60,10 +62,13 @@ pub struct Settings {
     pub criterion_args: Vec<String>,
     /// Timed forks per run of the fork part (`BENCH_FORKS`, 2000).
     pub forks: usize,
+    /// Sessions shipped per round of the ship part (`BENCH_SHIP_SESSIONS`,
+    /// 20000).
+    pub ship_sessions: usize,
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [&str; 7] = [
+pub const PARTS: [&str; 9] = [
     "matching",
     "redis",
     "nginx-static",
@@ -71,6 +76,8 @@ pub const PARTS: [&str; 7] = [
     "demo",
     "replay",
     "fork",
+    "clock",
+    "ship",
 ];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -130,6 +137,7 @@ impl Settings {
                 .map(str::to_string)
                 .collect(),
             forks: env_or("BENCH_FORKS", 2000),
+            ship_sessions: env_or("BENCH_SHIP_SESSIONS", 20_000),
         };
         assert!(settings.forks >= 1, "BENCH_FORKS must be at least 1");
         assert!(settings.rounds >= 1, "BENCH_ROUNDS must be at least 1");
@@ -164,6 +172,7 @@ impl Settings {
             "replay_service_mode": self.replay_service,
             "criterion_args": self.criterion_args,
             "forks_per_run": self.forks,
+            "ship_sessions": self.ship_sessions,
         })
     }
 }
@@ -283,6 +292,20 @@ fn main() {
         eprintln!("   fork: {:.0} s", t.elapsed().as_secs_f64());
     }
 
+    let mut clocked = None;
+    if settings.runs("clock") {
+        let t = Instant::now();
+        clocked = attempt("clock", &mut errors, || clock::measure(&settings));
+        eprintln!("   clock: {:.0} s", t.elapsed().as_secs_f64());
+    }
+
+    let mut shipped = None;
+    if settings.runs("ship") {
+        let t = Instant::now();
+        shipped = attempt("ship", &mut errors, || ship::measure(&settings));
+        eprintln!("   ship: {:.0} s", t.elapsed().as_secs_f64());
+    }
+
     let total_s = started.elapsed().as_secs_f64();
     let mut machine = machine;
     machine["loadavg_at_end"] = json!(tools::loadavg());
@@ -297,6 +320,12 @@ fn main() {
     );
     if let Some(forked) = &forked {
         fork::render(&mut table, forked, settings.rounds);
+    }
+    if let Some(clocked) = &clocked {
+        clock::render(&mut table, clocked, settings.rounds);
+    }
+    if let Some(shipped) = &shipped {
+        ship::render(&mut table, shipped, settings.rounds);
     }
     print!("{table}");
 
@@ -316,6 +345,8 @@ fn main() {
         "replay": replayed.as_ref().map_or(Value::Null, replay::Measured::json),
         "matching": matching::json(&estimates, &settings.criterion_args, &matching::criterion_dir()),
         "fork": forked.as_ref().map_or(Value::Null, fork::Measured::json),
+        "ship": shipped.as_ref().map_or(Value::Null, ship::Measured::json),
+        "clock": clocked.as_ref().map_or(Value::Null, clock::Measured::json),
         "errors": errors.iter().map(|(part, e)| json!({"part": part, "error": e})).collect::<Vec<_>>(),
     });
     let json_path = out_dir.join("results.json");

@@ -16,6 +16,7 @@
 //! docs/benchmarks.md). Targets are reported, never enforced: the exit
 //! status is non-zero only when a part could not run.
 
+mod clock;
 mod fork;
 mod matching;
 mod recording;
@@ -67,7 +68,7 @@ pub struct Settings {
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [&str; 8] = [
+pub const PARTS: [&str; 9] = [
     "matching",
     "redis",
     "nginx-static",
@@ -75,6 +76,7 @@ pub const PARTS: [&str; 8] = [
     "demo",
     "replay",
     "fork",
+    "clock",
     "ship",
 ];
 
@@ -290,6 +292,13 @@ fn main() {
         eprintln!("   fork: {:.0} s", t.elapsed().as_secs_f64());
     }
 
+    let mut clocked = None;
+    if settings.runs("clock") {
+        let t = Instant::now();
+        clocked = attempt("clock", &mut errors, || clock::measure(&settings));
+        eprintln!("   clock: {:.0} s", t.elapsed().as_secs_f64());
+    }
+
     let mut shipped = None;
     if settings.runs("ship") {
         let t = Instant::now();
@@ -311,6 +320,9 @@ fn main() {
     );
     if let Some(forked) = &forked {
         fork::render(&mut table, forked, settings.rounds);
+    }
+    if let Some(clocked) = &clocked {
+        clock::render(&mut table, clocked, settings.rounds);
     }
     if let Some(shipped) = &shipped {
         ship::render(&mut table, shipped, settings.rounds);
@@ -334,6 +346,7 @@ fn main() {
         "matching": matching::json(&estimates, &settings.criterion_args, &matching::criterion_dir()),
         "fork": forked.as_ref().map_or(Value::Null, fork::Measured::json),
         "ship": shipped.as_ref().map_or(Value::Null, ship::Measured::json),
+        "clock": clocked.as_ref().map_or(Value::Null, clock::Measured::json),
         "errors": errors.iter().map(|(part, e)| json!({"part": part, "error": e})).collect::<Vec<_>>(),
     });
     let json_path = out_dir.join("results.json");

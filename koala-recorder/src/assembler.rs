@@ -56,6 +56,7 @@ use koala_session::{EndReason, Kind, Tls};
 use crate::record::{FinishedExchange, FinishedSession};
 use pipelining::WriteTimes;
 
+mod handoff;
 mod pipelined_calls;
 mod pipelining;
 
@@ -108,6 +109,10 @@ pub struct Stats {
     /// Exchanges written with `"tls": "ciphertext"`: TLS the library could
     /// not see into (a static or non-OpenSSL TLS library), not replayable.
     pub ciphertext_exchanges: u64,
+    /// Calls sent by a thread serving no session while several sessions
+    /// waited, none of which the bytes could be tied to (`handoff`): written
+    /// in the background record with `unattributed: true`.
+    pub unattributed_calls: u64,
 }
 
 impl Stats {
@@ -135,6 +140,9 @@ impl Stats {
             ciphertext_exchanges: self
                 .ciphertext_exchanges
                 .saturating_sub(reported.ciphertext_exchanges),
+            unattributed_calls: self
+                .unattributed_calls
+                .saturating_sub(reported.unattributed_calls),
         }
     }
 }
@@ -275,6 +283,15 @@ struct Conn {
     awaiting: VecDeque<CallId>,
 }
 
+/// Where a send by a thread serving no session goes (`handoff`).
+enum HandOff {
+    Session(SessionKey),
+    /// No session waits: background traffic.
+    Background,
+    /// Sessions wait, none can be told: background, flagged.
+    Unattributed,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum CallRef {
     /// Nothing sent or received yet.
@@ -296,6 +313,8 @@ struct CallRecord {
     /// The service read end-of-file after this call's response.
     closed: bool,
     tls: Tls,
+    /// Sent by a thread serving no session, and tied to none (`handoff`).
+    unattributed: bool,
     request: Buf,
     response: Buf,
 }
@@ -695,9 +714,13 @@ impl Assembler {
     }
 
     fn outbound_sent(&mut self, conn_id: ConnId, tid: u32, data: Bytes<'_>, now_ns: u64) {
-        let session = match self.session_of_sender(tid, now_ns, true) {
-            Some(session) => session,
-            None => self.background_record(tid, now_ns),
+        let (session, unattributed) = match self.session_of_sender(tid, now_ns, true) {
+            Some(session) => (session, false),
+            None => match self.handed_off(conn_id, data) {
+                HandOff::Session(session) => (session, false),
+                HandOff::Background => (self.background_record(tid, now_ns), false),
+                HandOff::Unattributed => (self.background_record(tid, now_ns), true),
+            },
         };
         let max = self.limits.max_payload_bytes;
         match self.conns[&conn_id].call {
@@ -721,6 +744,10 @@ impl Assembler {
                         let call = self.calls.get_mut(&call_id).expect("just stored");
                         if call.request.append(data, now_ns, max, &mut self.spare) {
                             self.stats.truncated_payloads += 1;
+                        }
+                        if unattributed {
+                            call.unattributed = true;
+                            self.stats.unattributed_calls += 1;
                         }
                         self.pipeline(conn_id, previous, call_id);
                         CallRef::Stored(call_id)
@@ -757,6 +784,53 @@ impl Assembler {
             }
             CallRef::Fresh => self.greeting_received(conn_id, tid, data, now_ns),
         }
+    }
+
+    /// Where a send on `conn_id` by a thread serving no session goes: to a
+    /// session only when the rules of `handoff` tie it to one.
+    fn handed_off(&self, conn_id: ConnId, data: Bytes<'_>) -> HandOff {
+        let is_open_request = |key: &SessionKey| {
+            Some(*key) != self.background
+                && self
+                    .sessions
+                    .get(key)
+                    .is_some_and(|s| s.inbound.is_some() && !s.inherited)
+        };
+        // 1. The bytes continue the connection's unanswered call.
+        if let CallRef::Stored(call_id) = self.conns[&conn_id].call
+            && let Some(call) = self.calls.get(&call_id)
+            && call.response.is_empty()
+            && !call.request.is_empty()
+            && is_open_request(&call.session)
+        {
+            return HandOff::Session(call.session);
+        }
+        // 2. Exactly one session waits for its answer.
+        let waiting: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(key, s)| {
+                is_open_request(key) && !s.request.is_empty() && s.response.is_empty()
+            })
+            .map(|(&key, _)| key)
+            .collect();
+        match waiting.as_slice() {
+            [] => return HandOff::Background,
+            [one] => return HandOff::Session(*one),
+            _ => {}
+        }
+        // 3. Exactly one waiting request carries the trace id the bytes carry.
+        let bytes = data.0.concat();
+        let ids = handoff::trace_ids(&bytes);
+        if !ids.is_empty() {
+            let mut matching = waiting
+                .iter()
+                .filter(|key| handoff::shares_trace_id(&ids, &self.sessions[key].request.bytes));
+            if let (Some(&one), None) = (matching.next(), matching.next()) {
+                return HandOff::Session(one);
+            }
+        }
+        HandOff::Unattributed
     }
 
     /// A new call `call_id` was sent on `conn_id` after `previous`: when
@@ -895,6 +969,7 @@ impl Assembler {
             conn: conn_id,
             seq,
             closed: false,
+            unattributed: false,
             tls: conn.tls,
             request: Buf::default(),
             response: Buf::default(),
@@ -1157,6 +1232,7 @@ impl Assembler {
                 seq: Some(c.seq),
                 closed: c.closed,
                 tls: c.tls,
+                unattributed: c.unattributed,
                 ..exchange(c.local, c.peer, c.request, c.response)
             })
             .collect();

@@ -541,6 +541,7 @@ impl Recorder {
             truncated_payloads = stats.truncated_payloads,
             empty_sessions = stats.empty_sessions,
             ciphertext_exchanges = stats.ciphertext_exchanges,
+            unattributed_calls = stats.unattributed_calls,
             random_bytes_cut = self.counters.random_bytes_cut.load(Ordering::Relaxed),
             file = %self.current_session_file().display(),
             "koala recording summary"

@@ -293,7 +293,13 @@ fn count_lines(reader: impl BufRead) -> FileCount {
 #[derive(Debug, PartialEq, Eq)]
 enum LogEvent {
     /// A process's `koala recording summary` at exit.
-    Summary { dropped: u64, lost: u64, empty: u64 },
+    Summary {
+        dropped: u64,
+        lost: u64,
+        empty: u64,
+        /// Calls no session could be told for (`unattributed_calls`).
+        unattributed: u64,
+    },
     /// Sessions that could not be written, and why.
     WriteError { path: String, error: String },
 }
@@ -312,6 +318,7 @@ fn parse_log_line(line: &str) -> Option<LogEvent> {
             dropped: number("sessions_dropped_queue_full"),
             lost: number("sessions_lost_write_error"),
             empty: number("empty_sessions"),
+            unattributed: number("unattributed_calls"),
         });
     }
     if let Some(fields) = after(" cannot write sessions") {
@@ -360,6 +367,7 @@ struct Outcome {
     dropped: u64,
     lost: u64,
     empty: u64,
+    unattributed: u64,
     /// `(path, error)` of sessions that could not be written, once each.
     write_errors: Vec<(String, String)>,
     /// Log files that got lines during the run.
@@ -406,11 +414,13 @@ impl Outcome {
                 dropped,
                 lost,
                 empty,
+                unattributed,
             }) => {
                 self.summaries += 1;
                 self.dropped += dropped;
                 self.lost += lost;
                 self.empty += empty;
+                self.unattributed += unattributed;
             }
             Some(LogEvent::WriteError { path, error }) => {
                 let error = (path, error);
@@ -491,6 +501,12 @@ fn render(outcome: &Outcome, context: &Context<'_>) -> String {
     }
     for (path, error) in &outcome.write_errors {
         lines.push(format!("  lost: cannot write {path}: {error}"));
+    }
+    if outcome.unattributed > 0 {
+        lines.push(format!(
+            "  {}: sent by a thread serving no request while several were in flight, in the background records flagged \"unattributed\" (docs/helper-hints.md, hand-off threads)",
+            plural(outcome.unattributed, "call unattributed", "calls unattributed")
+        ));
     }
     if sessions == 0 {
         for why in why_none(outcome, context) {
@@ -1021,7 +1037,8 @@ mod tests {
             Some(LogEvent::Summary {
                 dropped: 2,
                 lost: 5,
-                empty: 1
+                empty: 1,
+                unattributed: 0
             })
         );
     }
@@ -1113,6 +1130,7 @@ mod tests {
             dropped: 0,
             lost: 2,
             empty: 0,
+            unattributed: 0,
         }));
         outcome.logs.push(PathBuf::from("/tmp/koala-0/koala.log.x"));
         assert_eq!(
@@ -1146,6 +1164,23 @@ mod tests {
         assert_eq!(
             exit_code(ExitStatus::from_raw(libc::SIGTERM)),
             ExitCode::from(128 + 15)
+        );
+    }
+
+    #[test]
+    fn unattributed_calls_are_summed_and_said() {
+        let line = "koala[java:7] 2026-12-02T18:05:07.833976Z  INFO koala recording summary sessions_written=6 sessions_dropped_queue_full=0 sessions_lost_write_error=0 empty_sessions=0 unattributed_calls=2 file=/d/java-7.jsonl";
+        let mut outcome = Outcome::default();
+        outcome.add(parse_log_line(line));
+        outcome.add(parse_log_line(&line.replace("=2 ", "=1 ")));
+        outcome.add(parse_log_line(&line.replace("=2 ", "=1 ")));
+        assert_eq!(outcome.unattributed, 4);
+        let rendered = render(&outcome, &context(Path::new("/d"), None));
+        assert!(
+            rendered.contains(
+                "koala record:   4 calls unattributed: sent by a thread serving no request"
+            ),
+            "{rendered}"
         );
     }
 }

@@ -1244,6 +1244,7 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
         truncated_payloads: 1,
         empty_sessions: 7,
         ciphertext_exchanges: 2,
+        unattributed_calls: 4,
     };
     let reported = Stats {
         background_records: 2,
@@ -1254,6 +1255,7 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
         truncated_payloads: 1,
         empty_sessions: 6,
         ciphertext_exchanges: 3,
+        unattributed_calls: 1,
     };
     assert_eq!(
         now.minus(&reported),
@@ -1266,6 +1268,7 @@ fn stats_minus_what_was_reported_never_goes_below_zero() {
             truncated_payloads: 0,
             empty_sessions: 1,
             ciphertext_exchanges: 0,
+            unattributed_calls: 3,
         }
     );
     let mut a = assembler();
@@ -1395,4 +1398,115 @@ fn calls_of_two_sessions_pipelined_on_one_connection_get_their_own_answers() {
         calls(&finished[1]),
         [(gb.as_str(), "$2\r\nvb\r\n"), (gc.as_str(), "$2\r\nvc\r\n")]
     );
+}
+
+/// Java's HttpClient writes a request from its selector thread, which
+/// never touched a client connection (`handoff`).
+const SELECTOR: u32 = 99;
+
+/// Two requests read by two workers; the selector thread then sends a
+/// backend request carrying `outbound` on a connection of its own.
+fn hand_off(a: &mut Assembler, waiting: usize, outbound: &[u8]) -> Vec<Session> {
+    accept(a, 5, 5001, 1);
+    a.received(5, 10, b"GET /a HTTP/1.1\r\nX-Request-Id: rid-a\r\n\r\n", 2);
+    if waiting == 2 {
+        accept(a, 6, 5002, 1);
+        a.received(6, 11, b"GET /b HTTP/1.1\r\nX-Request-Id: rid-b\r\n\r\n", 3);
+    }
+    connect(a, 9, SELECTOR, 40000, 8080, 4);
+    a.sent(9, SELECTOR, outbound, 5);
+    a.received(
+        9,
+        SELECTOR,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        6,
+    );
+    a.sent(5, 10, b"HTTP/1.1 200 OK\r\n\r\n", 7);
+    a.forget_fd(5);
+    if waiting == 2 {
+        a.sent(6, 11, b"HTTP/1.1 200 OK\r\n\r\n", 8);
+        a.forget_fd(6);
+    }
+    a.close_all(EndReason::Exit);
+    a.take_finished()
+}
+
+#[test]
+fn a_hand_off_send_goes_to_the_only_waiting_session() {
+    let mut a = assembler();
+    let finished = hand_off(&mut a, 1, b"GET /backend HTTP/1.1\r\n\r\n");
+    assert_eq!(finished.len(), 1, "no background record");
+    assert_eq!(finished[0].calls.len(), 1);
+    assert!(!finished[0].calls[0].unattributed);
+    assert_eq!(a.stats().unattributed_calls, 0);
+}
+
+#[test]
+fn a_hand_off_send_with_several_sessions_waiting_is_unattributed() {
+    let mut a = assembler();
+    let finished = hand_off(&mut a, 2, b"GET /backend HTTP/1.1\r\n\r\n");
+    let (background, sessions): (Vec<_>, Vec<_>) = finished.iter().partition(|s| s.is_background());
+    assert!(sessions.iter().all(|s| s.calls.is_empty()), "in no session");
+    assert_eq!(background.len(), 1);
+    assert_eq!(background[0].calls.len(), 1);
+    assert!(background[0].calls[0].unattributed);
+    assert_eq!(a.stats().unattributed_calls, 1);
+}
+
+#[test]
+fn a_hand_off_send_carrying_a_request_s_trace_id_goes_to_that_request() {
+    let mut a = assembler();
+    let finished = hand_off(
+        &mut a,
+        2,
+        b"GET /backend HTTP/1.1\r\nx-request-id: rid-b\r\n\r\n",
+    );
+    let b = finished
+        .iter()
+        .find(|s| text(&s.inbound.request).starts_with("GET /b"))
+        .unwrap();
+    assert_eq!(b.calls.len(), 1);
+    assert!(!b.calls[0].unattributed);
+    assert!(finished.iter().all(|s| !s.is_background()));
+    assert_eq!(a.stats().unattributed_calls, 0);
+}
+
+#[test]
+fn a_hand_off_send_continuing_an_unanswered_call_joins_it() {
+    let mut a = assembler();
+    accept(&mut a, 5, 5001, 1);
+    accept(&mut a, 6, 5002, 1);
+    a.received(5, 10, b"POST /a HTTP/1.1\r\n\r\n", 2);
+    a.received(6, 11, b"POST /b HTTP/1.1\r\n\r\n", 3);
+    connect(&mut a, 9, 10, 40000, 8080, 4);
+    a.sent(
+        9,
+        10,
+        b"POST /backend HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+        5,
+    );
+    a.sent(9, SELECTOR, b"body", 6); // the body, written by another thread
+    a.received(9, SELECTOR, b"HTTP/1.1 204 No Content\r\n\r\n", 7);
+    a.sent(5, 10, b"HTTP/1.1 200 OK\r\n\r\n", 8);
+    a.forget_fd(5);
+    let finished = a.take_finished();
+    assert_eq!(
+        calls(&finished[0]),
+        [(
+            "POST /backend HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody",
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        )]
+    );
+}
+
+#[test]
+fn a_send_with_no_session_waiting_is_plain_background() {
+    let mut a = assembler();
+    connect(&mut a, 9, SELECTOR, 40000, 6379, 1);
+    a.sent(9, SELECTOR, b"PING", 2);
+    a.close_all(EndReason::Exit);
+    let finished = a.take_finished();
+    assert!(finished[0].is_background());
+    assert!(!finished[0].calls[0].unattributed);
+    assert_eq!(a.stats().unattributed_calls, 0);
 }

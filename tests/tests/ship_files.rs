@@ -320,3 +320,55 @@ fn unreachable_refused_and_missing_stream() {
     assert_eq!(run.code, Some(0), "{}", run.output());
     assert_eq!(stream_ids(&nats.url(), "KOALA"), ids("5", 0..3));
 }
+
+#[test]
+fn delete_shipped_removes_only_finished_files() {
+    let dir = TestDir::new("ship_delete");
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    // A process that has exited wrote one file; this test process (alive)
+    // the other.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let finished = record.join(format!("svc-{gone_pid}.jsonl"));
+    let open = record.join(format!("svc-{}.jsonl", std::process::id()));
+    fs::write(
+        &finished,
+        ids("7", 0..2)
+            .iter()
+            .map(|id| session_line(id, 500) + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let torn = session_line("8-1", 500);
+    fs::write(&open, format!("{}\n", session_line("8-0", 500))).unwrap();
+    // A finished writer's file with a torn last line is kept: the line is
+    // not shipped, so the file is not done.
+    let torn_file = record.join(format!("svc-{gone_pid}-2.jsonl"));
+    fs::write(&torn_file, &torn[..100]).unwrap();
+
+    let run = ship(
+        &dir,
+        "ship-delete",
+        &nats.url(),
+        &["--create", "--delete-shipped"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert!(
+        !finished.exists(),
+        "shipped, writer gone: deleted\n{}",
+        run.output()
+    );
+    assert!(open.exists(), "its writer still runs: kept");
+    assert!(torn_file.exists(), "a torn line left: kept");
+    assert!(
+        run.stderr.contains("deleted 1 shipped file(s)"),
+        "{}",
+        run.output()
+    );
+    let mut got = stream_ids(&nats.url(), "KOALA");
+    got.sort();
+    assert_eq!(got, ["7-0", "7-1", "8-0"]);
+}

@@ -419,35 +419,6 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
         .map_err(|_| bad())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_in_seconds_or_utc() {
-        assert_eq!(parse_time("1.5").unwrap(), 1_500_000_000);
-        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
-        assert_eq!(
-            parse_time("2026-01-01T00:00:00Z").unwrap(),
-            1_767_225_600_000_000_000
-        );
-        assert_eq!(
-            parse_time("2024-02-29T12:30:01").unwrap(),
-            1_709_209_801_000_000_000
-        );
-        for bad in ["yesterday", "-1", "2026-13-01T00:00:00Z", "2026-01-01"] {
-            assert!(parse_time(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn streams_are_told_from_files() {
-        assert!(is_stream(Path::new("nats://h:1/S")));
-        assert!(is_stream(Path::new("tls://h:1/S")));
-        assert!(!is_stream(Path::new("./nats/sessions")));
-    }
-}
-
 /// `koala show nats://HOST:PORT/STREAM`: every record of the stream, with
 /// its sequence and subject, printed by `print`.
 pub fn show(
@@ -505,4 +476,33 @@ pub fn show(
         }
     );
     Ok(std::process::ExitCode::from(if bad == 0 { 0 } else { 1 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_seconds_or_utc() {
+        assert_eq!(parse_time("1.5").unwrap(), 1_500_000_000);
+        assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(
+            parse_time("2026-01-01T00:00:00Z").unwrap(),
+            1_767_225_600_000_000_000
+        );
+        assert_eq!(
+            parse_time("2024-02-29T12:30:01").unwrap(),
+            1_709_209_801_000_000_000
+        );
+        for bad in ["yesterday", "-1", "2026-13-01T00:00:00Z", "2026-01-01"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn streams_are_told_from_files() {
+        assert!(is_stream(Path::new("nats://h:1/S")));
+        assert!(is_stream(Path::new("tls://h:1/S")));
+        assert!(!is_stream(Path::new("./nats/sessions")));
+    }
 }

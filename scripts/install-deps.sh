@@ -48,6 +48,8 @@ if [ "${1:-}" != demo ]; then
     need mariadbd mariadb-server
     need_file '/usr/sbin/php-fpm*' php-fpm
     need php php-cli
+    # Java 17 for handoff_java (`java File.java` compiles from source: a JDK)
+    need javac openjdk-17-jdk-headless
     # the TLS tests make their certificates with the openssl CLI
     need openssl openssl
     need_package php-mysql

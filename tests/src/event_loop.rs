@@ -57,6 +57,8 @@ pub struct Recorded {
     pub background: Vec<Session>,
     pub sent: Vec<Sent>,
     pub pid: u32,
+    /// What `koala record` printed on stderr (its summary).
+    pub koala_stderr: String,
     redis: Option<Program>,
     backend: Option<Program>,
 }
@@ -75,13 +77,51 @@ impl Recorded {
     }
 }
 
-/// The request the test sends for item `id`.
+/// How a recording run sends its requests.
+#[derive(Clone)]
+pub struct Plan {
+    /// Item id and backend delay (ms) of each request.
+    pub requests: Vec<(&'static str, u32)>,
+    /// All at once, each on its own connection (the backend holds every
+    /// call until all arrived), or one after the other.
+    pub at_once: bool,
+    /// Each request carries `X-Request-Id: rid-<id>`.
+    pub request_ids: bool,
+}
+
+impl Plan {
+    /// [`REQUESTS`], all at once, no request id.
+    pub fn all_at_once() -> Plan {
+        Plan {
+            requests: REQUESTS.to_vec(),
+            at_once: true,
+            request_ids: false,
+        }
+    }
+
+    /// How many backend calls `event_loop_backend.py` waits for.
+    fn together(&self) -> usize {
+        if self.at_once { self.requests.len() } else { 1 }
+    }
+
+    /// The request the test sends for item `id`.
+    pub fn request(&self, port: u16, id: &str, delay: u32) -> Vec<u8> {
+        let request_id = if self.request_ids {
+            format!("X-Request-Id: rid-{id}\r\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "GET /item/{id}?delay={delay}&together={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{request_id}\r\n",
+            self.together()
+        )
+        .into_bytes()
+    }
+}
+
+/// The request [`Plan::all_at_once`] sends for item `id`.
 pub fn request(port: u16, id: &str, delay: u32) -> Vec<u8> {
-    format!(
-        "GET /item/{id}?delay={delay}&together={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
-        REQUESTS.len()
-    )
-    .into_bytes()
+    Plan::all_at_once().request(port, id, delay)
 }
 
 /// The body every stack answers for item `id`.
@@ -93,9 +133,14 @@ pub fn body(id: &str) -> String {
 /// sent at once, each on its own connection; returns once the sessions are
 /// written and the service stopped.
 pub fn record(test: &str, stack: &Stack, env: &[(&str, &str)]) -> Recorded {
+    record_plan(test, stack, &Plan::all_at_once(), env)
+}
+
+/// [`record`], sending the requests as `plan` says.
+pub fn record_plan(test: &str, stack: &Stack, plan: &Plan, env: &[(&str, &str)]) -> Recorded {
     let dir = TestDir::new(test);
     let (redis, redis_port) = start_redis(&dir);
-    let ids: Vec<&str> = REQUESTS.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<&str> = plan.requests.iter().map(|(id, _)| *id).collect();
     seed_items(redis_port, &ids);
     let backend_port = free_port();
     let mut backend = Spec::python_fixture("backend", "event_loop_backend.py")
@@ -118,28 +163,44 @@ pub fn record(test: &str, stack: &Stack, env: &[(&str, &str)]) -> Recorded {
     let mut koala = spec.spawn(&dir);
     koala.wait_for_port(port);
 
-    let clients: Vec<thread::JoinHandle<(Sent, TcpStream)>> = REQUESTS
-        .iter()
-        .map(|&(id, delay)| {
-            thread::spawn(move || {
-                let mut stream = connect(port);
-                let request = request(port, id, delay);
-                let response = http_exchange(&mut stream, &request);
-                let client = stream.local_addr().unwrap().to_string();
-                let sent = Sent {
-                    id,
-                    client,
-                    request,
-                    response,
-                };
-                (sent, stream)
+    let exchange = move |plan: Plan, id: &'static str, delay: u32| {
+        let mut stream = connect(port);
+        let request = plan.request(port, id, delay);
+        let response = http_exchange(&mut stream, &request);
+        let client = stream.local_addr().unwrap().to_string();
+        let sent = Sent {
+            id,
+            client,
+            request,
+            response,
+        };
+        (sent, Some(stream))
+    };
+    let mut done = Vec::new();
+    if plan.at_once {
+        let clients: Vec<thread::JoinHandle<(Sent, Option<TcpStream>)>> = plan
+            .requests
+            .iter()
+            .map(|&(id, delay)| {
+                let plan = plan.clone();
+                thread::spawn(move || exchange(plan, id, delay))
             })
-        })
-        .collect();
+            .collect();
+        done.extend(
+            clients
+                .into_iter()
+                .map(|c| c.join().expect("client thread")),
+        );
+    } else {
+        // Each connection closed before the next request is sent.
+        for &(id, delay) in &plan.requests {
+            let (one, _closed) = exchange(plan.clone(), id, delay);
+            done.push((one, None));
+        }
+    }
     let mut sent = Vec::new();
     let mut streams = Vec::new();
-    for client in clients {
-        let (one, stream) = client.join().expect("client thread");
+    for (one, stream) in done {
         let text = String::from_utf8_lossy(&one.response).into_owned();
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with(&body(one.id)),
@@ -148,13 +209,14 @@ pub fn record(test: &str, stack: &Stack, env: &[(&str, &str)]) -> Recorded {
             koala.output_report()
         );
         sent.push(one);
-        streams.push(stream);
+        streams.extend(stream);
     }
     drop(streams); // each session ends with its connection
     let record = dir.join("record");
-    wait_for_sessions(&record, REQUESTS.len());
+    wait_for_sessions(&record, plan.requests.len());
     let pid = koala.pid();
     koala.stop_cleanly();
+    let koala_stderr = koala.stderr();
     let sessions = read_sessions(&record);
     let background = background_records(&record);
     Recorded {
@@ -166,6 +228,7 @@ pub fn record(test: &str, stack: &Stack, env: &[(&str, &str)]) -> Recorded {
         background,
         sent,
         pid,
+        koala_stderr,
         redis: Some(redis),
         backend: Some(backend),
     }
@@ -178,7 +241,7 @@ pub fn assert_own_calls(run: &Recorded, stack: &Stack) {
     let all = all.join("\n");
     assert_eq!(
         run.sessions.len(),
-        REQUESTS.len(),
+        run.sent.len(),
         "one session per request:\n{all}"
     );
     let redis_peer = format!("127.0.0.1:{}", run.redis_port);
@@ -254,7 +317,7 @@ pub fn assert_own_calls(run: &Recorded, stack: &Stack) {
         for call in &record.calls {
             let request = String::from_utf8_lossy(call.request.as_bytes()).into_owned();
             assert!(
-                !REQUESTS.iter().any(|(id, _)| request.contains(id)),
+                !run.sent.iter().any(|sent| request.contains(sent.id)),
                 "a request's call in the background record: {}",
                 show(record)
             );
@@ -283,11 +346,9 @@ pub fn assert_replays(run: &Recorded, stack: &Stack, concurrency: usize) {
     args.extend(stack.command.iter().cloned());
     args.extend([run.port, run.redis_port, run.backend_port].map(|p| p.to_string()));
     let replay = run_koala(&run.dir, &format!("replay-{concurrency}"), &args, &[]);
-    replay.assert_all_passed(REQUESTS.len());
-    replay.assert_summary(
-        [REQUESTS.len(), REQUESTS.len(), 0, 0],
-        [3 * REQUESTS.len(), 0, 0, 0],
-    );
+    let n = run.sent.len();
+    replay.assert_all_passed(n);
+    replay.assert_summary([n, n, 0, 0], [3 * n, 0, 0, 0]);
     assert_report_replayed(&read_report(&run.dir.join(&report)), &recording);
 }
 

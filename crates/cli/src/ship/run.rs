@@ -135,7 +135,11 @@ impl Counts {
 }
 
 fn megabytes(bytes: u64) -> String {
-    format!("{:.2} MB", bytes as f64 / 1e6)
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", bytes as f64 / 1e3),
+        _ => format!("{:.2} MB", bytes as f64 / 1e6),
+    }
 }
 
 /// stderr: messages, and a progress line on a terminal.
@@ -477,12 +481,15 @@ fn ship_round(
         if left > 0 {
             waiting_files += 1;
             waiting_bytes += left;
-            counts
-                .waiting_since
-                .entry(key.clone())
-                .or_insert_with(Instant::now);
             if chunk_torn > 0 && left == chunk_torn {
+                // Only a line being written: no lag.
                 torn += 1;
+                counts.waiting_since.remove(&key);
+            } else {
+                counts
+                    .waiting_since
+                    .entry(key.clone())
+                    .or_insert_with(Instant::now);
             }
         } else {
             counts.waiting_since.remove(&key);

@@ -75,37 +75,83 @@ struct ObjectEntry {
 const SITES: usize = 256;
 static BY_SITE: [AtomicU64; SITES] = [const { AtomicU64::new(0) }; SITES];
 
+/// A site-cache slot meaning "the call came from libkoala.so itself".
+const OWN_SLOT: u64 = 0xff;
+
+thread_local! {
+    /// The libssl of the last hooked call this thread made from outside
+    /// libkoala.so: the one a nested hook belongs to.
+    static CURRENT: Cell<*const OpenSsl> = const { Cell::new(std::ptr::null()) };
+}
+
 /// The libssl the code at `caller` (a return address) is linked against.
 /// After the first call from a site: one load and a compare.
+///
+/// A hook entered from libssl by a *tail call* (`SSL_connect` ends with
+/// `return SSL_do_handshake(s)`, compiled as a jump) sees the return
+/// address of the outer call: our own detour's call of the real
+/// `SSL_connect`. Such a nested hook belongs to the libssl of the outer
+/// call on the same thread ([`CURRENT`]).
 #[inline]
 pub fn library(caller: *const c_void) -> Option<&'static OpenSsl> {
     let address = caller as u64;
     let site = &BY_SITE[((address >> 2) as usize ^ (address >> 12) as usize) % SITES];
     let cached = site.load(Ordering::Relaxed);
-    if cached != 0 && cached >> 8 == address && address < 1 << 56 {
-        let slot = (cached & 0xff) as usize - 1;
-        let entry = BY_OBJECT[slot].load(Ordering::Acquire);
-        // SAFETY: entries are leaked, never freed.
-        return unsafe { entry.as_ref() }.and_then(|e| e.ssl);
+    let found = if cached != 0 && cached >> 8 == address && address < 1 << 56 {
+        match cached & 0xff {
+            OWN_SLOT => return current(),
+            slot => {
+                let entry = BY_OBJECT[slot as usize - 1].load(Ordering::Acquire);
+                // SAFETY: entries are leaked, never freed.
+                unsafe { entry.as_ref() }.and_then(|e| e.ssl)
+            }
+        }
+    } else {
+        match resolve_for(caller, site) {
+            Resolved::Own => return current(),
+            Resolved::Object(found) => found,
+        }
+    };
+    if let Some(lib) = found {
+        CURRENT.with(|c| c.set(lib));
     }
-    resolve_for(caller, site)
+    found
+}
+
+/// The libssl of the outer hooked call on this thread.
+fn current() -> Option<&'static OpenSsl> {
+    // SAFETY: only leaked `OpenSsl`s are stored there.
+    CURRENT.with(|c| unsafe { c.get().as_ref() })
+}
+
+enum Resolved {
+    /// Called from libkoala.so: a nested hook.
+    Own,
+    Object(Option<&'static OpenSsl>),
 }
 
 #[cold]
-fn resolve_for(caller: *const c_void, site: &AtomicU64) -> Option<&'static OpenSsl> {
+fn resolve_for(caller: *const c_void, site: &AtomicU64) -> Resolved {
     let errno = SavedErrno::save();
     let found = (|| {
         // SAFETY: dladdr only reads the loader's tables.
         let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
         if unsafe { libc::dladdr(caller, &mut info) } == 0 {
-            return None;
+            return Resolved::Object(None);
         }
         let base = info.dli_fbase as usize;
+        let cacheable = (caller as u64) < 1 << 56;
+        if base == own_base() {
+            if cacheable {
+                site.store((caller as u64) << 8 | OWN_SLOT, Ordering::Relaxed);
+            }
+            return Resolved::Own;
+        }
         let (slot, entry) = object_entry(base, info.dli_fname);
-        if (caller as u64) < 1 << 56 {
+        if cacheable && (slot as u64) < OWN_SLOT - 1 {
             site.store((caller as u64) << 8 | (slot as u64 + 1), Ordering::Relaxed);
         }
-        entry.ssl
+        Resolved::Object(entry.ssl)
     })();
     errno.restore();
     found
@@ -226,8 +272,17 @@ fn object_base(address: *const c_void) -> usize {
     info.dli_fbase as usize
 }
 
+/// Where libkoala.so is loaded (looked up once).
 fn own_base() -> usize {
-    object_base(own_base as *const c_void)
+    static OWN: AtomicUsize = AtomicUsize::new(0);
+    match OWN.load(Ordering::Relaxed) {
+        0 => {
+            let base = object_base(own_base as *const c_void);
+            OWN.store(base, Ordering::Relaxed);
+            base
+        }
+        base => base,
+    }
 }
 
 /// Whether the object at `base` is the main program: its link map (the

@@ -82,7 +82,7 @@ enum Command {
     /// Follow record directories and publish their sessions to NATS JetStream.
     ///
     /// Publishes every complete line of the session files as they grow and
-    /// as new processes create new files, with the session id as the
+    /// as new processes create new files, with the session id and host as the
     /// message id (de-duplicated by the stream), and saves its progress so
     /// that a restart goes on where it stopped. See docs/distributed.md.
     #[command(after_help = ship::AFTER_HELP)]

@@ -730,7 +730,7 @@ pub fn after_fork(state: ForkState, pid: libc::pid_t) {
 pub fn session_realtime(real_ns: i64) -> Option<i64> {
     let _busy = Busy::enter()?;
     replayer()?;
-    let replay = koala_replayer::attribution::current_replay();
+    let replay = session_replay();
     if replay == 0 || real_ns < 0 {
         return None;
     }
@@ -745,7 +745,7 @@ pub fn random_drawn(drawn: &mut [u8]) {
     let Some(_busy) = Busy::enter() else { return };
     contain("random", || {
         if let Some(_replayer) = replayer() {
-            let replay = koala_replayer::attribution::current_replay();
+            let replay = session_replay();
             koala_replayer::determinism::draw(replay, drawn);
         }
         if let Some(recorder) = recorder() {
@@ -820,4 +820,13 @@ pub fn tls_before_send(fd: i32) {
             replayer.before_send(fd, thread::current_tid())
         });
     }
+}
+
+/// The replay in flight the calling thread works for (0: none): the first
+/// of the attribution's candidates still in flight.
+fn session_replay() -> u64 {
+    koala_replayer::attribution::replay_candidates(thread::current_tid())
+        .into_iter()
+        .find(|&replay| koala_replayer::determinism::in_flight(replay))
+        .unwrap_or(0)
 }

@@ -165,16 +165,31 @@ pub fn current(tid: u32) -> u64 {
     }
 }
 
-/// The replay the calling thread works for, for the clock and random hooks:
-/// like [`current`] but never claims a request (0: none known).
-pub fn current_replay() -> u64 {
+/// The replays thread `tid` may be working for, for the clock and random
+/// hooks, best guess first (0: none); never claims a request. Not
+/// delegated: the replay of the inbound connection it last touched. A
+/// virtual thread: the replay it is bound to, then the request its next
+/// send would claim — the oldest its thread read that no virtual thread
+/// claimed. An event loop's handler reads the clock before its first write,
+/// while the helper's delegation may still name the previous request's
+/// context, whose replay is over: the caller takes the first candidate
+/// still in flight.
+pub fn replay_candidates(tid: u32) -> [u64; 2] {
     let delegated = DELEGATED.with(Cell::get);
     if delegated == 0 {
-        return CURRENT.with(Cell::get);
+        return [CURRENT.with(Cell::get), 0];
     }
     let guard = virtual_threads();
-    let bound = guard.as_ref().and_then(|state| state.bound.get(&delegated));
-    bound.map_or(0, |&replay| replay & !TENTATIVE)
+    let Some(state) = guard.as_ref() else {
+        return [0, 0];
+    };
+    let bound = state.bound.get(&delegated).map_or(0, |&r| r & !TENTATIVE);
+    let next = state
+        .unclaimed
+        .get(&tid)
+        .and_then(|queue| queue.front().copied())
+        .unwrap_or(0);
+    [bound, next]
 }
 
 /// Helper hint `set-delegated-from-thread-id`: the calling thread works for
@@ -352,6 +367,40 @@ mod tests {
         assert_eq!(current(LOOP), 42 | TENTATIVE);
         end(Some(301));
         end(Some(302));
+        delegate(0);
+    }
+
+    #[test]
+    fn the_clock_follows_a_virtual_thread_without_claiming() {
+        const LOOP: u32 = 5;
+        HINTS_USED.store(true, Ordering::Relaxed);
+        accepted(950, 1051);
+        accepted(951, 1052);
+        delegate(0);
+        io(950, false, LOOP);
+        assert_eq!(replay_candidates(LOOP), [51, 0], "the connection read");
+        io(951, false, LOOP);
+        delegate(401); // the handler of the first request reads the clock
+        assert_eq!(replay_candidates(LOOP), [0, 51], "what a send would claim");
+        assert_eq!(
+            replay_candidates(LOOP),
+            [0, 51],
+            "nothing claimed by looking"
+        );
+        assert_eq!(current(LOOP), 51 | TENTATIVE, "the send claims it");
+        assert_eq!(replay_candidates(LOOP), [51, 52]);
+        io(950, true, LOOP); // 401 writes its response: bound for sure
+        delegate(402);
+        assert_eq!(replay_candidates(LOOP), [0, 52]);
+        io(951, true, LOOP); // 402 writes its response: bound
+        assert_eq!(replay_candidates(LOOP), [52, 0]);
+        // Still delegated to 402 when the loop reads the next request: 402's
+        // replay first, the new request next (the caller skips ended ones).
+        accepted(952, 1053);
+        io(952, false, LOOP);
+        assert_eq!(replay_candidates(LOOP), [52, 53]);
+        end(Some(401));
+        end(Some(402));
         delegate(0);
     }
 

@@ -144,6 +144,18 @@ pub fn end(replay: u64) {
     }
 }
 
+/// Whether `replay` is in flight with a clock or random bytes of its own.
+pub fn in_flight(replay: u64) -> bool {
+    if replay == 0 {
+        return false;
+    }
+    if slot(replay).is_some_and(|slot| slot.replay.load(Ordering::Acquire) == replay) {
+        return true;
+    }
+    let streams = RANDOM.lock().unwrap_or_else(|e| e.into_inner());
+    streams.as_ref().is_some_and(|s| s.contains_key(&replay))
+}
+
 /// The service read the replayed request of `replay` at `now_ns` (real):
 /// its clock starts there, once.
 pub fn request_read(replay: u64, now_ns: u64) {

@@ -106,6 +106,30 @@ fn a_node_killed_mid_run_loses_and_duplicates_nothing() {
     }
     drop(streams);
     wait_for_sessions(&record, ids.len());
+    // Every session reaches the stream while the node is down: koala ship
+    // went on with another node (read through the two that run).
+    let others = format!(
+        "nats://127.0.0.1:{},127.0.0.1:{}",
+        nats.nodes[1].port, nats.nodes[2].port
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sessions = stream_messages(&others, "KOALA")
+            .iter()
+            .filter(|m| m.subject.starts_with("koala.KOALA.session."))
+            .count();
+        if sessions >= ids.len() {
+            break;
+        }
+        assert!(shipper.exited().is_none(), "{}", shipper.output_report());
+        assert!(
+            Instant::now() < deadline,
+            "{sessions} of {} sessions in the stream with a node down\n{}",
+            ids.len(),
+            shipper.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     nats.restart(&dir, 0);
     service.stop_cleanly();
     deps.stop();

@@ -214,6 +214,10 @@ pub fn observe(fd: i32) -> Option<Observed> {
             crate::tls::saw_fd(fd, kind);
             None
         }
+        FdKind::RandomDevice => Busy::enter().map(|busy| Observed {
+            _busy: busy,
+            kind: FdKind::RandomDevice,
+        }),
         FdKind::Unknown => {
             // First sight of this fd number: classify it once, outside any lock.
             let _busy = Busy::enter()?;
@@ -303,6 +307,10 @@ pub enum Way {
 impl Observed {
     /// The service moved `data` (the slices of its own buffers) on `fd`.
     pub fn moved(&self, fd: i32, way: Way, data: &[&[u8]]) {
+        if self.kind == FdKind::RandomDevice {
+            // Only `read` of the device is randomness drawn ([`Observed::drew`]).
+            return;
+        }
         contain("bytes", || {
             let tid = thread::current_tid();
             if let Some(recorder) = recorder() {
@@ -320,6 +328,16 @@ impl Observed {
 
     /// A read on `fd` returned end-of-file: on an outbound connection the
     /// dependency closed it (replay closes where the recording did).
+    /// Whether this is a read of `/dev/urandom` or `/dev/random`.
+    pub fn is_random_device(&self) -> bool {
+        self.kind == FdKind::RandomDevice
+    }
+
+    /// A read of a random device returned `drawn`: as [`random_drawn`].
+    pub fn drew(&self, drawn: &mut [u8]) {
+        contain("random", || draw_random(drawn));
+    }
+
     pub fn peer_closed(&self, fd: i32) {
         if self.kind != FdKind::Outbound {
             return;
@@ -743,15 +761,41 @@ pub fn session_realtime(real_ns: i64) -> Option<i64> {
 /// thread's session.
 pub fn random_drawn(drawn: &mut [u8]) {
     let Some(_busy) = Busy::enter() else { return };
-    contain("random", || {
-        if let Some(_replayer) = replayer() {
-            let replay = session_replay();
-            koala_replayer::determinism::draw(replay, drawn);
-        }
-        if let Some(recorder) = recorder() {
-            recorder.random_drawn(thread::current_tid(), drawn);
-        }
-    });
+    contain("random", || draw_random(drawn));
+}
+
+/// In replay, `drawn` becomes the next recorded bytes of the thread's
+/// session; when recording, what it holds then is kept in the session.
+fn draw_random(drawn: &mut [u8]) {
+    if let Some(_replayer) = replayer() {
+        let replay = session_replay();
+        koala_replayer::determinism::draw(replay, drawn);
+    }
+    if let Some(recorder) = recorder() {
+        recorder.random_drawn(thread::current_tid(), drawn);
+    }
+}
+
+/// A file was opened as `fd` (the real `open` returned it): a file from now
+/// on, whatever the number was, and `/dev/urandom` or `/dev/random` marked
+/// so that its reads count as randomness drawn. One relaxed load when the
+/// library is passive.
+///
+/// # Safety
+/// `path` is null or the caller's NUL-terminated path.
+pub unsafe fn file_opened(fd: i32, path: *const libc::c_char) -> i32 {
+    if fd < 0 || !is_active() {
+        return fd;
+    }
+    // SAFETY: per the caller.
+    let random = !path.is_null()
+        && fdkind::is_random_device(unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes());
+    let kind = if random {
+        FdKind::RandomDevice
+    } else {
+        FdKind::NotSocket
+    };
+    fd_created(fd, kind)
 }
 
 /// The time stamped on bytes recorded on `fd`: with `KOALA_MODE=record,replay`,

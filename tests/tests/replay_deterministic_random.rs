@@ -1,14 +1,16 @@
 //! Recorded randomness per session, and its bound (issue 10): a service
-//! answers `uuid4()` and `secrets.token_hex(16)` as `nonce` (16 random bytes each,
-//! drawn with getrandom, in that order).
+//! answers 8 bytes read from `/dev/urandom` as `dev`, then `uuid4()` and
+//! `secrets.token_hex(16)` as `nonce` (16 random bytes each, drawn with
+//! getrandom), in that order.
 //!
-//! - Recorded as is: each session keeps its 32 bytes; replayed, every
-//!   response is the recorded one byte for byte.
-//! - Recorded with `KOALA_MAX_RANDOM_BYTES=24`: each session keeps 24 bytes
+//! - Recorded as is: each session keeps its 40 bytes, the device's first;
+//!   replayed, every response is the recorded one byte for byte.
+//! - Recorded with `KOALA_MAX_RANDOM_BYTES=32`: each session keeps 32 bytes
 //!   and is flagged `random_truncated`; the library's summary line counts
-//!   the 8 bytes cut of each (`random_bytes_cut=24`). Replayed, the uuid
-//!   and the first 8 bytes of the nonce are the recorded ones, the rest is
-//!   real randomness: each session fails on `$.nonce` alone.
+//!   the 8 bytes cut of each (`random_bytes_cut=24`). Replayed, the device's
+//!   bytes, the uuid and the first 8 bytes of the nonce are the recorded
+//!   ones, the rest is real randomness: each session fails on `$.nonce`
+//!   alone.
 
 use koala_session::replay::ReplayResult;
 use koala_tests::replay::*;
@@ -19,6 +21,10 @@ const REQUESTS: u32 = 3;
 
 fn request(port: u16, n: u32) -> Vec<u8> {
     format!("GET /{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").into_bytes()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn body(response: &[u8]) -> Value {
@@ -90,23 +96,23 @@ fn replay_deterministic_random() {
 
     let whole = record(&dir, "whole", &[]);
     for session in &whole {
-        assert_eq!(session.random.as_bytes().len(), 32, "{}", show(session));
+        assert_eq!(session.random.as_bytes().len(), 40, "{}", show(session));
         assert!(!session.random_truncated, "{}", show(session));
+        // The device's bytes, as read.
+        let dev = body(session.inbound.response.as_bytes())["dev"].clone();
+        assert_eq!(dev, hex(&session.random.as_bytes()[..8]), "{}", show(session));
     }
-    let cut = record(&dir, "cut", &[("KOALA_MAX_RANDOM_BYTES", "24")]);
+    let cut = record(&dir, "cut", &[("KOALA_MAX_RANDOM_BYTES", "32")]);
     for session in &cut {
-        assert_eq!(session.random.as_bytes().len(), 24, "{}", show(session));
+        assert_eq!(session.random.as_bytes().len(), 32, "{}", show(session));
         assert!(session.random_truncated, "{}", show(session));
-        // The kept bytes are the uuid's (version and variant bits aside).
-        let id = body(session.inbound.response.as_bytes())["id"]
-            .as_str()
-            .unwrap()
-            .replace('-', "");
-        let drawn: String = session.random.as_bytes()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(id[..12], drawn[..12], "{}", show(session));
+        // The kept bytes are the device's, then the uuid's (version and
+        // variant bits aside).
+        let answer = body(session.inbound.response.as_bytes());
+        let id = answer["id"].as_str().unwrap().replace('-', "");
+        let drawn = session.random.as_bytes();
+        assert_eq!(answer["dev"], hex(&drawn[..8]), "{}", show(session));
+        assert_eq!(id[..12], hex(&drawn[8..24])[..12], "{}", show(session));
     }
     let summaries = summary_lines(&dir.join("cut"));
     assert_eq!(summaries.len(), 1, "{summaries:?}");
@@ -135,6 +141,7 @@ fn replay_deterministic_random() {
             body(result.response.as_bytes()),
             body(result.recorded_response.as_bytes()),
         );
+        assert_eq!(got["dev"], want["dev"], "the device's bytes were kept");
         assert_eq!(got["id"], want["id"], "the uuid's bytes were kept");
         let (nonce, recorded) = (
             got["nonce"].as_str().unwrap(),

@@ -39,6 +39,10 @@ pub enum FdKind {
     InboundTls = 9,
     /// An outbound connection carrying TLS, as [`FdKind::InboundTls`].
     OutboundTls = 10,
+    /// `/dev/urandom` or `/dev/random`, opened by the host: what it reads
+    /// from it is randomness drawn (recorded per session, handed back in
+    /// replay), like `getrandom`'s.
+    RandomDevice = 11,
 }
 
 impl FdKind {
@@ -54,6 +58,7 @@ impl FdKind {
             8 => FdKind::Library,
             9 => FdKind::InboundTls,
             10 => FdKind::OutboundTls,
+            11 => FdKind::RandomDevice,
             _ => FdKind::Unknown,
         }
     }
@@ -84,6 +89,13 @@ impl FdKind {
             other => other,
         }
     }
+}
+
+/// Whether `path` (as passed to `open`) names the kernel's random devices.
+/// Only these exact spellings: a relative or roundabout path to them is
+/// read as a file.
+pub fn is_random_device(path: &[u8]) -> bool {
+    path == b"/dev/urandom" || path == b"/dev/random"
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -225,6 +237,20 @@ mod tests {
         assert_eq!(FdKind::Inbound.with_tls(), FdKind::InboundTls);
         assert_eq!(FdKind::OutboundTls.without_tls(), FdKind::Outbound);
         assert_eq!(FdKind::NotSocket.with_tls(), FdKind::NotSocket);
+    }
+
+    #[test]
+    fn random_devices() {
+        assert_eq!(
+            FdKind::from_u8(FdKind::RandomDevice as u8),
+            FdKind::RandomDevice
+        );
+        assert!(!FdKind::RandomDevice.is_connection());
+        assert!(is_random_device(b"/dev/urandom"));
+        assert!(is_random_device(b"/dev/random"));
+        for other in [&b"/dev/urandom2"[..], b"dev/random", b"/dev/null", b""] {
+            assert!(!is_random_device(other), "{other:?}");
+        }
     }
 
     #[test]

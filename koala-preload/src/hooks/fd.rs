@@ -215,7 +215,8 @@ pub unsafe extern "C" fn openat64(
 }
 
 /// A file opened: the number is a file now, whatever it was (a missed
-/// close of a socket must not make file I/O look like traffic).
+/// close of a socket must not make file I/O look like traffic), and the
+/// random devices are marked (their reads are randomness drawn).
 unsafe fn open_detour(
     symbol: &RealSymbol,
     path: *const c_char,
@@ -228,7 +229,8 @@ unsafe fn open_detour(
     };
     // SAFETY: the caller's arguments, unchanged (mode is ignored without O_CREAT/O_TMPFILE).
     let fd = unsafe { real(path, flags, mode) };
-    layer::fd_created(fd, FdKind::NotSocket)
+    // SAFETY: the caller's path, which the real open just read.
+    unsafe { layer::file_opened(fd, path) }
 }
 
 unsafe fn openat_detour(
@@ -244,5 +246,6 @@ unsafe fn openat_detour(
     };
     // SAFETY: the caller's arguments, unchanged.
     let fd = unsafe { real(dir_fd, path, flags, mode) };
-    layer::fd_created(fd, FdKind::NotSocket)
+    // SAFETY: the caller's path, which the real openat just read.
+    unsafe { layer::file_opened(fd, path) }
 }

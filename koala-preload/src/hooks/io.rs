@@ -195,11 +195,36 @@ hook! { fn __recvfrom_chk(fd: c_int, buf: *mut c_void, len: size_t, buflen: size
 hook! { fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t => koala_readv = readv_detour; }
 hook! { fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t => koala_recvmsg = recvmsg_detour; }
 
+/// What a `read` of up to `count` bytes into `buf` returned: from a random
+/// device, randomness drawn (recorded, or the recorded bytes in replay);
+/// otherwise as [`received`].
+///
+/// # Safety
+/// The real read just returned `n` (bytes written to `buf` when positive).
+unsafe fn read_returned(
+    observed: Option<Observed>,
+    fd: c_int,
+    n: ssize_t,
+    buf: *mut c_void,
+    count: size_t,
+) {
+    match observed {
+        Some(device) if device.is_random_device() => {
+            if n > 0 {
+                // SAFETY: per the caller.
+                device.drew(unsafe { std::slice::from_raw_parts_mut(buf.cast(), n as usize) });
+            }
+        }
+        observed => received(observed, fd, n, buf, count),
+    }
+}
+
 unsafe fn read_detour(real: ReadFn, fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count) };
-    received(observed, fd, n, buf, count);
+    // SAFETY: the real read returned n.
+    unsafe { read_returned(observed, fd, n, buf, count) };
     n
 }
 
@@ -213,7 +238,8 @@ unsafe fn read_chk_detour(
     let observed = layer::observe(fd);
     // SAFETY: the caller's arguments, unchanged.
     let n = unsafe { real(fd, buf, count, buflen) };
-    received(observed, fd, n, buf, count);
+    // SAFETY: the real read returned n.
+    unsafe { read_returned(observed, fd, n, buf, count) };
     n
 }
 

@@ -144,10 +144,7 @@ pub fn stand_in_certificate(dns: Option<&str>, ip: Option<std::net::IpAddr>) -> 
         0x68, 0x37, 0xbf, 0x51, 0xf5,
     ];
     let name = |text: &str| {
-        let attribute = der(
-            0x30,
-            &[COMMON_NAME, &der(0x0c, text.as_bytes())].concat(),
-        );
+        let attribute = der(0x30, &[COMMON_NAME, &der(0x0c, text.as_bytes())].concat());
         der(0x30, &der(0x31, &attribute))
     };
     let algorithm = der(0x30, ECDSA_SHA256);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use koala_ship::jetstream::{self, JetStream};
 use koala_ship::nats::Options;
 use koala_ship::url::NatsUrl;
+pub use koala_ship::url::Tls;
 
 use crate::{Program, Spec, TestDir, free_port};
 
@@ -99,16 +100,23 @@ pub struct Nats {
 impl Nats {
     /// One node with JetStream.
     pub fn single(dir: &TestDir, auth: ServerAuth) -> Nats {
-        Nats::start(dir, 1, auth)
+        Nats::start(dir, 1, auth, "")
+    }
+
+    /// One node, `extra` added to its configuration (a `tls { ... }`
+    /// block). Not waited for beyond its port: the harness's own client
+    /// may not get in.
+    pub fn single_with(dir: &TestDir, auth: ServerAuth, extra: &str) -> Nats {
+        Nats::start(dir, 1, auth, extra)
     }
 
     /// `count` nodes, routes between all of them, JetStream on each (its
     /// store in the test directory).
     pub fn cluster(dir: &TestDir, count: usize) -> Nats {
-        Nats::start(dir, count, ServerAuth::None)
+        Nats::start(dir, count, ServerAuth::None, "")
     }
 
-    fn start(dir: &TestDir, count: usize, auth: ServerAuth) -> Nats {
+    fn start(dir: &TestDir, count: usize, auth: ServerAuth, extra: &str) -> Nats {
         let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
         let mut nodes = Vec::new();
         for (index, &(port, cluster_port)) in ports.iter().enumerate() {
@@ -128,6 +136,7 @@ impl Nats {
                     config.push_str(&format!("authorization {{\n  token: \"{token}\"\n}}\n"))
                 }
             }
+            config.push_str(extra);
             if count > 1 {
                 let routes: Vec<String> = ports
                     .iter()
@@ -153,7 +162,7 @@ impl Nats {
             node.spawn(dir);
         }
         let nats = Nats { nodes };
-        if matches!(auth, ServerAuth::None) {
+        if matches!(auth, ServerAuth::None) && extra.is_empty() {
             nats.wait_ready();
         }
         nats
@@ -198,7 +207,15 @@ impl Nats {
 }
 
 fn client(url: &str) -> Result<JetStream, jetstream::Error> {
-    let url = NatsUrl::parse(url).map_err(jetstream::Error::Bad)?;
+    client_with(url, &Tls::default())
+}
+
+/// A client with TLS files (`tls.ca`, `tls.cert`, `tls.key`).
+fn client_with(url: &str, tls: &Tls) -> Result<JetStream, jetstream::Error> {
+    let mut url = NatsUrl::parse(url).map_err(jetstream::Error::Bad)?;
+    url.tls.ca = tls.ca.clone();
+    url.tls.cert = tls.cert.clone();
+    url.tls.key = tls.key.clone();
     JetStream::connect(Options {
         url,
         name: "koala tests".into(),
@@ -217,9 +234,14 @@ pub struct StreamMessage {
 /// Every message of `stream` (read with STREAM.MSG.GET, retried while a
 /// cluster elects a leader).
 pub fn stream_messages(url: &str, stream: &str) -> Vec<StreamMessage> {
+    stream_messages_with(url, stream, &Tls::default())
+}
+
+/// [`stream_messages`] from a server that wants TLS: the files to use.
+pub fn stream_messages_with(url: &str, stream: &str, tls: &Tls) -> Vec<StreamMessage> {
     let deadline = Instant::now() + READY_TIMEOUT;
     'again: loop {
-        let mut js = match client(url) {
+        let mut js = match client_with(url, tls) {
             Ok(js) => js,
             Err(e) => {
                 assert!(Instant::now() < deadline, "cannot read {stream}: {e}");
@@ -252,7 +274,12 @@ pub fn stream_messages(url: &str, stream: &str) -> Vec<StreamMessage> {
 
 /// The session ids of the stream's messages, in stream order.
 pub fn stream_ids(url: &str, stream: &str) -> Vec<String> {
-    stream_messages(url, stream)
+    stream_ids_with(url, stream, &Tls::default())
+}
+
+/// [`stream_ids`] from a server that wants TLS.
+pub fn stream_ids_with(url: &str, stream: &str, tls: &Tls) -> Vec<String> {
+    stream_messages_with(url, stream, tls)
         .iter()
         .map(|m| {
             let session = koala_session::read_session_line(

@@ -3,10 +3,13 @@
 //! SIGKILLed in the middle of a file and restarted, it loses nothing and
 //! duplicates nothing; an unreachable server, refused credentials and a
 //! missing stream are clear errors with a non-zero exit that leave the
-//! files (and the progress) as they were.
+//! files (and the progress) as they were. Over TLS (certificates made here
+//! with the openssl CLI): an untrusted server certificate, a refused
+//! password, a missing client certificate and a `tls://` URL to a server
+//! without TLS are clear errors too, and with the right files it ships.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use koala_tests::nats::*;
@@ -28,6 +31,16 @@ fn session_line(id: &str, size: usize) -> String {
 }
 
 fn ship(dir: &TestDir, name: &str, url: &str, extra: &[&str]) -> KoalaRun {
+    ship_env(dir, name, url, extra, &[])
+}
+
+fn ship_env(
+    dir: &TestDir,
+    name: &str,
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> KoalaRun {
     let mut args: Vec<String> = [
         "ship", "record", "--to", url, "--stream", "KOALA", "--once", "--host", "h1",
     ]
@@ -35,7 +48,7 @@ fn ship(dir: &TestDir, name: &str, url: &str, extra: &[&str]) -> KoalaRun {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    run_koala(dir, name, &args, &[])
+    run_koala(dir, name, &args, env)
 }
 
 fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
@@ -241,14 +254,6 @@ fn unreachable_refused_and_missing_stream() {
     // Not a NATS URL; TLS is refused with a reason.
     let run = ship(&dir, "ship-http", "http://127.0.0.1:4222", &[]);
     assert_fails_cleanly(&run, "not a NATS URL", &file, &text, &state);
-    let run = ship(&dir, "ship-tls", "tls://127.0.0.1:4222", &[]);
-    assert_fails_cleanly(
-        &run,
-        "TLS to the NATS server is not supported",
-        &file,
-        &text,
-        &state,
-    );
 
     // A server with a user and password.
     let users = Nats::single(&dir, ServerAuth::User("koala", "right-secret"));
@@ -371,4 +376,207 @@ fn delete_shipped_removes_only_finished_files() {
     let mut got = stream_ids(&nats.url(), "KOALA");
     got.sort();
     assert_eq!(got, ["7-0", "7-1", "8-0"]);
+}
+
+/// A certificate authority, and the certificates it signed: the server's
+/// (for 127.0.0.1) and a client's, made with the openssl CLI.
+struct Pki {
+    ca: PathBuf,
+    server: PathBuf,
+    server_key: PathBuf,
+    client: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_pki(dir: &TestDir) -> Pki {
+    let openssl = require_program("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let output = clean_command(&openssl)
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-days", "2", "-keyout", "ca.key", "-out", "ca.pem"],
+        &["-subj", "/CN=koala test CA"],
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
+        &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+    ]
+    .concat());
+    for (name, extension) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        fs::write(dir.join(&ext), format!("{extension}\n")).unwrap();
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ]);
+    }
+    Pki {
+        ca: dir.join("ca.pem"),
+        server: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+#[test]
+fn tls_to_the_server() {
+    let dir = TestDir::new("ship_tls");
+    let pki = make_pki(&dir);
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    let file = record.join("svc-4242.jsonl");
+    let text: String = ids("6", 0..3)
+        .iter()
+        .map(|id| session_line(id, 500) + "\n")
+        .collect();
+    fs::write(&file, &text).unwrap();
+    let state = record.join(".koala-ship-KOALA.state");
+    let ca = || ("NATS_CA", pki.ca.display().to_string());
+
+    // A server that requires TLS, and a user and password.
+    let tls = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+        pki.server.display(),
+        pki.server_key.display()
+    );
+    let users = Nats::single_with(&dir, ServerAuth::User("koala", "right-secret"), &tls);
+    let port = users.nodes[0].port;
+    let right = format!("nats://koala:right-secret@127.0.0.1:{port}");
+    // Its certificate authority not given: not trusted.
+    let run = ship(&dir, "ship-untrusted", &right, &["--create"]);
+    assert_fails_cleanly(&run, "certificate is not trusted", &file, &text, &state);
+    assert!(
+        run.stderr.contains("NATS_CA"),
+        "says what to give\n{}",
+        run.output()
+    );
+    // Trusted, but the wrong password.
+    let wrong = format!("nats://koala:wrong-secret@127.0.0.1:{port}");
+    let run = ship_env(
+        &dir,
+        "ship-tls-wrong-password",
+        &wrong,
+        &["--create"],
+        &[ca()],
+    );
+    assert_fails_cleanly(&run, "NATS authorization failed", &file, &text, &state);
+    // Both right: shipped (nats:// is upgraded, as the server requires).
+    let run = ship_env(&dir, "ship-tls", &right, &["--create"], &[ca()]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    let trust = Tls {
+        ca: Some(pki.ca.clone()),
+        ..Tls::default()
+    };
+    assert_eq!(stream_ids_with(&right, "KOALA", &trust), ids("6", 0..3));
+    // And read back by koala show from a tls:// URL.
+    let shown = run_koala(
+        &dir,
+        "show-tls",
+        &[
+            "show".into(),
+            format!("tls://koala:right-secret@127.0.0.1:{port}/KOALA"),
+        ],
+        &[ca()],
+    );
+    assert_eq!(shown.code, Some(0), "{}", shown.output());
+    for id in ids("6", 0..3) {
+        assert!(
+            shown.stdout.contains(&format!("session {id} ")),
+            "{}",
+            shown.output()
+        );
+    }
+    fs::remove_file(&state).unwrap();
+    drop(users);
+
+    // A server that verifies its clients' certificates.
+    let verify = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+        pki.server.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    );
+    let verifying = Nats::single_with(&dir, ServerAuth::None, &verify);
+    let url = verifying.nodes[0].url();
+    let run = ship_env(&dir, "ship-no-client-cert", &url, &["--create"], &[ca()]);
+    assert_fails_cleanly(&run, "NATS_CERT and NATS_KEY", &file, &text, &state);
+    let client = [
+        ca(),
+        ("NATS_CERT", pki.client.display().to_string()),
+        ("NATS_KEY", pki.client_key.display().to_string()),
+    ];
+    let run = ship_env(&dir, "ship-client-cert", &url, &["--create"], &client);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    let trusted = Tls {
+        ca: Some(pki.ca.clone()),
+        cert: Some(pki.client.clone()),
+        key: Some(pki.client_key.clone()),
+        ..Tls::default()
+    };
+    assert_eq!(stream_ids_with(&url, "KOALA", &trusted), ids("6", 0..3));
+    fs::remove_file(&state).unwrap();
+    drop(verifying);
+
+    // tls:// to a server without TLS.
+    let plain = Nats::single(&dir, ServerAuth::None);
+    let port = plain.nodes[0].port;
+    let run = ship(
+        &dir,
+        "ship-tls-plain",
+        &format!("tls://127.0.0.1:{port}"),
+        &["--create"],
+    );
+    assert_fails_cleanly(&run, "does not offer TLS", &file, &text, &state);
 }

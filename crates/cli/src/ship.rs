@@ -38,13 +38,18 @@ and de-duplicated by the stream.
 
 Credentials: nats://USER:PASSWORD@HOST:PORT or nats://TOKEN@HOST:PORT, or
 the variables NATS_USER and NATS_PASSWORD, or NATS_TOKEN. Several servers of
-one cluster: nats://HOST1:PORT,HOST2:PORT (failover). TLS to the server is
-not supported (tls:// URLs are refused).
+one cluster: nats://HOST1:PORT,HOST2:PORT (failover).
+
+TLS: a server that requires TLS gets it; tls://HOST:PORT insists on it. The
+server's certificate is checked against NATS_CA (a PEM file of certificate
+authorities; default: the system's), for the host or IP address of the URL.
+A server that verifies its clients gets NATS_CERT and NATS_KEY (PEM files).
 
 Exit status: 0 stopped (SIGINT/SIGTERM) or, with --once, everything
 complete was shipped; 1 with --once, some lines could not be shipped (they
 stay in their files, and the next run ships them); 2 usage or setup problem
-(unreachable server with --once, refused credentials, missing stream).
+(unreachable server with --once, refused credentials, a TLS failure, missing
+stream).
 
 Examples:
   koala ship ./koala-sessions --to nats://nats1:4222,nats2:4222 --stream KOALA
@@ -58,6 +63,7 @@ pub struct ShipArgs {
     #[arg(required = true, value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
     /// The NATS servers: nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[,HOST:PORT...]
+    /// (tls://... to insist on TLS)
     #[arg(long, value_name = "URL")]
     pub to: String,
     /// The JetStream stream (it takes the subjects koala.<STREAM>.>).

@@ -528,7 +528,7 @@ fn copy_error(e: &nats::Error) -> nats::Error {
     match e {
         nats::Error::Unreachable(m) => nats::Error::Unreachable(m.clone()),
         nats::Error::Auth(m) => nats::Error::Auth(m.clone()),
-        nats::Error::TlsRequired(m) => nats::Error::TlsRequired(m.clone()),
+        nats::Error::Tls(m) => nats::Error::Tls(m.clone()),
         nats::Error::Connection(m) => nats::Error::Connection(m.clone()),
         nats::Error::Timeout => nats::Error::Timeout,
         nats::Error::NoResponders(m) => nats::Error::NoResponders(m.clone()),

@@ -9,6 +9,8 @@
 //! - [`nats`]: a small synchronous NATS client on `std::net` (the text
 //!   protocol: INFO/CONNECT/PING, PUB/HPUB, SUB, MSG/HMSG), with failover
 //!   across the servers of a cluster and user/password or token auth;
+//! - [`tls`]: TLS to the server (rustls), when it requires it or the URL
+//!   is `tls://`;
 //! - [`jetstream`]: the JetStream API on top of it (streams, publish with a
 //!   message id for de-duplication, direct reads, durable pull consumers);
 //! - [`sink`]: the small boundary `koala ship` and `koala replay` use
@@ -21,4 +23,5 @@ pub mod follow;
 pub mod jetstream;
 pub mod nats;
 pub mod sink;
+pub mod tls;
 pub mod url;

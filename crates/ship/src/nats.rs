@@ -9,6 +9,9 @@
 //! subscriptions (`SUB subject sid`) as `MSG`/`HMSG`. The server's `PING`s
 //! are answered with `PONG`.
 //!
+//! A server that requires TLS (or a `tls://` URL) gets a TLS handshake
+//! right after its `INFO` ([`crate::tls`]).
+//!
 //! Replies are taken on one wildcard subscription, `_INBOX.<random>.*`:
 //! each request gets its own last token, so many requests may be in flight
 //! at once (pipelined publishes) and a late answer to a request given up is
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::tls::{self, Transport};
 use crate::url::{Auth, NatsUrl};
 
 /// Why a NATS operation failed.
@@ -31,8 +35,10 @@ pub enum Error {
     Unreachable(String),
     /// The server refused the credentials (or wants some).
     Auth(String),
-    /// The server requires TLS, which this client does not speak.
-    TlsRequired(String),
+    /// TLS with the server failed: its certificate is not trusted or
+    /// does not name it, it refused ours (or wants one), a `tls://` URL to
+    /// a server without TLS, or a TLS file that cannot be used.
+    Tls(String),
     /// The connection broke, or the server sent something unexpected.
     Connection(String),
     /// No answer within the time allowed.
@@ -49,7 +55,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Unreachable(m) => write!(f, "cannot reach a NATS server: {m}"),
             Error::Auth(m) => write!(f, "NATS authorization failed: {m}"),
-            Error::TlsRequired(m) => write!(f, "{m}"),
+            Error::Tls(m) => write!(f, "{m}"),
             Error::Connection(m) => write!(f, "NATS connection: {m}"),
             Error::Timeout => write!(f, "no answer from the NATS server in time"),
             Error::NoResponders(subject) => write!(f, "no responders on {subject}"),
@@ -86,6 +92,8 @@ pub struct ServerInfo {
     pub auth_required: bool,
     #[serde(default)]
     pub tls_required: bool,
+    #[serde(default)]
+    pub tls_available: bool,
     #[serde(default)]
     pub jetstream: bool,
 }
@@ -169,8 +177,8 @@ pub struct Options {
 /// server after it breaks ([`Connection::reconnect`]).
 pub struct Connection {
     options: Options,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// Reads and writes (the writes go around the buffer).
+    reader: BufReader<Transport>,
     info: ServerInfo,
     server: String,
     /// Index of the server in use, to start from the next one on failover.
@@ -188,13 +196,12 @@ const INBOX_SID: u64 = 1;
 impl Connection {
     /// Connects to the first server of the URL that answers.
     pub fn connect(options: Options) -> Result<Connection> {
-        let (reader, writer, info, index) = open_any(&options, 0)?;
+        let (reader, info, index) = open_any(&options, 0)?;
         let inbox = format!("_INBOX.{}", random_token());
         let mut connection = Connection {
             server: options.url.servers[index].clone(),
             options,
             reader,
-            writer,
             info,
             index,
             inbox,
@@ -218,10 +225,13 @@ impl Connection {
     /// Drops the connection and connects again, starting with the server
     /// after the one in use.
     pub fn reconnect(&mut self) -> Result<()> {
-        let _ = self.writer.shutdown(std::net::Shutdown::Both);
-        let (reader, writer, info, index) = open_any(&self.options, self.index + 1)?;
+        let _ = self
+            .reader
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
+        let (reader, info, index) = open_any(&self.options, self.index + 1)?;
         self.reader = reader;
-        self.writer = writer;
         self.info = info;
         self.index = index;
         self.server = self.options.url.servers[index].clone();
@@ -251,7 +261,7 @@ impl Connection {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        match self.writer.write_all(bytes) {
+        match self.reader.get_mut().write_all(bytes) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.broke(format!("write to {}: {e}", self.server))),
         }
@@ -430,7 +440,7 @@ impl Connection {
             if left.is_zero() {
                 return Err(Error::Timeout);
             }
-            let _ = self.reader.get_ref().set_read_timeout(Some(left));
+            let _ = self.reader.get_ref().tcp().set_read_timeout(Some(left));
             match self.reader.read_until(b'\n', &mut self.line) {
                 Ok(0) => {
                     return Err(self.broke(format!("{} closed the connection", self.server)));
@@ -464,6 +474,7 @@ impl Connection {
         let _ = self
             .reader
             .get_ref()
+            .tcp()
             .set_read_timeout(Some(self.options.timeout));
         let mut payload = vec![0; size + 2];
         if let Err(e) = self.reader.read_exact(&mut payload) {
@@ -515,7 +526,7 @@ fn classify_err(message: String) -> Error {
     }
 }
 
-type Opened = (BufReader<TcpStream>, TcpStream, ServerInfo, usize);
+type Opened = (BufReader<Transport>, ServerInfo, usize);
 
 /// Tries every server, starting at `start` (modulo their number).
 fn open_any(options: &Options, start: usize) -> Result<Opened> {
@@ -524,16 +535,16 @@ fn open_any(options: &Options, start: usize) -> Result<Opened> {
     for k in 0..servers.len() {
         let index = (start + k) % servers.len();
         match open(options, &servers[index]) {
-            Ok((reader, writer, info)) => return Ok((reader, writer, info, index)),
+            Ok((reader, info)) => return Ok((reader, info, index)),
             // The same credentials fail on every member: say it now.
-            Err(e @ (Error::Auth(_) | Error::TlsRequired(_))) => return Err(e),
+            Err(e @ (Error::Auth(_) | Error::Tls(_))) => return Err(e),
             Err(e) => failures.push(format!("{}: {e}", servers[index])),
         }
     }
     Err(Error::Unreachable(failures.join("; ")))
 }
 
-fn open(options: &Options, server: &str) -> Result<(BufReader<TcpStream>, TcpStream, ServerInfo)> {
+fn open(options: &Options, server: &str) -> Result<(BufReader<Transport>, ServerInfo)> {
     let addrs: Vec<_> = server
         .to_socket_addrs()
         .map_err(|e| Error::Unreachable(format!("cannot resolve: {e}")))?
@@ -553,15 +564,10 @@ fn open(options: &Options, server: &str) -> Result<(BufReader<TcpStream>, TcpStr
         .ok_or_else(|| Error::Unreachable(last.map_or("no address".into(), |e| e.to_string())))?;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(options.timeout));
-    let writer = stream
-        .try_clone()
-        .map_err(|e| Error::Connection(e.to_string()))?;
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
     let deadline = Instant::now() + options.timeout;
-    let _ = reader.get_ref().set_read_timeout(Some(options.timeout));
-    let mut first = Vec::new();
-    reader
-        .read_until(b'\n', &mut first)
+    let _ = stream.set_read_timeout(Some(options.timeout));
+    // The INFO line, read a byte at a time: what follows it may be TLS.
+    let first = read_info_line(&stream)
         .map_err(|e| Error::Unreachable(format!("no INFO from the server: {e}")))?;
     let text = String::from_utf8_lossy(&first);
     let Some(json) = text.strip_prefix("INFO ") else {
@@ -572,15 +578,21 @@ fn open(options: &Options, server: &str) -> Result<(BufReader<TcpStream>, TcpStr
     };
     let info: ServerInfo = serde_json::from_str(json.trim())
         .map_err(|e| Error::Connection(format!("bad INFO from the server: {e}")))?;
-    if info.tls_required {
-        return Err(Error::TlsRequired(format!(
-            "the NATS server {server} requires TLS, which koala does not speak: give koala a listener without TLS (or a local TLS-terminating proxy)"
-        )));
-    }
+    let transport = if info.tls_required || options.url.tls.required {
+        if !info.tls_required && !info.tls_available {
+            return Err(Error::Tls(format!(
+                "the NATS server {server} does not offer TLS (asked for by the tls:// URL): use nats://, or enable TLS on the server"
+            )));
+        }
+        let config = tls::client_config(&options.url.tls).map_err(Error::Tls)?;
+        tls::handshake(config, server, stream).map_err(Error::Tls)?
+    } else {
+        Transport::Plain(stream)
+    };
     let mut connect = serde_json::json!({
         "verbose": false,
         "pedantic": false,
-        "tls_required": false,
+        "tls_required": transport.is_tls(),
         "name": options.name,
         "lang": "rust-koala",
         "version": env!("CARGO_PKG_VERSION"),
@@ -596,29 +608,33 @@ fn open(options: &Options, server: &str) -> Result<(BufReader<TcpStream>, TcpStr
         }
         Auth::Token(token) => connect["auth_token"] = token.clone().into(),
     }
-    let mut writer_ref = &writer;
-    writer_ref
+    let mut reader = BufReader::with_capacity(1 << 16, transport);
+    reader
+        .get_mut()
         .write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
-        .map_err(|e| Error::Connection(format!("write: {e}")))?;
+        .map_err(|e| after_connect(server, "write", e))?;
     loop {
         let mut line = Vec::new();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::Unreachable("no PONG after CONNECT".into()));
         }
-        let _ = reader.get_ref().set_read_timeout(Some(left));
+        let _ = reader.get_ref().tcp().set_read_timeout(Some(left));
         let read = reader.read_until(b'\n', &mut line);
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         match read {
+            Err(e) if tls::tls_error(&e).is_some() => {
+                return Err(Error::Tls(tls::explain(server, &e)));
+            }
             Ok(0) | Err(_) if options.url.auth == Auth::None && info.auth_required => {
                 return Err(Error::Auth(no_credentials()));
             }
             Ok(0) => return Err(Error::Connection("closed after CONNECT".into())),
-            Err(e) => return Err(Error::Connection(format!("after CONNECT: {e}"))),
+            Err(e) => return Err(after_connect(server, "after CONNECT", e)),
             Ok(_) => {}
         }
         if text == "PONG" {
-            return Ok((reader, writer, info));
+            return Ok((reader, info));
         }
         if let Some(message) = text.strip_prefix("-ERR") {
             let message = message.trim().trim_matches('\'').to_string();
@@ -634,11 +650,47 @@ fn open(options: &Options, server: &str) -> Result<(BufReader<TcpStream>, TcpStr
         }
         // +OK, PING, INFO: keep waiting for the PONG.
         if text == "PING" {
-            writer_ref
+            reader
+                .get_mut()
                 .write_all(b"PONG\r\n")
-                .map_err(|e| Error::Connection(format!("write: {e}")))?;
+                .map_err(|e| after_connect(server, "write", e))?;
         }
     }
+}
+
+/// An I/O error while logging in: a TLS refusal (a client certificate the
+/// server wants or refuses) is said as such, and is not worth a retry.
+fn after_connect(server: &str, what: &str, e: io::Error) -> Error {
+    if tls::tls_error(&e).is_some() {
+        Error::Tls(tls::explain(server, &e))
+    } else {
+        Error::Connection(format!("{what}: {e}"))
+    }
+}
+
+/// The server's first line, without reading past it.
+fn read_info_line(mut stream: &TcpStream) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 1 << 20 {
+        match stream.read(&mut byte) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed",
+                ));
+            }
+            Ok(_) => {
+                line.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(line)
 }
 
 fn no_credentials() -> String {

@@ -1,11 +1,15 @@
-//! `nats://` URLs: `nats://[USER[:PASSWORD]@|TOKEN@]HOST[:PORT][,HOST[:PORT]...][/STREAM]`.
+//! `nats://` URLs: `nats://[USER[:PASSWORD]@|TOKEN@]HOST[:PORT][,HOST[:PORT]...][/STREAM]`,
+//! or `tls://...` to insist on TLS.
 //!
 //! Several comma-separated servers are the members of one cluster, tried in
 //! turn (failover). The port defaults to 4222. Credentials may also come
 //! from `NATS_USER`/`NATS_PASSWORD` or `NATS_TOKEN` (a command line is
-//! visible to every user of the machine; the environment is not).
+//! visible to every user of the machine; the environment is not), and the
+//! TLS files from `NATS_CA`, `NATS_CERT` and `NATS_KEY` (the variables of
+//! the `nats` command-line tool).
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// How the client proves who it is.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -30,6 +34,23 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// TLS to the server. The connection is upgraded to TLS when the server
+/// requires it (its `INFO` says `tls_required`), or always with a `tls://`
+/// URL.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// `tls://`: TLS even where the server would take plain TCP (and an
+    /// error where it offers no TLS).
+    pub required: bool,
+    /// PEM file of the certificate authorities to trust (`NATS_CA`);
+    /// default: the system's bundle.
+    pub ca: Option<PathBuf>,
+    /// PEM files of a client certificate and its key (`NATS_CERT`,
+    /// `NATS_KEY`), for a server that verifies its clients.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
 /// A parsed `nats://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsUrl {
@@ -38,22 +59,22 @@ pub struct NatsUrl {
     pub auth: Auth,
     /// The path: a stream name, when the URL names one.
     pub stream: Option<String>,
+    pub tls: Tls,
 }
 
 impl NatsUrl {
-    /// Parses `text`. `tls://` is refused with a clear message: the client
-    /// speaks plain TCP only.
+    /// Parses `text`: `nats://` (TLS if the server requires it) or
+    /// `tls://` (TLS always).
     pub fn parse(text: &str) -> Result<NatsUrl, String> {
+        let mut tls = Tls::default();
         let rest = if let Some(rest) = text.strip_prefix("nats://") {
             rest
-        } else if text.starts_with("tls://") || text.starts_with("nats+tls://") {
-            return Err(format!(
-                "{}: TLS to the NATS server is not supported by koala: use a nats:// URL to a server (or a local TLS-terminating proxy) that accepts plain TCP",
-                redacted(text)
-            ));
+        } else if let Some(rest) = text.strip_prefix("tls://") {
+            tls.required = true;
+            rest
         } else {
             return Err(format!(
-                "{}: not a NATS URL (nats://HOST:PORT[/STREAM])",
+                "{}: not a NATS URL (nats://HOST:PORT[/STREAM], or tls://... for TLS)",
                 redacted(text)
             ));
         };
@@ -94,12 +115,21 @@ impl NatsUrl {
             servers,
             auth,
             stream,
+            tls,
         })
     }
 
     /// The credentials of the URL, else of `NATS_USER`/`NATS_PASSWORD` or
-    /// `NATS_TOKEN`.
+    /// `NATS_TOKEN`; the TLS files of `NATS_CA`, `NATS_CERT`, `NATS_KEY`.
     pub fn with_env_auth(mut self) -> NatsUrl {
+        let path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        self.tls.ca = self.tls.ca.take().or_else(|| path("NATS_CA"));
+        self.tls.cert = self.tls.cert.take().or_else(|| path("NATS_CERT"));
+        self.tls.key = self.tls.key.take().or_else(|| path("NATS_KEY"));
         if self.auth == Auth::None {
             let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
             if let Some(user) = var("NATS_USER") {
@@ -116,7 +146,8 @@ impl NatsUrl {
 
     /// The URL without credentials, for messages and reports.
     pub fn display(&self) -> String {
-        let mut text = format!("nats://{}", self.servers.join(","));
+        let scheme = if self.tls.required { "tls" } else { "nats" };
+        let mut text = format!("{scheme}://{}", self.servers.join(","));
         if let Some(stream) = &self.stream {
             text.push('/');
             text.push_str(stream);
@@ -224,12 +255,18 @@ mod tests {
         let url = NatsUrl::parse("nats://s3cret@h:5/S/").unwrap();
         assert_eq!(url.auth, Auth::Token("s3cret".into()));
         assert_eq!(url.stream.as_deref(), Some("S"));
+        assert!(!url.tls.required);
+
+        let url = NatsUrl::parse("tls://u:p@h:5,g/S").unwrap();
+        assert!(url.tls.required, "tls:// insists on TLS");
+        assert_eq!(url.servers, ["h:5", "g:4222"]);
+        assert_eq!(url.display(), "tls://h:5,g:4222/S");
     }
 
     #[test]
     fn bad_urls_are_explained_without_secrets() {
-        let e = NatsUrl::parse("tls://u:secret@h:4222").unwrap_err();
-        assert!(e.contains("TLS") && !e.contains("secret"), "{e}");
+        let e = NatsUrl::parse("http://u:secret@h:4222").unwrap_err();
+        assert!(e.contains("tls://") && !e.contains("secret"), "{e}");
         let e = NatsUrl::parse("http://h:4222").unwrap_err();
         assert!(e.contains("not a NATS URL"), "{e}");
         for bad in ["nats://h:0", "nats://h:x", "nats://,h", "nats://h:1/a.b"] {

@@ -580,3 +580,98 @@ fn tls_to_the_server() {
     );
     assert_fails_cleanly(&run, "does not offer TLS", &file, &text, &state);
 }
+
+/// Waits until the stream holds `count` messages (or more: then the
+/// assertion after says which).
+fn wait_for_stream(url: &str, count: usize, shipper: &mut Program) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stream_ids(url, "KOALA");
+        if got.len() >= count {
+            return got;
+        }
+        assert!(shipper.exited().is_none(), "{}", shipper.output_report());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} lines in the stream\n{}",
+            got.len(),
+            shipper.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the shipper's stderr has said `text` `times` times.
+fn wait_for_stderr(shipper: &mut Program, text: &str, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shipper.stderr().matches(text).count() < times {
+        assert!(shipper.exited().is_none(), "{}", shipper.output_report());
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?}\n{}",
+            shipper.output_report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn server_down_then_back_catches_up() {
+    let dir = TestDir::new("ship_outage");
+    let mut nats = Nats::single(&dir, ServerAuth::None);
+    let url = nats.url();
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    let file = record.join("svc-4242.jsonl");
+    let first: String = ids("3", 0..20)
+        .iter()
+        .map(|id| session_line(id, 800) + "\n")
+        .collect();
+    fs::write(&file, &first).unwrap();
+
+    // The server is down when koala ship starts (following, not --once):
+    // it says so and waits, with back-off.
+    nats.nodes[0].kill();
+    let mut shipper = Spec::new("ship-follow", koala_bin())
+        .args([
+            "ship", "record", "--to", &url, "--stream", "KOALA", "--create", "--host", "h1",
+        ])
+        .spawn(&dir);
+    wait_for_stderr(&mut shipper, "retrying in", 2);
+    // Back: the stream is created and every line shipped.
+    nats.restart(&dir, 0);
+    let got = wait_for_stream(&url, 20, &mut shipper);
+    assert_eq!(got, ids("3", 0..20), "{}", shipper.output_report());
+
+    // Down again while lines are appended: they wait in the file, then go.
+    nats.nodes[0].kill();
+    let more: String = ids("3", 20..50)
+        .iter()
+        .map(|id| session_line(id, 800) + "\n")
+        .collect();
+    let mut text = first.clone();
+    text.push_str(&more);
+    fs::write(&file, &text).unwrap();
+    wait_for_stderr(&mut shipper, "lines wait in their files", 1);
+    nats.restart(&dir, 0);
+    wait_for_stderr(&mut shipper, "the stream takes lines again", 1);
+    let got = wait_for_stream(&url, 50, &mut shipper);
+    assert_eq!(
+        got,
+        ids("3", 0..50),
+        "every line once, in order\n{}",
+        shipper.output_report()
+    );
+    // SIGTERM: a clean exit, the summary says what was shipped.
+    shipper.stop_cleanly();
+    let stderr = shipper.stderr();
+    assert!(
+        stderr.trim_end().ends_with("lag 0.0 s") && stderr.contains("shipped 50 line(s)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(&file).unwrap(),
+        text,
+        "the file untouched"
+    );
+}

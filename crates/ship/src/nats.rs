@@ -538,6 +538,7 @@ fn open_any(options: &Options, start: usize) -> Result<Opened> {
             Ok((reader, info)) => return Ok((reader, info, index)),
             // The same credentials fail on every member: say it now.
             Err(e @ (Error::Auth(_) | Error::Tls(_))) => return Err(e),
+            Err(Error::Unreachable(why)) => failures.push(format!("{}: {why}", servers[index])),
             Err(e) => failures.push(format!("{}: {e}", servers[index])),
         }
     }

@@ -291,6 +291,13 @@ pub fn stream_ids_with(url: &str, stream: &str, tls: &Tls) -> Vec<String> {
         .collect()
 }
 
+/// The stream's configuration and state, as the server says.
+pub fn stream_info(url: &str, stream: &str) -> jetstream::StreamInfo {
+    client(url)
+        .and_then(|mut js| js.stream_info(stream))
+        .unwrap_or_else(|e| panic!("stream {stream}: {e}"))
+}
+
 /// The consumer's messages not delivered yet, and delivered but not
 /// acknowledged.
 pub fn consumer_pending(url: &str, stream: &str, consumer: &str) -> (u64, u64) {

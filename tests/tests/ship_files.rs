@@ -675,3 +675,84 @@ fn server_down_then_back_catches_up() {
         "the file untouched"
     );
 }
+
+#[test]
+fn create_makes_the_stream_as_asked() {
+    let dir = TestDir::new("ship_create");
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    let file = record.join("svc-4242.jsonl");
+    let text: String = ids("4", 0..3)
+        .iter()
+        .map(|id| session_line(id, 500) + "\n")
+        .collect();
+    fs::write(&file, &text).unwrap();
+    let state = record.join(".koala-ship-KOALA.state");
+
+    // More replicas than servers: a clear refusal, nothing lost.
+    let run = ship(
+        &dir,
+        "ship-r3-on-one",
+        &nats.url(),
+        &["--create", "--replicas", "3"],
+    );
+    assert_fails_cleanly(
+        &run,
+        "cannot create the stream KOALA: ",
+        &file,
+        &text,
+        &state,
+    );
+    assert!(run.stderr.contains("replicas"), "{}", run.output());
+
+    let run = ship(
+        &dir,
+        "ship-limits",
+        &nats.url(),
+        &[
+            "--create",
+            "--max-age",
+            "3600",
+            "--max-bytes",
+            "1000000",
+            "--duplicate-window",
+            "30",
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    let info = stream_info(&nats.url(), "KOALA");
+    assert_eq!(info.subjects, ["koala.KOALA.>"]);
+    assert_eq!(info.replicas, 1);
+    assert_eq!(info.retention, "limits");
+    assert_eq!(info.max_age, Duration::from_secs(3600));
+    assert_eq!(info.max_bytes, 1_000_000);
+    assert_eq!(info.duplicate_window, Duration::from_secs(30));
+    assert_eq!(info.messages, 3);
+
+    for retention in ["workqueue", "interest"] {
+        let stream = format!("KOALA_{retention}");
+        let args: Vec<String> = [
+            "ship",
+            "record",
+            "--to",
+            &nats.url(),
+            "--stream",
+            &stream,
+            "--once",
+            "--create",
+            "--retention",
+            retention,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let run = run_koala(&dir, &format!("ship-{retention}"), &args, &[]);
+        assert_eq!(run.code, Some(0), "{}", run.output());
+        let info = stream_info(&nats.url(), &stream);
+        assert_eq!(info.retention, retention);
+        assert_eq!(info.max_age, Duration::ZERO, "no limit by default");
+        assert_eq!(info.max_bytes, 0, "no limit by default");
+        assert_eq!(info.duplicate_window, Duration::from_secs(120));
+    }
+}

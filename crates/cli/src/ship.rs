@@ -72,7 +72,8 @@ pub struct ShipArgs {
     /// Create the stream if it does not exist.
     #[arg(long)]
     pub create: bool,
-    /// With --create: copies of each message in the cluster (1, 3 or 5).
+    /// With --create: copies of each message in the cluster (1 to 5, at
+    /// most the number of servers; 3 or 5 keep a quorum through failures).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
     pub replicas: u32,
     /// With --create: `limits` (keep messages until --max-age or

@@ -100,6 +100,12 @@ pub struct StreamConfig {
 pub struct StreamInfo {
     pub subjects: Vec<String>,
     pub replicas: u32,
+    /// `limits`, `interest` or `workqueue`.
+    pub retention: String,
+    /// Zero: no limit.
+    pub max_age: Duration,
+    /// Zero: no limit.
+    pub max_bytes: u64,
     pub duplicate_window: Duration,
     pub messages: u64,
     pub bytes: u64,
@@ -121,6 +127,10 @@ impl StreamInfo {
                 })
                 .unwrap_or_default(),
             replicas: config["num_replicas"].as_u64().unwrap_or(1) as u32,
+            retention: config["retention"].as_str().unwrap_or_default().to_string(),
+            max_age: Duration::from_nanos(config["max_age"].as_u64().unwrap_or(0)),
+            // -1: no limit.
+            max_bytes: config["max_bytes"].as_u64().unwrap_or(0),
             duplicate_window: Duration::from_nanos(
                 config["duplicate_window"].as_u64().unwrap_or(0),
             ),

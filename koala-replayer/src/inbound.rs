@@ -280,6 +280,7 @@ fn status(replayer: &Replayer) -> Status {
         background_calls_served: c.background_calls_served.load(Ordering::Relaxed),
         background_records: c.background_records.load(Ordering::Relaxed),
         outbound_refused: crate::outbound::refused_connections(),
+        unattributed_calls_served: c.unattributed_calls_served.load(Ordering::Relaxed),
     }
 }
 

@@ -66,6 +66,10 @@ pub struct Counters {
     /// Set-up requests answered from another session's or a background
     /// record's connection set-up, or built from them.
     pub setup_calls_served: AtomicU64,
+    /// Requests made while replays are in flight and answered from a call
+    /// recorded unattributed: of a replay whose session did not record
+    /// them (its report flags the call), or that no replay recorded.
+    pub unattributed_calls_served: AtomicU64,
 }
 
 /// Recorded units answering requests outside any replay (background
@@ -103,6 +107,10 @@ pub struct Registry {
     set_up: Mutex<HashSet<u64>>,
     background: Mutex<Pool>,
     setup: Mutex<Pool>,
+    /// The background records' calls flagged `unattributed` (a thread
+    /// serving no session sent them while several sessions waited): they
+    /// answer a matching request of any replay.
+    unattributed: Mutex<Pool>,
     next_id: AtomicU64,
     match_config: MatchConfig,
     on_miss: OnMiss,
@@ -144,6 +152,7 @@ impl Registry {
             set_up: Mutex::new(HashSet::new()),
             background: Mutex::new(Pool::new(&match_config)),
             setup: Mutex::new(Pool::new(&match_config)),
+            unattributed: Mutex::new(Pool::new(&match_config)),
             next_id: AtomicU64::new(1),
             match_config,
             on_miss,
@@ -201,10 +210,17 @@ impl Registry {
     pub fn add_background(&self, records: &[Session]) -> usize {
         let mut background = Vec::new();
         let mut setup = Vec::new();
+        let mut unattributed = Vec::new();
         let mut loaded = 0;
         for record in records {
             let units = units::expand(&record.calls);
             setup.extend(units.iter().filter(|u| u.setup).cloned());
+            unattributed.extend(
+                units
+                    .iter()
+                    .filter(|u| record.calls.get(u.call).is_some_and(|c| c.unattributed))
+                    .cloned(),
+            );
             if record.is_background() {
                 background.extend(units);
                 loaded += 1;
@@ -212,6 +228,7 @@ impl Registry {
         }
         lock(&self.background).extend(background, &self.match_config);
         lock(&self.setup).extend(setup, &self.match_config);
+        lock(&self.unattributed).extend(unattributed, &self.match_config);
         self.counters
             .background_records
             .fetch_add(loaded as u64, Ordering::Relaxed);
@@ -346,12 +363,23 @@ impl Registry {
             return answer;
         }
         let Some(replay) = replay else {
+            // Replays in flight, none of which recorded it: a thread serving
+            // no session (a selector thread) sends what it sent when
+            // recorded. Which session it works for cannot be told.
+            if self.in_flight() > 0
+                && let Some(answer) = self.answer_unattributed(None, &request)
+            {
+                return answer;
+            }
             return self.answer_from_background(&request);
         };
         let outcome =
             lock(&replay.matcher).match_request(request.bytes, request.destination, request.conn);
         if let Some(index) = outcome.matched {
             return self.served(&replay, &request, &outcome, index);
+        }
+        if let Some(answer) = self.answer_unattributed(Some(&replay), &request) {
+            return answer;
         }
         if says_goodbye(&request) {
             // COM_QUIT, Terminate, `quit`: nothing to send, nothing the
@@ -433,6 +461,47 @@ impl Registry {
             response: Some(response),
             close,
             background: replay.is_none(),
+        })
+    }
+
+    /// A request the replay's session did not record (or, `replay` being
+    /// `None`, that no replay in flight recorded): a call recorded
+    /// unattributed (in a background record, sent by a thread serving no
+    /// session) answers it when one matches — it is not consumed, whichever
+    /// session makes the request — and the replay's report says so
+    /// (`unattributed: true`). Counted either way. `None`: none matches.
+    fn answer_unattributed(
+        &self,
+        replay: Option<&Replay>,
+        request: &Request<'_>,
+    ) -> Option<Answer> {
+        let (response, close, outcome) = {
+            let pool = lock(&self.unattributed);
+            if pool.units.is_empty() {
+                return None;
+            }
+            let outcome =
+                pool.matcher
+                    .trial_match(request.bytes, request.destination, request.conn);
+            let unit = &pool.units[outcome.matched?];
+            let response = unit.exchange.response.as_bytes().to_vec();
+            (response, unit.closes, outcome)
+        };
+        self.counters
+            .unattributed_calls_served
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(replay) = replay {
+            let mut log = replay.call_log(request, &outcome, false, None, &response);
+            // Indexes of the pool are not the session's calls.
+            log.matched = None;
+            log.closest = None;
+            log.unattributed = true;
+            replay.log(log);
+        }
+        Some(Answer {
+            response: Some(response),
+            close,
+            background: false,
         })
     }
 
@@ -685,6 +754,7 @@ impl Replay {
             reused: outcome.reused,
             greeting: false,
             setup,
+            unattributed: false,
             protocol: request.protocol.map(|p| p.name().to_string()),
             on_miss: on_miss.map(str::to_string),
             served: Payload::from(served),
@@ -699,7 +769,7 @@ impl Replay {
         let unmatched = calls
             .iter()
             .enumerate()
-            .filter(|(_, call)| call.matched.is_none() && !call.setup)
+            .filter(|(_, call)| call.matched.is_none() && !call.setup && !call.unattributed)
             .map(|(index, _)| index)
             .collect();
         (calls, unmatched)
@@ -812,6 +882,87 @@ mod tests {
         ask(&registry, replay.id, other.as_bytes(), Some(REDIS), 2);
         let (served, _) = replay.calls();
         assert!(served[0].score < 1.0, "{:?}", served[0]);
+    }
+
+    /// A call recorded unattributed (a hand-off thread's, in a background
+    /// record) answers the matching request of whichever replay makes it:
+    /// not unmatched, and flagged in the replay's report.
+    #[test]
+    fn an_unattributed_recorded_call_answers_any_replay() {
+        const BACKEND: &str = "127.0.0.1:8080";
+        let registry = Registry::new(MatchConfig::default(), OnMiss::Close);
+        let mut unattributed = call(BACKEND, "GET /backend/b HTTP/1.1\r\n\r\n", "backend b");
+        unattributed.unattributed = true;
+        registry.add_background(&[session(
+            Kind::Background,
+            vec![call(REDIS, "PING", "+PONG"), unattributed],
+        )]);
+        let b = registry.begin(session(
+            Kind::Session,
+            vec![call(REDIS, "GET b", "$1\r\nb")],
+        ));
+        let answer = ask(
+            &registry,
+            b.id,
+            b"GET /backend/b HTTP/1.1\r\n\r\n",
+            Some(BACKEND),
+            1,
+        );
+        assert_eq!(answer.response.as_deref(), Some(&b"backend b"[..]));
+        let (calls, unmatched) = b.calls();
+        assert!(unmatched.is_empty());
+        assert!(
+            calls[0].unattributed && calls[0].matched.is_none(),
+            "{calls:?}"
+        );
+        // Nothing else of the background records answers a replay.
+        let answer = ask(&registry, b.id, b"PING", Some(REDIS), 2);
+        assert_eq!(answer.response, None);
+        assert_eq!(b.calls().1.len(), 1, "PING is unmatched");
+        // Not consumed: another session's replay making the same request
+        // gets the same answer.
+        let c = registry.begin(session(
+            Kind::Session,
+            vec![call(REDIS, "GET c", "$1\r\nc")],
+        ));
+        let answer = ask(
+            &registry,
+            c.id,
+            b"GET /backend/b HTTP/1.1\r\n\r\n",
+            Some(BACKEND),
+            3,
+        );
+        assert_eq!(answer.response.as_deref(), Some(&b"backend b"[..]));
+        assert!(c.calls().0[0].unattributed && c.calls().1.is_empty());
+        // A thread serving no replay (two in flight, neither recorded it):
+        // answered too, counted, in neither report.
+        let answer = ask(
+            &registry,
+            0,
+            b"GET /backend/b HTTP/1.1\r\n\r\n",
+            Some(BACKEND),
+            4,
+        );
+        assert_eq!(answer.response.as_deref(), Some(&b"backend b"[..]));
+        assert!(!answer.background);
+        assert_eq!((b.calls().0.len(), c.calls().0.len()), (2, 1));
+        assert_eq!(
+            registry
+                .counters
+                .unattributed_calls_served
+                .load(Ordering::Relaxed),
+            3
+        );
+        // A request nothing recorded stays a miss.
+        let answer = ask(
+            &registry,
+            c.id,
+            b"GET /backend/z HTTP/1.1\r\n\r\n",
+            Some(BACKEND),
+            5,
+        );
+        assert_eq!(answer.response, None);
+        assert_eq!(c.calls().1.len(), 1, "unmatched");
     }
 
     #[test]

@@ -327,7 +327,10 @@ pub fn assert_own_calls(run: &Recorded, stack: &Stack) {
 
 /// `koala replay record --concurrency N -- COMMAND PORT REDIS BACKEND`
 /// with the dependencies stopped: every session passes, every call
-/// answered from its own session.
+/// answered from its own session — but for the calls recorded
+/// unattributed (a hand-off thread's, in the background record), which
+/// answer the matching request of whichever session makes it: flagged in
+/// that session's report entry, counted in the summary (text and JSON).
 pub fn assert_replays(run: &Recorded, stack: &Stack, concurrency: usize) {
     let recording = Recording::read(&run.dir, "record", run.port);
     let report = format!("r-{concurrency}.json");
@@ -348,16 +351,71 @@ pub fn assert_replays(run: &Recorded, stack: &Stack, concurrency: usize) {
     let replay = run_koala(&run.dir, &format!("replay-{concurrency}"), &args, &[]);
     let n = run.sent.len();
     replay.assert_all_passed(n);
-    replay.assert_summary([n, n, 0, 0], [3 * n, 0, 0, 0]);
-    assert_report_replayed(&read_report(&run.dir.join(&report)), &recording);
+    replay.assert_summary([n, n, 0, 0], [recording.calls(), 0, 0, 0]);
+    let unattributed: Vec<&Exchange> = run
+        .background
+        .iter()
+        .flat_map(|record| &record.calls)
+        .filter(|call| call.unattributed)
+        .collect();
+    let report = read_report(&run.dir.join(&report));
+    let flagged = assert_report_replayed(&report, &recording, &unattributed);
+    // Each call recorded unattributed answers its request once: in the
+    // report of the session that made it when that session is known (one
+    // replay in flight), else in none, counted by the inbound server.
+    let n = unattributed.len();
+    let row = summary_row(&replay, "unattributed");
+    let expected = if flagged == n {
+        n.to_string()
+    } else {
+        format!(
+            "{n} ({} while several replays were in flight, in no session's report)",
+            n - flagged
+        )
+    };
+    assert_eq!(
+        row.as_deref(),
+        Some(expected.as_str()),
+        "the summary counts the calls answered unattributed\n{}",
+        replay.output()
+    );
+    let summary = &report["summary"];
+    assert_eq!(
+        (
+            summary["calls"]["unattributed"].as_u64(),
+            summary["unattributed_calls_of_no_session"].as_u64()
+        ),
+        (Some(n as u64), Some((n - flagged) as u64)),
+        "the JSON report's summary: {summary}"
+    );
+    if concurrency == 1 {
+        // One session in flight: each request a hand-off thread makes is
+        // its session's, and reported there.
+        assert_eq!(flagged, n, "{}", replay.output());
+    }
+}
+
+/// The value of `label`'s row in the summary `koala replay` printed.
+fn summary_row(run: &KoalaRun, label: &str) -> Option<String> {
+    let (_, summary) = run.stdout.split_once("Summary\n")?;
+    summary.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(label)?;
+        rest.starts_with("  ").then(|| rest.trim().to_string())
+    })
 }
 
 /// Every recorded session has one report entry that passed, its calls
 /// replayed exactly from its own recorded calls, and its response the
 /// recorded one byte for byte but for the `Date` header: aiohttp writes
 /// the date it caches once a second for the whole event loop, which a
-/// replay cannot set per request.
-fn assert_report_replayed(report: &serde_json::Value, recording: &Recording) {
+/// replay cannot set per request. A call flagged `unattributed` must be
+/// the session's own backend request, answered with the recorded
+/// unattributed call of the same bytes. Returns how many were flagged.
+fn assert_report_replayed(
+    report: &serde_json::Value,
+    recording: &Recording,
+    unattributed: &[&Exchange],
+) -> usize {
     let entries = report_entries(report);
     assert_eq!(
         entries.len(),
@@ -371,6 +429,7 @@ fn assert_report_replayed(report: &serde_json::Value, recording: &Recording) {
             .collect::<Vec<_>>()
             .join("\r\n")
     };
+    let mut flagged = 0;
     for entry in entries {
         let recorded = recording.session(entry_id(entry));
         assert_eq!(entry["verdict"].as_str(), Some("pass"), "{entry}");
@@ -381,10 +440,43 @@ fn assert_report_replayed(report: &serde_json::Value, recording: &Recording) {
             without_date(recorded.inbound.response.as_bytes()),
             "{what}\nresponse"
         );
-        assert_calls_replayed(&result.calls, recorded, &what);
+        let (handed_off, own): (Vec<ReplayedCall>, Vec<ReplayedCall>) =
+            result.calls.iter().cloned().partition(|c| c.unattributed);
+        assert_calls_replayed(&own, recorded, &what);
+        // `GET /item/ID?...`: its backend request is `GET /backend/ID?...`.
+        let inbound = String::from_utf8_lossy(recorded.inbound.request.as_bytes()).into_owned();
+        let id = inbound
+            .strip_prefix("GET /item/")
+            .and_then(|rest| rest.split(['?', ' ']).next())
+            .unwrap_or_else(|| panic!("{what}: an item request"));
+        for call in &handed_off {
+            let request = call.request.as_bytes();
+            assert!(
+                request.starts_with(format!("GET /backend/{id}?").as_bytes()),
+                "{what}\nflagged unattributed: {}",
+                String::from_utf8_lossy(request)
+            );
+            let source = unattributed
+                .iter()
+                .find(|u| u.request.as_bytes() == request)
+                .unwrap_or_else(|| panic!("{what}\nno unattributed recorded call sent it"));
+            assert_eq!(call.matched, None, "{what}");
+            assert_bytes(
+                call.served.as_bytes(),
+                source.response.as_bytes(),
+                &format!("{what}\nserved unattributed"),
+            );
+        }
+        flagged += handed_off.len();
+        assert_eq!(
+            entry["calls"]["unattributed"].as_u64(),
+            Some(handed_off.len() as u64),
+            "{what}\nits count"
+        );
         assert!(result.unmatched.is_empty(), "{what}\nunmatched");
         assert!(result.missing.is_empty(), "{what}\nmissing");
     }
+    flagged
 }
 
 /// Starts the service itself, without the library (no LD_PRELOAD, no

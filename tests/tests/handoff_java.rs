@@ -125,6 +125,13 @@ fn handoff_java_in_flight_no_call_in_a_wrong_session() {
             run.koala_stderr
         );
     }
+    // Replayed with redis and the backend stopped: the unattributed calls
+    // answer the backend requests of whichever session makes them.
+    let mut run = run;
+    run.stop_dependencies();
+    for concurrency in [1, 4] {
+        assert_replays(&run, &stack, concurrency);
+    }
 }
 
 #[test]

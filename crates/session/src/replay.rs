@@ -54,6 +54,11 @@ pub struct ReplayedCall {
     /// Never counted unmatched.
     #[serde(default)]
     pub setup: bool,
+    /// Answered from a call recorded *unattributed* (sent by a thread
+    /// serving no session, in a background record): it may answer a
+    /// matching request of any session. Never counted unmatched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unattributed: bool,
     /// The protocol the connection was recognised as (`postgres`, `redis`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
@@ -116,6 +121,11 @@ pub struct Status {
     /// registered, refused.
     #[serde(default)]
     pub outbound_refused: u64,
+    /// Requests made while replays were in flight that no replayed session
+    /// recorded, answered from a call recorded unattributed (a hand-off
+    /// thread's, in a background record).
+    #[serde(default)]
+    pub unattributed_calls_served: u64,
 }
 
 /// `POST /v1/background` answer.

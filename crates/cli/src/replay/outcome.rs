@@ -41,6 +41,10 @@ pub struct CallCounts {
     pub unmatched: usize,
     pub missing: usize,
     pub reused: usize,
+    /// Answered from a call recorded unattributed (a hand-off thread's, in
+    /// a background record), which may answer any session: neither matched
+    /// nor unmatched.
+    pub unattributed: usize,
 }
 
 /// What happened to one item (session or bad line).
@@ -178,6 +182,7 @@ pub fn evaluate(
         unmatched: result.unmatched.len(),
         missing: result.missing.len(),
         reused: result.calls.iter().filter(|c| c.reused).count(),
+        unattributed: result.calls.iter().filter(|c| c.unattributed).count(),
     };
     let response_equal = comparison.equal();
     let verdict = if response_equal && calls.unmatched == 0 {

@@ -36,6 +36,9 @@ pub struct Summary {
     pub passed: usize,
     pub failed: usize,
     pub errors: usize,
+    /// `calls.unattributed` includes the calls answered unattributed that
+    /// no session in flight claimed: these, in no session's report.
+    pub unattributed_no_session: usize,
     pub calls: CallCounts,
     /// Sessions per second, over every session posted.
     pub throughput: f64,
@@ -100,6 +103,7 @@ impl Run<'_> {
             summary.calls.missing += outcome.calls.missing;
             summary.calls.reused += outcome.calls.reused;
             summary.calls.setup += outcome.calls.setup;
+            summary.calls.unattributed += outcome.calls.unattributed;
         }
         let seconds = self.elapsed.as_secs_f64();
         if seconds > 0.0 {
@@ -219,6 +223,15 @@ pub fn print_summary(out: &mut impl Write, run: &Run, summary: &Summary) -> io::
     row(out, "  missing", summary.calls.missing.to_string())?;
     row(out, "  reused", summary.calls.reused.to_string())?;
     row(out, "  shared set-up", summary.calls.setup.to_string())?;
+    let mut unattributed = summary.calls.unattributed.to_string();
+    if summary.unattributed_no_session > 0 {
+        let _ = write!(
+            unattributed,
+            " ({} while several replays were in flight, in no session's report)",
+            summary.unattributed_no_session
+        );
+    }
+    row(out, "  unattributed", unattributed)?;
     row(
         out,
         "throughput",
@@ -302,6 +315,7 @@ pub fn report_json(run: &Run, summary: &Summary) -> Value {
                 "errors": summary.errors,
             },
             "calls": summary.calls,
+            "unattributed_calls_of_no_session": summary.unattributed_no_session,
             "throughput_per_s": summary.throughput,
             "latency_ms": latency,
         },

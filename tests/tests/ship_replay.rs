@@ -135,6 +135,90 @@ fn two_consumers_replay_each_session_once() {
         "the stream stands for the file"
     );
 
+    // A time range and a program: only those sessions, by replay and show.
+    let mut times: Vec<(u64, String)> = service
+        .recording
+        .sessions
+        .iter()
+        .map(|(_, s)| (s.inbound.request_ns, s.id.clone()))
+        .collect();
+    times.sort();
+    // Bounds half-way between two sessions well apart (Unix seconds with
+    // microseconds): from the 5th session on, up to before the 16th.
+    let between = |k: usize| {
+        let (before, after) = (times[k - 1].0, times[k].0);
+        assert!(
+            after - before > 10_000,
+            "sessions {k} and {}: too close",
+            k - 1
+        );
+        format!("{:.6}", (before + (after - before) / 2) as f64 / 1e9)
+    };
+    let (since, until) = (between(4), between(15));
+    let wanted: BTreeSet<String> = times[4..15].iter().map(|(_, id)| id.clone()).collect();
+    let program = service.recording.sessions[0].1.program.clone();
+    let filters = args(&[
+        "--program",
+        &program,
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--report",
+        "range.json",
+    ]);
+    let range = run_koala(
+        &dir,
+        "replay-range",
+        &replay_args(&source, &filters, &service.args),
+        &[],
+    );
+    range.assert_all_passed(wanted.len());
+    let range_ids: BTreeSet<String> = ids(&read_report(&dir.join("range.json")))
+        .into_iter()
+        .collect();
+    assert_eq!(range_ids, wanted, "only the sessions of the time range");
+    let show = run_koala(
+        &dir,
+        "show-range",
+        &args(&[
+            "show",
+            &source,
+            "--program",
+            &program,
+            "--since",
+            &since,
+            "--until",
+            &until,
+        ]),
+        &[],
+    );
+    assert_eq!(show.code, Some(0), "{}", show.output());
+    assert!(
+        show.stdout.contains(&format!(
+            "{} session(s), {} outside the time range not shown",
+            wanted.len() + 1,
+            total - wanted.len()
+        )),
+        "the range's sessions and the background record\n{}",
+        show.output()
+    );
+    for id in &wanted {
+        assert!(
+            show.stdout.contains(&format!("session {id} ")),
+            "{id}\n{}",
+            show.output()
+        );
+    }
+    let show = run_koala(
+        &dir,
+        "show-other-program",
+        &args(&["show", &source, "--program", "not-recorded"]),
+        &[],
+    );
+    assert_eq!(show.code, Some(0), "{}", show.output());
+    assert!(show.stdout.contains("\n0 session(s)"), "{}", show.output());
+
     // Two workers share the consumer "ci", each with its own service.
     let mut workers = Vec::new();
     for n in 1..=2 {

@@ -56,15 +56,18 @@ enum Command {
     },
     /// Print recorded sessions in a readable form.
     #[command(
-        after_help = "Example:\n  koala show ./koala-sessions\n  koala show --full ./koala-sessions/python3-1234.jsonl"
+        after_help = "Example:\n  koala show ./koala-sessions\n  koala show --full ./koala-sessions/python3-1234.jsonl\n  koala show nats://nats1:4222/KOALA --program nginx --since 2026-01-01T00:00:00Z"
     )]
     Show {
-        /// Session files (.jsonl) or directories of them.
+        /// Session files (.jsonl) or directories of them, or a stream
+        /// (nats://HOST:PORT/STREAM, see docs/distributed.md).
         #[arg(required = true, value_name = "SESSIONS")]
         paths: Vec<PathBuf>,
         /// Print whole payloads instead of their first line.
         #[arg(long)]
         full: bool,
+        #[command(flatten)]
+        filters: replay::nats::ShowFilters,
     },
     /// Replay recorded sessions against the service and compare its answers.
     ///
@@ -111,7 +114,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record { to, lib, command } => record::run(&to, lib.as_deref(), &command),
-        Command::Show { paths, full } => show::run(&paths, full),
+        Command::Show {
+            paths,
+            full,
+            filters,
+        } => show::run(&paths, full, &filters),
         Command::Replay(args) => replay::run(&args),
         Command::Env => env::run(),
         Command::Ship(args) => ship::run(&args),

@@ -7,11 +7,20 @@ use koala_protocols::{Protocol, Side};
 use koala_replayer::units;
 use koala_session::{Exchange, Payload, Session, Tls, read_sessions_file, session_files};
 
-pub fn run(paths: &[PathBuf], full: bool) -> Result<ExitCode, String> {
+pub fn run(
+    paths: &[PathBuf],
+    full: bool,
+    filters: &crate::replay::nats::ShowFilters,
+) -> Result<ExitCode, String> {
     if let [path] = paths
         && crate::replay::nats::is_stream(path)
     {
-        return crate::replay::nats::show(path, full, print_session);
+        return crate::replay::nats::show(path, full, filters, print_session);
+    }
+    if !filters.is_empty() {
+        return Err(
+            "--program, --since and --until apply to a stream (nats://HOST:PORT/STREAM)".into(),
+        );
     }
     let files = session_files(paths).map_err(|e| e.to_string())?;
     if files.is_empty() {

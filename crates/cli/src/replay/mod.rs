@@ -88,7 +88,8 @@ Examples:
 /// Replay recorded sessions against the service and compare its answers.
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// Session files (.jsonl) or directories of them.
+    /// Session files (.jsonl) or directories of them, or a stream
+    /// (nats://HOST:PORT/STREAM, see docs/distributed.md).
     #[arg(required = true, value_name = "SESSIONS")]
     pub paths: Vec<PathBuf>,
     /// The inbound server (KOALA_INBOUND_ADDR). Default: a free loopback port

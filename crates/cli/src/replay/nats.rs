@@ -62,6 +62,36 @@ impl Filters {
     }
 }
 
+/// `koala show`'s choice among a stream's records.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ShowFilters {
+    /// With a stream: only the records of this program.
+    #[arg(long, value_name = "PROGRAM")]
+    pub program: Option<String>,
+    /// With a stream: only sessions whose request came at or after TIME
+    /// (Unix seconds, or YYYY-MM-DDTHH:MM:SSZ); background records are
+    /// shown whatever their time.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// With a stream: only sessions whose request came before TIME.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+impl ShowFilters {
+    pub fn is_empty(&self) -> bool {
+        self.program.is_none() && self.since.is_none() && self.until.is_none()
+    }
+
+    fn filters(&self) -> Result<Filters, String> {
+        Ok(Filters {
+            program: self.program.clone(),
+            since: self.since.as_deref().map(parse_time).transpose()?,
+            until: self.until.as_deref().map(parse_time).transpose()?,
+        })
+    }
+}
+
 /// A stream to replay from.
 pub struct StreamSource {
     pub url: NatsUrl,
@@ -120,6 +150,17 @@ impl StreamSource {
         .map_err(|e| format!("{}: {e}", self.url.display()))
     }
 
+    fn info(&self, js: &mut JetStream) -> Result<jetstream::StreamInfo, String> {
+        js.stream_info(&self.stream).map_err(|e| match e {
+            jetstream::Error::StreamNotFound(_) => format!(
+                "{}: the stream {} does not exist (koala ship --create makes it)",
+                self.url.display(),
+                self.stream
+            ),
+            e => format!("{}: {e}", self.url.display()),
+        })
+    }
+
     fn subject_filter(&self, kind: Option<RecordKind>) -> String {
         let program = self
             .filters
@@ -135,14 +176,7 @@ impl StreamSource {
     /// and the last sequence read.
     pub fn load(&self) -> Result<(Loaded, BTreeSet<u64>, u64), String> {
         let mut js = self.connect()?;
-        let info = js.stream_info(&self.stream).map_err(|e| match e {
-            jetstream::Error::StreamNotFound(_) => format!(
-                "{}: the stream {} does not exist (koala ship --create makes it)",
-                self.url.display(),
-                self.stream
-            ),
-            e => format!("{}: {e}", self.url.display()),
-        })?;
+        let info = self.info(&mut js)?;
         let mut source = JetStreamSource {
             js,
             stream: self.stream.clone(),
@@ -419,11 +453,13 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
         .map_err(|_| bad())
 }
 
-/// `koala show nats://HOST:PORT/STREAM`: every record of the stream, with
-/// its sequence and subject, printed by `print`.
+/// `koala show nats://HOST:PORT/STREAM`: every record of the stream (of
+/// the program, sessions in the time range), with its sequence and
+/// subject, printed by `print`.
 pub fn show(
     path: &Path,
     full: bool,
+    filters: &ShowFilters,
     print: fn(&koala_session::Session, bool),
 ) -> Result<std::process::ExitCode, String> {
     let url = NatsUrl::parse(path.to_str().unwrap_or_default())?.with_env_auth();
@@ -436,7 +472,7 @@ pub fn show(
     let source = StreamSource {
         url,
         stream,
-        filters: Filters::default(),
+        filters: filters.filters()?,
         timeout: Duration::from_secs(10),
     };
     let mut js = JetStreamSource {
@@ -444,19 +480,27 @@ pub fn show(
         stream: source.stream.clone(),
         filter: source.subject_filter(None),
     };
-    js.js
-        .stream_info(&source.stream)
-        .map_err(|e| format!("{}: {e}", source.url.display()))?;
+    source.info(&mut js.js)?;
     println!("{}", source.url.display());
-    let (mut total, mut bad) = (0, 0);
+    let (mut total, mut bad, mut left_out) = (0, 0, 0);
+    let timed = source.filters.since.is_some() || source.filters.until.is_some();
     let mut seq = 1;
     while let Some(record) = js
         .next_record(seq)
         .map_err(|e| format!("{}: {}", source.url.display(), e.message))?
     {
         seq = record.seq + 1;
+        let parsed = super::load::parse_line(&record.line);
+        if timed
+            && let Ok(session) = &parsed
+            && !session.is_background()
+            && !source.filters.takes(session.inbound.request_ns)
+        {
+            left_out += 1;
+            continue;
+        }
         println!("  [{}] {}", record.seq, record.subject);
-        match super::load::parse_line(&record.line) {
+        match parsed {
             Ok(session) => {
                 total += 1;
                 print(&session, full);
@@ -467,14 +511,14 @@ pub fn show(
             }
         }
     }
-    println!(
-        "{total} session(s){}",
-        if bad > 0 {
-            format!(", {bad} bad record(s)")
-        } else {
-            String::new()
-        }
-    );
+    let mut summary = format!("{total} session(s)");
+    if bad > 0 {
+        summary.push_str(&format!(", {bad} bad record(s)"));
+    }
+    if left_out > 0 {
+        summary.push_str(&format!(", {left_out} outside the time range not shown"));
+    }
+    println!("{summary}");
     Ok(std::process::ExitCode::from(if bad == 0 { 0 } else { 1 }))
 }
 

@@ -612,6 +612,7 @@ pub fn connected(fd: i32, peer: SocketAddr) {
             return;
         };
         fdkind::set(fd, FdKind::Outbound);
+        crate::tls::connected(fd, peer);
         if let Some(replayer) = replayer() {
             replayer.connected(fd, peer, thread::current_tid());
         }

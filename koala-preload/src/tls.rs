@@ -56,6 +56,11 @@ pub struct OpenSsl {
     pub get_rbio: unsafe extern "C" fn(Ssl) -> *mut c_void,
     pub get_rfd: unsafe extern "C" fn(Ssl) -> c_int,
     pub is_server: Option<unsafe extern "C" fn(Ssl) -> c_int>,
+    pub get1_peer_certificate: Option<unsafe extern "C" fn(Ssl) -> *mut c_void>,
+    pub get_servername: Option<unsafe extern "C" fn(Ssl, c_int) -> *const libc::c_char>,
+    /// libcrypto's, in the same scope.
+    pub d2i_x509:
+        Option<unsafe extern "C" fn(*mut *mut c_void, *mut *const u8, c_long) -> *mut c_void>,
     /// The object the functions were found in (`dli_fbase`), for the log.
     base: usize,
 }
@@ -248,6 +253,12 @@ fn resolve_object(base: usize, name: *const libc::c_char) -> Option<&'static Ope
         get_rbio: need!(c"SSL_get_rbio"),
         get_rfd: need!(c"SSL_get_rfd"),
         is_server: may!(c"SSL_is_server"),
+        // OpenSSL 3's name, or 1.1's (the same function: a new reference;
+        // each version exports only its own name).
+        get1_peer_certificate: may!(c"SSL_get1_peer_certificate")
+            .or_else(|| may!(c"SSL_get_peer_certificate")),
+        get_servername: may!(c"SSL_get_servername"),
+        d2i_x509: may!(c"d2i_X509"),
         base: object_base(find(c"SSL_read")?),
     };
     Some(Box::leak(Box::new(ssl)))
@@ -327,6 +338,18 @@ thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
     /// The connection the current TLS call did socket I/O on (-1: none).
     static SEEN_FD: Cell<i32> = const { Cell::new(-1) };
+}
+
+thread_local! {
+    /// The connection this thread connected last, and where to: a client
+    /// whose TLS library reads through its own BIO (libcurl) hides its fd,
+    /// and connects just before its handshake, on the same thread.
+    static LAST_CONNECTED: Cell<(i32, Option<std::net::IpAddr>)> = const { Cell::new((-1, None)) };
+}
+
+/// connect() on TCP socket `fd` to `peer` started (the layer tells).
+pub fn connected(fd: i32, peer: std::net::SocketAddr) {
+    LAST_CONNECTED.with(|last| last.set((fd, Some(peer.ip()))));
 }
 
 /// Whether this thread is inside a TLS call: its socket I/O on a
@@ -444,8 +467,9 @@ pub struct Faked {
 
 /// In replay mode: the faked connection of `ssl`, deciding on first sight
 /// (`decide`: a handshake or data call; other calls only look). Faked only
-/// when `ssl` is a client whose socket-BIO fd the replayer redirected to
-/// its outbound server, or a server whose fd carries a request the
+/// when `ssl` is a client whose fd the replayer redirected to its outbound
+/// server (its socket BIO's fd; for a BIO of the client's own, which hides
+/// it, the connection this thread connected last), or a server whose fd carries a request the
 /// replayer's inbound server injected: nothing real is on the other end to
 /// talk TLS with.
 pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
@@ -477,6 +501,12 @@ pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
             let server = lib.is_server.is_some_and(|f| f(ssl) == 1);
             ((lib.get_rfd)(ssl), server)
         };
+        // A BIO of the client's own (libcurl): the connection this thread
+        // just connected.
+        let fd = match fd {
+            -1 if !server => LAST_CONNECTED.with(Cell::get).0,
+            fd => fd,
+        };
         let kind = fdkind::get(fd);
         let redirected = fd >= 0
             && !server
@@ -486,11 +516,12 @@ pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
             && server
             && matches!(kind, FdKind::Inbound | FdKind::InboundTls)
             && layer::tls_injected(fd);
-        // An injected request starts with the inbound server's marker byte.
+        // An injected request starts with the inbound server's marker byte;
+        // a redirected client may be shown a stand-in peer certificate.
         let flags = if injected {
             table::FAKED | table::MARKER
         } else {
-            table::FAKED
+            table::FAKED | table::CLIENT
         };
         if (redirected || injected) && table::insert(ssl, fd, flags) {
             layer::tie_tls(fd, kind);
@@ -617,6 +648,40 @@ impl Faked {
         errno.restore();
     }
 
+    /// A new reference to a stand-in certificate naming the host the client
+    /// asked for (its SNI name, or the address it connected to), for
+    /// clients that read the peer's certificate (libcurl, when verifying,
+    /// gives up without one and checks the host name against it). Null on
+    /// the server side of an injected request (a client recorded without a
+    /// certificate has none), or if the caller's libcrypto cannot be
+    /// reached.
+    pub fn peer_certificate(&self, lib: &OpenSsl) -> *mut c_void {
+        if table::state(self.ssl).is_none_or(|s| s & table::CLIENT == 0) {
+            return std::ptr::null_mut();
+        }
+        let Some(d2i) = lib.d2i_x509 else {
+            return std::ptr::null_mut();
+        };
+        let errno = SavedErrno::save();
+        // SAFETY: an accessor of the caller's own libssl; the name it
+        // returns lives as long as the SSL*.
+        let dns = lib.get_servername.and_then(|f| unsafe {
+            let name = f(self.ssl, 0); // TLSEXT_NAMETYPE_host_name
+            (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
+        });
+        let ip = match LAST_CONNECTED.with(Cell::get) {
+            (fd, ip) if fd == self.fd => ip,
+            _ => None,
+        };
+        let der = koala_replayer::inbound::stand_in_certificate(dns.as_deref(), ip);
+        let mut cursor = der.as_ptr();
+        // SAFETY: d2i reads `der.len()` bytes at `cursor` and returns a new
+        // X509 the caller owns (and frees, as a real peer certificate).
+        let certificate = unsafe { d2i(std::ptr::null_mut(), &mut cursor, der.len() as c_long) };
+        errno.restore();
+        certificate
+    }
+
     /// What SSL_get_error answers for a call that returned `ret`.
     pub fn error(&self, ret: c_int) -> c_int {
         if ret > 0 {
@@ -679,6 +744,8 @@ mod table {
     pub const SENT_SHUTDOWN: u64 = 8;
     /// An injected request's marker byte is still on the socket.
     pub const MARKER: u64 = 16;
+    /// The client side of a connection the replayer redirected.
+    pub const CLIENT: u64 = 32;
 
     const SLOTS: usize = 4096;
     const EMPTY: usize = 0;
@@ -735,7 +802,7 @@ mod table {
         match state(ssl) {
             Some(_) if self::fd(ssl) == Some(fd) => {}
             Some(flags) => {
-                insert(ssl, fd, flags & (FAKED | REAL));
+                insert(ssl, fd, flags & (FAKED | REAL | CLIENT));
             }
             None => {
                 insert(ssl, fd, REAL);

@@ -362,6 +362,10 @@ fn replay(body: &[u8], replayer: &Replayer) -> Result<ReplayResult, Failure> {
 /// hooks take it off before the service's first TLS read.
 pub const TLS_MARKER: u8 = 0x16;
 
+/// What a replayed TLS client gets as its peer's certificate (the TLS hooks
+/// of libkoala.so hand it out; see docs/tls.md).
+pub use koala_protocols::tls::stand_in_certificate;
+
 /// Sends the recorded request to the service and reads its response.
 fn drive(
     replay: &Replay,

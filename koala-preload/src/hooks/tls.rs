@@ -14,7 +14,9 @@
 //!   (`crate::tls::faked`): the handshake entry points succeed without I/O,
 //!   SSL_read/SSL_peek/SSL_write become plain reads and writes on the fd,
 //!   SSL_get_error, SSL_get_shutdown, SSL_is_init_finished and
-//!   SSL_get_verify_result answer as after a completed handshake, and
+//!   SSL_get_verify_result answer as after a completed handshake,
+//!   SSL_get1_peer_certificate (1.1: SSL_get_peer_certificate) returns a
+//!   stand-in certificate naming the host the client asked for, and
 //!   SSL_shutdown sends nothing. docs/tls.md says why that is safe. The
 //!   OpenSSL error queue is never touched.
 
@@ -66,6 +68,18 @@ trampoline!(SSL_get_shutdown, ssl_get_shutdown, "rsi", "x1");
 trampoline!(SSL_is_init_finished, ssl_is_init_finished, "rsi", "x1");
 trampoline!(SSL_get_verify_result, ssl_get_verify_result, "rsi", "x1");
 trampoline!(SSL_free, ssl_free, "rsi", "x1");
+trampoline!(
+    SSL_get1_peer_certificate,
+    ssl_get1_peer_certificate,
+    "rsi",
+    "x1"
+);
+trampoline!(
+    SSL_get_peer_certificate,
+    ssl_get_peer_certificate,
+    "rsi",
+    "x1"
+);
 
 /// No libssl in the caller's scope (cannot happen for a caller that links
 /// one): fail as a TLS call fails, without touching anything.
@@ -373,4 +387,31 @@ extern "C" fn ssl_free(ssl: Ssl, caller: Caller) {
     tls::forget(ssl);
     // SAFETY: the caller's argument, unchanged.
     unsafe { (lib.free)(ssl) }
+}
+
+/// `SSL_get1_peer_certificate` (OpenSSL 3), and 1.1's
+/// `SSL_get_peer_certificate`: a new reference. On the client side of a
+/// faked connection, a stand-in certificate naming the host the client
+/// asked for; otherwise (passive, record, any other `SSL*`) the real
+/// function once.
+extern "C" fn ssl_get1_peer_certificate(ssl: Ssl, caller: Caller) -> *mut c_void {
+    peer_certificate(ssl, caller)
+}
+
+extern "C" fn ssl_get_peer_certificate(ssl: Ssl, caller: Caller) -> *mut c_void {
+    peer_certificate(ssl, caller)
+}
+
+fn peer_certificate(ssl: Ssl, caller: Caller) -> *mut c_void {
+    let Some(lib) = tls::library(caller) else {
+        return std::ptr::null_mut();
+    };
+    if let Some(faked) = tls::faked(lib, ssl, false) {
+        return faked.peer_certificate(lib);
+    }
+    match lib.get1_peer_certificate {
+        // SAFETY: the caller's argument, unchanged.
+        Some(real) => unsafe { real(ssl) },
+        None => std::ptr::null_mut(),
+    }
 }

@@ -756,3 +756,97 @@ fn create_makes_the_stream_as_asked() {
         assert_eq!(info.duplicate_window, Duration::from_secs(120));
     }
 }
+
+/// `koala ship ARGS` with its stderr on a terminal (a pseudo-terminal made
+/// here): everything it wrote there.
+fn ship_on_terminal(dir: &TestDir, args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: two out-pointers to our ints; no name, default settings.
+    let made = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(made, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and ours.
+    let (master, slave) = unsafe { (fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = clean_command(koala_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .expect("start koala ship");
+    // Read until the terminal closes (EIO once koala ship exited).
+    let mut master = master;
+    let mut output = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match master.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => output.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let status = child.wait().expect("wait for koala ship");
+    (status.code(), String::from_utf8_lossy(&output).into_owned())
+}
+
+#[test]
+fn progress_line_on_a_terminal_quiet_without() {
+    let dir = TestDir::new("ship_terminal");
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let record = dir.join("record");
+    fs::create_dir_all(&record).unwrap();
+    let text: String = ids("2", 0..3)
+        .iter()
+        .map(|id| session_line(id, 500) + "\n")
+        .collect();
+    fs::write(record.join("svc-4242.jsonl"), &text).unwrap();
+    let url = nats.url();
+    let common = [
+        "ship", "record", "--to", &url, "--once", "--create", "--host", "h1",
+    ];
+
+    // On a terminal: the progress line, redrawn in place, then the summary.
+    let (code, seen) = ship_on_terminal(&dir, &[&common[..], &["--stream", "T1"]].concat());
+    assert_eq!(code, Some(0), "{seen}");
+    // The lines' bytes, newlines not counted.
+    let size = format!("{:.1} kB", (text.len() - 3) as f64 / 1e3);
+    assert!(
+        seen.contains(&format!(
+            "\r\x1b[Kkoala ship: shipped 3 line(s) ({size}); waiting 0 B in 0 file(s); lag 0.0 s"
+        )),
+        "the progress line\n{seen:?}"
+    );
+    // --quiet on a terminal: nothing when all is well.
+    let (code, seen) = ship_on_terminal(
+        &dir,
+        &[&common[..], &["--stream", "T2", "--quiet"]].concat(),
+    );
+    assert_eq!(code, Some(0), "{seen}");
+    assert_eq!(seen, "", "--quiet prints nothing");
+    // Not a terminal (a file): no progress line, only the summary.
+    let args: Vec<String> = [&common[..], &["--stream", "T3"]]
+        .concat()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let run = run_koala(&dir, "ship-file", &args, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+    assert!(
+        run.stderr.contains("koala ship: shipped 3 line(s)"),
+        "{}",
+        run.output()
+    );
+    for stream in ["T1", "T2", "T3"] {
+        assert_eq!(stream_ids(&url, stream), ids("2", 0..3));
+    }
+}

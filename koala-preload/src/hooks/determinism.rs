@@ -51,7 +51,7 @@ pub unsafe extern "C" fn clock_gettime(clock: clockid_t, ts: *mut timespec) -> c
         && matches!(clock, libc::CLOCK_REALTIME | libc::CLOCK_REALTIME_COARSE)
     {
         // SAFETY: the real call just filled the caller's timespec.
-        let real_ns = unsafe { (*ts).tv_sec as i64 * NS + (*ts).tv_nsec as i64 };
+        let real_ns = unsafe { (*ts).tv_sec * NS + (*ts).tv_nsec };
         if let Some(seen) = layer::session_realtime(real_ns) {
             // SAFETY: as above.
             unsafe {
@@ -77,7 +77,7 @@ pub unsafe extern "C" fn gettimeofday(tv: *mut timeval, tz: *mut c_void) -> c_in
     let result = unsafe { real(tv, tz) };
     if result == 0 && !tv.is_null() {
         // SAFETY: the real call just filled the caller's timeval.
-        let real_ns = unsafe { (*tv).tv_sec as i64 * NS + (*tv).tv_usec as i64 * 1000 };
+        let real_ns = unsafe { (*tv).tv_sec * NS + (*tv).tv_usec * 1000 };
         if let Some(seen) = layer::session_realtime(real_ns) {
             // SAFETY: as above.
             unsafe {
@@ -104,7 +104,7 @@ pub unsafe extern "C" fn time(out: *mut time_t) -> time_t {
     if result == -1 {
         return result;
     }
-    match layer::session_realtime(result as i64 * NS) {
+    match layer::session_realtime(result * NS) {
         Some(seen) => {
             let seen = (seen / NS) as time_t;
             if !out.is_null() {

@@ -3,12 +3,12 @@
 /// The helpers' in-process channel (`koala_context_set`).
 mod context;
 // RTLD_DEEPBIND: the trampolines are written for these ABIs.
+mod determinism;
 #[cfg(all(
     target_env = "gnu",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod dl;
-mod determinism;
 mod fd;
 mod io;
 mod process;

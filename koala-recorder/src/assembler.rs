@@ -1478,11 +1478,23 @@ mod random_tests {
         };
         let mut a = Assembler::new(1, limits);
         a.open_connection(5, Direction::Inbound, addr(80), addr(5000), 10, 1);
-        assert_eq!(a.random_drawn(10, b"before", 8), 0, "no session yet: not kept");
+        assert_eq!(
+            a.random_drawn(10, b"before", 8),
+            0,
+            "no session yet: not kept"
+        );
         a.received_parts(5, 10, Bytes(&[b"GET / HTTP/1.1\r\n\r\n"]), 2);
         assert_eq!(a.random_drawn(10, b"abcd", 6), 0);
-        assert_eq!(a.random_drawn(11, b"other", 6), 0, "another thread's: not kept");
-        assert_eq!(a.random_drawn(10, b"efgh", 6), 2, "cut at the bound, counted");
+        assert_eq!(
+            a.random_drawn(11, b"other", 6),
+            0,
+            "another thread's: not kept"
+        );
+        assert_eq!(
+            a.random_drawn(10, b"efgh", 6),
+            2,
+            "cut at the bound, counted"
+        );
         a.sent_parts(5, 10, Bytes(&[b"HTTP/1.1 204 No Content\r\n\r\n"]), 3);
         a.forget_fd(5);
         let sessions = finished(&mut a);

@@ -100,7 +100,12 @@ fn replay_deterministic_random() {
         assert!(!session.random_truncated, "{}", show(session));
         // The device's bytes, as read.
         let dev = body(session.inbound.response.as_bytes())["dev"].clone();
-        assert_eq!(dev, hex(&session.random.as_bytes()[..8]), "{}", show(session));
+        assert_eq!(
+            dev,
+            hex(&session.random.as_bytes()[..8]),
+            "{}",
+            show(session)
+        );
     }
     let cut = record(&dir, "cut", &[("KOALA_MAX_RANDOM_BYTES", "32")]);
     for session in &cut {

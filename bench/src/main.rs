@@ -9,6 +9,8 @@
 //! 4. Matching cost: the criterion benchmark of koala-replayer.
 //! 5. Fork cost: fork + `_exit` of a child that records nothing, per
 //!    fork, without the library, passive and recording (see [`fork`]).
+//! 6. The automatic context helpers' cost per request: aiohttp and Node
+//!    services recording with and without them (see [`helpers`]).
 //!
 //! Prints a table on stdout (progress on stderr) and writes
 //! `target/bench/results.json` and `target/bench/table.txt`. Settings come
@@ -18,6 +20,7 @@
 
 mod clock;
 mod fork;
+mod helpers;
 mod matching;
 mod recording;
 mod replay;
@@ -68,7 +71,7 @@ pub struct Settings {
 }
 
 /// The parts, in the order they run.
-pub const PARTS: [&str; 9] = [
+pub const PARTS: [&str; 10] = [
     "matching",
     "redis",
     "nginx-static",
@@ -78,6 +81,7 @@ pub const PARTS: [&str; 9] = [
     "fork",
     "clock",
     "ship",
+    "helpers",
 ];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -306,6 +310,13 @@ fn main() {
         eprintln!("   ship: {:.0} s", t.elapsed().as_secs_f64());
     }
 
+    let mut helped = None;
+    if settings.runs("helpers") {
+        let t = Instant::now();
+        helped = attempt("helpers", &mut errors, || helpers::measure(&settings));
+        eprintln!("   helpers: {:.0} s", t.elapsed().as_secs_f64());
+    }
+
     let total_s = started.elapsed().as_secs_f64();
     let mut machine = machine;
     machine["loadavg_at_end"] = json!(tools::loadavg());
@@ -327,6 +338,9 @@ fn main() {
     if let Some(shipped) = &shipped {
         ship::render(&mut table, shipped, settings.rounds);
     }
+    if let Some(helped) = &helped {
+        helpers::render(&mut table, helped, settings.rounds);
+    }
     print!("{table}");
 
     let results = json!({
@@ -347,6 +361,7 @@ fn main() {
         "fork": forked.as_ref().map_or(Value::Null, fork::Measured::json),
         "ship": shipped.as_ref().map_or(Value::Null, ship::Measured::json),
         "clock": clocked.as_ref().map_or(Value::Null, clock::Measured::json),
+        "helpers": helped.as_ref().map_or(Value::Null, helpers::Measured::json),
         "errors": errors.iter().map(|(part, e)| json!({"part": part, "error": e})).collect::<Vec<_>>(),
     });
     let json_path = out_dir.join("results.json");

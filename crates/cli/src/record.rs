@@ -299,6 +299,9 @@ enum LogEvent {
         empty: u64,
         /// Calls no session could be told for (`unattributed_calls`).
         unattributed: u64,
+        /// Exchanges recorded as TLS koala could not see into
+        /// (`ciphertext_exchanges`).
+        ciphertext: u64,
     },
     /// Sessions that could not be written, and why.
     WriteError { path: String, error: String },
@@ -319,6 +322,7 @@ fn parse_log_line(line: &str) -> Option<LogEvent> {
             lost: number("sessions_lost_write_error"),
             empty: number("empty_sessions"),
             unattributed: number("unattributed_calls"),
+            ciphertext: number("ciphertext_exchanges"),
         });
     }
     if let Some(fields) = after(" cannot write sessions") {
@@ -368,6 +372,7 @@ struct Outcome {
     lost: u64,
     empty: u64,
     unattributed: u64,
+    ciphertext: u64,
     /// `(path, error)` of sessions that could not be written, once each.
     write_errors: Vec<(String, String)>,
     /// Log files that got lines during the run.
@@ -415,12 +420,14 @@ impl Outcome {
                 lost,
                 empty,
                 unattributed,
+                ciphertext,
             }) => {
                 self.summaries += 1;
                 self.dropped += dropped;
                 self.lost += lost;
                 self.empty += empty;
                 self.unattributed += unattributed;
+                self.ciphertext += ciphertext;
             }
             Some(LogEvent::WriteError { path, error }) => {
                 let error = (path, error);
@@ -506,6 +513,12 @@ fn render(outcome: &Outcome, context: &Context<'_>) -> String {
         lines.push(format!(
             "  {}: sent by a thread serving no request while several were in flight, in the background records flagged \"unattributed\" (docs/helper-hints.md, hand-off threads)",
             plural(outcome.unattributed, "call unattributed", "calls unattributed")
+        ));
+    }
+    if outcome.ciphertext > 0 {
+        lines.push(format!(
+            "  {}: TLS koala could not see into (Java's JSSE, Go, a statically linked TLS library, OpenSSL on memory BIOs), recorded as ciphertext and marked \"tls\": \"ciphertext\"; sessions holding one cannot be replayed (docs/tls.md)",
+            plural(outcome.ciphertext, "exchange encrypted", "exchanges encrypted")
         ));
     }
     if sessions == 0 {
@@ -1038,7 +1051,8 @@ mod tests {
                 dropped: 2,
                 lost: 5,
                 empty: 1,
-                unattributed: 0
+                unattributed: 0,
+                ciphertext: 0,
             })
         );
     }
@@ -1131,6 +1145,7 @@ mod tests {
             lost: 2,
             empty: 0,
             unattributed: 0,
+            ciphertext: 0,
         }));
         outcome.logs.push(PathBuf::from("/tmp/koala-0/koala.log.x"));
         assert_eq!(
@@ -1179,6 +1194,23 @@ mod tests {
         assert!(
             rendered.contains(
                 "koala record:   4 calls unattributed: sent by a thread serving no request"
+            ),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn ciphertext_exchanges_are_summed_and_said() {
+        let line = "koala[java:8] 2026-12-03T08:05:07.833976Z  INFO koala recording summary sessions_written=2 sessions_dropped_queue_full=0 sessions_lost_write_error=0 empty_sessions=0 ciphertext_exchanges=2 unattributed_calls=0 file=/d/java-8.jsonl";
+        let mut outcome = Outcome::default();
+        assert!(!render(&outcome, &context(Path::new("/d"), None)).contains("encrypted"));
+        outcome.add(parse_log_line(line));
+        outcome.add(parse_log_line(&line.replace("=2 ", "=1 ")));
+        assert_eq!(outcome.ciphertext, 3);
+        let rendered = render(&outcome, &context(Path::new("/d"), None));
+        assert!(
+            rendered.contains(
+                "koala record:   3 exchanges encrypted: TLS koala could not see into (Java's JSSE"
             ),
             "{rendered}"
         );

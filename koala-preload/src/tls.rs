@@ -473,6 +473,14 @@ pub struct Faked {
 /// replayer's inbound server injected: nothing real is on the other end to
 /// talk TLS with.
 pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
+    faked_as(lib, ssl, decide, None)
+}
+
+/// [`faked`] from a handshake entry point that says which side `ssl` is
+/// (`SSL_connect`: a client, `SSL_accept`: a server). Before its handshake
+/// an `SSL*` of a context made with the generic `TLS_method` (libpq's)
+/// reports itself a server (`SSL_is_server`) until `SSL_connect` sets it.
+pub fn faked_as(lib: &OpenSsl, ssl: Ssl, decide: bool, server: Option<bool>) -> Option<Faked> {
     if ssl.is_null() || !layer::is_active() {
         return None;
     }
@@ -498,7 +506,7 @@ pub fn faked(lib: &OpenSsl, ssl: Ssl, decide: bool) -> Option<Faked> {
             if (lib.get_rbio)(ssl).is_null() {
                 return;
             }
-            let server = lib.is_server.is_some_and(|f| f(ssl) == 1);
+            let server = server.unwrap_or_else(|| lib.is_server.is_some_and(|f| f(ssl) == 1));
             ((lib.get_rfd)(ssl), server)
         };
         // A BIO of the client's own (libcurl): the connection this thread

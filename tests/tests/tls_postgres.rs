@@ -10,14 +10,21 @@
 //! call in clear (answered `S`), everything after it on that connection is
 //! the plaintext protocol (`"tls": true`: the start-up message, the SCRAM
 //! exchange, each query), and the HTTPS call is the backend's exact
-//! plaintext. (Replaying the PostgreSQL side needs the outbound server to
-//! answer the recorded `S`: see docs/tls.md, Limits.)
+//! plaintext.
+//!
+//! Replayed with PostgreSQL and the backend stopped (`sslmode=require` and
+//! the certificate verification of `requests` left on): the outbound server
+//! answers the SSLRequest `S`, as recorded, libpq's handshake (its own BIO,
+//! its own libssl) is answered by the TLS hooks without I/O — it gets the
+//! stand-in peer certificate it asks for — and the start-up, queries and the
+//! HTTPS call are matched in plaintext: every session passes.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use koala_session::Tls;
 use koala_tests::python_stacks::*;
+use koala_tests::replay::*;
 use koala_tests::*;
 
 /// A self-signed certificate for `localhost`, made with the openssl CLI.
@@ -100,7 +107,7 @@ fn backend_response(item: &str) -> Vec<u8> {
 fn tls_postgres_and_https_with_two_openssl_copies() {
     let dir = TestDir::new("tls_postgres");
     let (cert, key) = make_certificate(&dir);
-    let (_postgres, pg_port) = start_postgres(&dir);
+    let (mut postgres, pg_port) = start_postgres(&dir);
     enable_ssl(&dir, pg_port, &cert, &key);
     let backend_port = free_port();
     let mut backend = Spec::python_fixture("backend", "tls_backend.py")
@@ -197,4 +204,42 @@ fn tls_postgres_and_https_with_two_openssl_copies() {
             "the backend's answer, in plaintext",
         );
     }
+
+    // --- Replay, PostgreSQL and the backend stopped.
+    postgres.stop();
+    backend.stop();
+    assert_port_closed(pg_port, "PostgreSQL");
+    assert_port_closed(backend_port, "the backend");
+    let run = replay_python(
+        &dir,
+        "koala-replay",
+        &["--report", "r.json"],
+        "tls_pg_service.py",
+        &[
+            port.to_string(),
+            pg_port.to_string(),
+            backend_port.to_string(),
+        ],
+        &[("REQUESTS_CA_BUNDLE", cert.clone())],
+    );
+    run.assert_all_passed(ids.len());
+    let report = read_report(&dir.join("r.json"));
+    let mut ssl_requests = 0;
+    for entry in report_entries(&report) {
+        let result = entry_result(entry);
+        let what = format!("report entry {entry}");
+        assert!(
+            result.unmatched.is_empty() && result.missing.is_empty(),
+            "{what}"
+        );
+        for call in result.calls.iter().filter(|c| c.peer == pg_peer) {
+            if call.request.as_bytes() == pg_ssl_request() {
+                // Answered S, as recorded.
+                assert_eq!(call.served.as_bytes(), b"S", "{what}");
+                ssl_requests += 1;
+            }
+        }
+    }
+    // One PostgreSQL connection, opened by the first request.
+    assert_eq!(ssl_requests, 1, "{report}");
 }

@@ -40,13 +40,17 @@
 //! client that still sends one) with AuthenticationOk followed by the
 //! ParameterStatus, BackendKeyData and ReadyForQuery messages of the
 //! recorded set-up. Trust, MD5 and SCRAM clients all accept
-//! AuthenticationOk at once, so no password is needed. An SSLRequest or
-//! GSSENCRequest is refused (`N`): replay speaks plaintext, and libpq with
-//! `sslmode=prefer` (its default) goes on unencrypted. A client that insists
-//! on encryption or on a SCRAM exchange cannot be replayed, and fails with
-//! libpq's own error (checked with libpq 17 against a server answering as
-//! replay does): `sslmode=require` with "server does not support SSL, but
-//! SSL was required"; `require_auth=scram-sha-256` with "authentication
+//! AuthenticationOk at once, so no password is needed. An SSLRequest is
+//! answered `S` when a recorded SSLRequest to the same dependency was (the
+//! recording's client then spoke TLS: libkoala.so's TLS hooks answer its
+//! handshake and carry its plaintext, docs/tls.md), else refused (`N`):
+//! replay speaks plaintext, and libpq with `sslmode=prefer` (its default)
+//! goes on unencrypted. A GSSENCRequest is always refused. A client that
+//! insists on encryption the recording did not have, or on a SCRAM
+//! exchange, cannot be replayed, and fails with libpq's own error (checked
+//! with libpq 17 against a server answering as replay does):
+//! `sslmode=require` with "server does not support SSL, but SSL was
+//! required"; `require_auth=scram-sha-256` with "authentication
 //! method requirement "scram-sha-256" failed: server did not complete
 //! authentication"; `channel_binding=require` with "channel binding
 //! required, but server authenticated client without channel binding".
@@ -459,7 +463,14 @@ impl Protocol for Postgres {
 
     fn answer_setup(&self, request: &[u8], recorded: &[Exchange<'_>]) -> Option<Vec<u8>> {
         match classify(request)? {
-            Request::Ssl | Request::GssEnc => Some(b"N".to_vec()),
+            // `S` when the recording's server said so: the client's TLS is
+            // then answered in plaintext by libkoala.so's TLS hooks.
+            Request::Ssl => Some(if setup::recorded_ssl(recorded) {
+                b"S".to_vec()
+            } else {
+                b"N".to_vec()
+            }),
+            Request::GssEnc => Some(b"N".to_vec()),
             Request::Startup | Request::Auth => Some(setup::authentication_ok(recorded)),
             _ => None,
         }

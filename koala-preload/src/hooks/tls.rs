@@ -276,15 +276,18 @@ extern "C" fn ssl_write_ex(
 
 /// A handshake entry point: the real one (its I/O ties the connection), or
 /// success without I/O on a faked connection.
+/// `server`: the side the entry point implies (`SSL_connect`, `SSL_accept`),
+/// `None` for `SSL_do_handshake`.
 fn handshake(
     ssl: Ssl,
     caller: Caller,
+    server: Option<bool>,
     real: impl FnOnce(&OpenSsl) -> unsafe extern "C" fn(Ssl) -> c_int,
 ) -> c_int {
     let Some(lib) = tls::library(caller) else {
         return NO_LIBRARY;
     };
-    if tls::faked(lib, ssl, true).is_some() {
+    if tls::faked_as(lib, ssl, true, server).is_some() {
         return 1;
     }
     let real = real(lib);
@@ -300,15 +303,15 @@ fn handshake(
 }
 
 extern "C" fn ssl_do_handshake(ssl: Ssl, caller: Caller) -> c_int {
-    handshake(ssl, caller, |lib| lib.do_handshake)
+    handshake(ssl, caller, None, |lib| lib.do_handshake)
 }
 
 extern "C" fn ssl_connect(ssl: Ssl, caller: Caller) -> c_int {
-    handshake(ssl, caller, |lib| lib.connect)
+    handshake(ssl, caller, Some(false), |lib| lib.connect)
 }
 
 extern "C" fn ssl_accept(ssl: Ssl, caller: Caller) -> c_int {
-    handshake(ssl, caller, |lib| lib.accept)
+    handshake(ssl, caller, Some(true), |lib| lib.accept)
 }
 
 extern "C" fn ssl_shutdown(ssl: Ssl, caller: Caller) -> c_int {

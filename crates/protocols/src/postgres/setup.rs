@@ -39,6 +39,15 @@ pub(super) fn authentication_ok(recorded: &[Exchange<'_>]) -> Vec<u8> {
     reply
 }
 
+/// Whether a recorded SSLRequest was answered `S`: the recording's client
+/// went on in TLS, so replay accepts its SSLRequest too.
+pub(super) fn recorded_ssl(recorded: &[Exchange<'_>]) -> bool {
+    recorded.iter().any(|exchange| {
+        matches!(super::classify(exchange.request), Some(super::Request::Ssl))
+            && exchange.response == b"S"
+    })
+}
+
 /// The messages after AuthenticationOk in a recorded response, up to and
 /// including ReadyForQuery: each ParameterStatus name once (the first), the
 /// first BackendKeyData, the ReadyForQuery. `None` when the response has no

@@ -240,6 +240,42 @@ fn answer_setup_is_authentication_ok_and_the_recorded_session() {
 }
 
 #[test]
+fn answer_setup_accepts_ssl_when_the_recording_did() {
+    let refused = [Exchange {
+        request: SSL_REQUEST,
+        response: b"N",
+    }];
+    let accepted = [
+        Exchange {
+            request: SSL_REQUEST,
+            response: b"S",
+        },
+        Exchange {
+            request: STARTUP,
+            response: AUTH_SASL,
+        },
+    ];
+    assert_eq!(
+        Postgres.answer_setup(SSL_REQUEST, &refused),
+        Some(b"N".to_vec())
+    );
+    assert_eq!(Postgres.answer_setup(SSL_REQUEST, &[]), Some(b"N".to_vec()));
+    assert_eq!(
+        Postgres.answer_setup(SSL_REQUEST, &accepted),
+        Some(b"S".to_vec())
+    );
+    // An `S` answering anything else is no SSLRequest's.
+    let other = [Exchange {
+        request: QUERY,
+        response: b"S",
+    }];
+    assert_eq!(
+        Postgres.answer_setup(SSL_REQUEST, &other),
+        Some(b"N".to_vec())
+    );
+}
+
+#[test]
 fn answer_setup_takes_each_parameter_once_and_the_first_key() {
     let status_a1 = b"S\0\0\0\x08a\x001\0";
     let status_a2 = b"S\0\0\0\x08a\x002\0";

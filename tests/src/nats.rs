@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use koala_ship::jetstream::{self, JetStream};
+use koala_ship::jetstream::{self, JetStream, StreamConfig};
 use koala_ship::nats::Options;
 use koala_ship::url::NatsUrl;
 pub use koala_ship::url::Tls;
@@ -200,6 +200,43 @@ impl Nats {
                         );
                         thread::sleep(Duration::from_millis(100));
                     }
+                }
+            }
+        }
+        if self.nodes.len() > 1 {
+            self.wait_for_peers();
+        }
+    }
+
+    /// Waits until a stream with a replica on every node can be placed:
+    /// the API answers as soon as a meta leader is elected, before every
+    /// node has joined the JetStream cluster (`--create --replicas 3` would
+    /// then be refused: no suitable peers for placement).
+    fn wait_for_peers(&self) {
+        let probe = StreamConfig {
+            name: "KOALA_READY_PROBE".into(),
+            subjects: vec!["koala_ready_probe".into()],
+            replicas: self.nodes.len() as u32,
+            retention: "limits".into(),
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+            duplicate_window: Duration::from_secs(1),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let placed = client(&self.url()).and_then(|mut js| {
+                js.create_stream(&probe)?;
+                js.delete_stream(&probe.name)
+            });
+            match placed {
+                Ok(()) => return,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no stream with {} replicas placed within {READY_TIMEOUT:?}: {e}",
+                        self.nodes.len()
+                    );
+                    thread::sleep(Duration::from_millis(100));
                 }
             }
         }

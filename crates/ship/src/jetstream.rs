@@ -70,14 +70,21 @@ impl Error {
         match self {
             Error::Nats(e) => e.is_transient(),
             // 503: no leader yet, or not enough replicas up (a cluster
-            // recovering from a lost node).
-            Error::Api { code, .. } => *code == 503 || *code == 408,
+            // recovering from a lost node). 10005, no suitable peers for
+            // placement: the servers a new stream's replicas need are not
+            // (yet) all in the JetStream cluster (starting, restarting).
+            Error::Api { code, err_code, .. } => {
+                *code == 503 || *code == 408 || *err_code == NO_PEERS_FOR_PLACEMENT
+            }
             _ => false,
         }
     }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// JetStream's `JSClusterNoPeersErr`: too few servers for the replicas.
+const NO_PEERS_FOR_PLACEMENT: u32 = 10005;
 
 /// What `--create` asks of a new stream.
 #[derive(Clone, Debug)]
@@ -248,6 +255,15 @@ impl JetStream {
         }
         let value = self.api(&format!("$JS.API.STREAM.CREATE.{}", config.name), &body)?;
         Ok(StreamInfo::from_json(&value))
+    }
+
+    /// Deletes the stream and its messages.
+    pub fn delete_stream(&mut self, name: &str) -> Result<()> {
+        match self.api(&format!("$JS.API.STREAM.DELETE.{name}"), &json!({})) {
+            Ok(_) => Ok(()),
+            Err(Error::Api { code: 404, .. }) => Err(Error::StreamNotFound(name.into())),
+            Err(e) => Err(e),
+        }
     }
 
     /// Publishes `messages` pipelined (all sent, then the PubAcks read), one
@@ -577,5 +593,17 @@ mod tests {
                 ..
             })
         ));
+        let no_peers = Error::Api {
+            code: 400,
+            err_code: 10005,
+            description: "no suitable peers for placement".into(),
+        };
+        assert!(no_peers.is_transient(), "peers may join: retried");
+        let not_clustered = Error::Api {
+            code: 500,
+            err_code: 10074,
+            description: "replicas > 1 not supported in non-clustered mode".into(),
+        };
+        assert!(!not_clustered.is_transient());
     }
 }

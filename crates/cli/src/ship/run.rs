@@ -217,14 +217,13 @@ fn open_sink(options: &Options, args: &ShipArgs) -> Result<JetStreamSink, Failur
                 max_bytes: args.max_bytes,
                 duplicate_window: Duration::from_secs(args.duplicate_window.max(1)),
             };
-            sink.js
-                .create_stream(&config)
-                .map_err(|e| match classify(e) {
-                    Failure::Fatal(why) => {
-                        Failure::Fatal(format!("cannot create the stream {}: {why}", args.stream))
-                    }
-                    transient => transient,
-                })?;
+            sink.js.create_stream(&config).map_err(|e| {
+                let cannot = |why| format!("cannot create the stream {}: {why}", args.stream);
+                match classify(e) {
+                    Failure::Fatal(why) => Failure::Fatal(cannot(why)),
+                    Failure::Transient(why) => Failure::Transient(cannot(why)),
+                }
+            })?;
         }
         Err(jetstream::Error::StreamNotFound(_)) => {
             return Err(Failure::Fatal(format!(

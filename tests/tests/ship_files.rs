@@ -538,6 +538,23 @@ fn tls_to_the_server() {
             shown.output()
         );
     }
+    // The reading side (koala replay, from the stream) says the same.
+    let replay = |name: &str, url: String, env: &[(&str, String)]| {
+        let args: Vec<String> = ["replay", &url, "--", "true"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let run = run_koala(&dir, name, &args, env);
+        assert_eq!(run.code, Some(2), "{}", run.output());
+        assert!(!run.stderr.contains("secret"), "{}", run.output());
+        run.stderr
+    };
+    let said = replay("replay-untrusted", format!("{right}/KOALA"), &[]);
+    assert!(said.contains("certificate is not trusted"), "{said}");
+    let said = replay("replay-wrong-password", format!("{wrong}/KOALA"), &[ca()]);
+    assert!(said.contains("NATS authorization failed"), "{said}");
+    let said = replay("replay-no-stream", format!("{right}/NOPE"), &[ca()]);
+    assert!(said.contains("the stream NOPE does not exist"), "{said}");
     fs::remove_file(&state).unwrap();
     drop(users);
 

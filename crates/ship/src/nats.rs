@@ -260,8 +260,11 @@ impl Connection {
         self.write(command.as_bytes())
     }
 
+    /// Writes `bytes` out (over TLS: the records too, so that a failure
+    /// is seen here and not lost in rustls's buffer).
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        match self.reader.get_mut().write_all(bytes) {
+        let transport = self.reader.get_mut();
+        match transport.write_all(bytes).and_then(|()| transport.flush()) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.broke(format!("write to {}: {e}", self.server))),
         }
@@ -613,6 +616,7 @@ fn open(options: &Options, server: &str) -> Result<(BufReader<Transport>, Server
     reader
         .get_mut()
         .write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+        .and_then(|()| reader.get_mut().flush())
         .map_err(|e| after_connect(server, "write", e))?;
     loop {
         let mut line = Vec::new();
@@ -654,6 +658,7 @@ fn open(options: &Options, server: &str) -> Result<(BufReader<Transport>, Server
             reader
                 .get_mut()
                 .write_all(b"PONG\r\n")
+                .and_then(|()| reader.get_mut().flush())
                 .map_err(|e| after_connect(server, "write", e))?;
         }
     }

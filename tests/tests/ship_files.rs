@@ -598,6 +598,17 @@ fn tls_to_the_server() {
     assert_fails_cleanly(&run, "does not offer TLS", &file, &text, &state);
 }
 
+/// Appends `lines` to `file`, as a recording process does (never
+/// rewritten: a file shorter than its progress is a new file).
+fn append(file: &Path, lines: &str) {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(lines.as_bytes()))
+        .unwrap();
+}
+
 /// Waits until the stream holds `count` messages (or more: then the
 /// assertion after says which).
 fn wait_for_stream(url: &str, count: usize, shipper: &mut Program) -> Vec<String> {
@@ -668,7 +679,7 @@ fn server_down_then_back_catches_up() {
         .collect();
     let mut text = first.clone();
     text.push_str(&more);
-    fs::write(&file, &text).unwrap();
+    append(&file, &more);
     wait_for_stderr(&mut shipper, "lines wait in their files", 1);
     nats.restart(&dir, 0);
     wait_for_stderr(&mut shipper, "the stream takes lines again", 1);
@@ -685,6 +696,59 @@ fn server_down_then_back_catches_up() {
     assert!(
         stderr.trim_end().ends_with("lag 0.0 s") && stderr.contains("shipped 50 line(s)"),
         "{stderr}"
+    );
+
+    // The progress survived the stop: every byte of the file shipped.
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(record.join(".koala-ship-KOALA.state")).unwrap())
+            .unwrap();
+    let offset = state["files"]
+        .as_object()
+        .and_then(|files| files.values().next())
+        .and_then(|progress| progress["offset"].as_u64());
+    assert_eq!(
+        offset,
+        Some(text.len() as u64),
+        "the progress after SIGTERM: {state}"
+    );
+
+    // Down a third time, and koala ship stopped before the server is back:
+    // its summary says what waits; a new koala ship ships it, once.
+    let mut shipper = Spec::new("ship-again", koala_bin())
+        .args([
+            "ship", "record", "--to", &url, "--stream", "KOALA", "--host", "h1",
+        ])
+        .spawn(&dir);
+    wait_for_stderr(&mut shipper, "shipping record to", 1);
+    nats.nodes[0].kill();
+    let last: String = ids("3", 50..60)
+        .iter()
+        .map(|id| session_line(id, 800) + "\n")
+        .collect();
+    text.push_str(&last);
+    append(&file, &last);
+    wait_for_stderr(&mut shipper, "lines wait in their files", 1);
+    shipper.stop_cleanly();
+    let waiting = format!("{:.1} kB", last.len() as f64 / 1e3);
+    assert!(
+        shipper.stderr().contains(&format!(
+            "shipped 0 line(s) (0 B); waiting {waiting} in 1 file(s)"
+        )),
+        "the summary says what waits, and nothing was sent again\n{}",
+        shipper.output_report()
+    );
+    nats.restart(&dir, 0);
+    let run = ship(&dir, "ship-after", &url, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert!(
+        run.stderr.contains("shipped 10 line(s)"),
+        "only what waited\n{}",
+        run.output()
+    );
+    assert_eq!(
+        stream_ids(&url, "KOALA"),
+        ids("3", 0..60),
+        "every line once"
     );
     assert_eq!(
         fs::read_to_string(&file).unwrap(),

@@ -359,6 +359,9 @@ pub fn run(args: &ShipArgs) -> Result<ExitCode, String> {
     backoff = FIRST_BACKOFF;
     let mut reported_error = None;
     loop {
+        if stopped() {
+            break;
+        }
         let round = ship_round(
             args,
             &host,
@@ -440,8 +443,12 @@ fn ship_round(
     let (mut waiting_bytes, mut torn, mut waiting_files) = (0, 0, 0);
     let mut seen = Vec::new();
     let mut failure = None;
+    // Stopped (SIGINT/SIGTERM) before every file was looked at: the files
+    // not looked at are not gone, their progress and counts stay.
+    let mut interrupted = false;
     for path in files {
         if stopped() {
+            interrupted = true;
             break;
         }
         let path = fs::canonicalize(&path).unwrap_or(path);
@@ -518,16 +525,18 @@ fn ship_round(
             }
         }
     }
-    // Files gone (deleted by someone) are forgotten.
-    let before = state.files.len();
-    state.files.retain(|key, _| seen.contains(key));
-    counts.waiting_since.retain(|key, _| seen.contains(key));
-    if state.files.len() != before && failure.is_none() {
-        save(state, state_path)?;
+    if !interrupted {
+        // Files gone (deleted by someone) are forgotten.
+        let before = state.files.len();
+        state.files.retain(|key, _| seen.contains(key));
+        counts.waiting_since.retain(|key, _| seen.contains(key));
+        if state.files.len() != before && failure.is_none() {
+            save(state, state_path)?;
+        }
+        counts.waiting_bytes = waiting_bytes;
+        counts.torn = torn;
+        counts.waiting_files = waiting_files;
     }
-    counts.waiting_bytes = waiting_bytes;
-    counts.torn = torn;
-    counts.waiting_files = waiting_files;
     match failure {
         Some(failure) => Err(failure),
         None => Ok(done),

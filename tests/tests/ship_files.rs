@@ -931,3 +931,78 @@ fn progress_line_on_a_terminal_quiet_without() {
         assert_eq!(stream_ids(&url, stream), ids("2", 0..3));
     }
 }
+
+#[test]
+fn show_and_replay_filter_by_host_and_program() {
+    let dir = TestDir::new("ship_filters");
+    let nats = Nats::single(&dir, ServerAuth::None);
+    let url = nats.url();
+    // Two hosts' recordings into one stream: h1 recorded svc, h2 api.
+    for (host, program, prefix, count) in [("h1", "svc", "1", 3), ("h2", "api", "2", 2)] {
+        let record = dir.join(format!("record-{host}"));
+        fs::create_dir_all(&record).unwrap();
+        let text: String = ids(prefix, 0..count)
+            .iter()
+            .map(|id| {
+                session_line(id, 500)
+                    .replace("\"program\":\"svc\"", &format!("\"program\":\"{program}\""))
+                    + "\n"
+            })
+            .collect();
+        fs::write(record.join(format!("{program}-4242.jsonl")), text).unwrap();
+        let args: Vec<String> = [
+            "ship",
+            &format!("record-{host}"),
+            "--to",
+            &url,
+            "--stream",
+            "KOALA",
+            "--once",
+            "--create",
+            "--host",
+            host,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let run = run_koala(&dir, &format!("ship-{host}"), &args, &[]);
+        assert_eq!(run.code, Some(0), "{}", run.output());
+    }
+    let show = |name: &str, filters: &[&str]| {
+        let mut args = vec!["show".to_string(), format!("{url}/KOALA")];
+        args.extend(filters.iter().map(|s| s.to_string()));
+        let run = run_koala(&dir, name, &args, &[]);
+        assert_eq!(run.code, Some(0), "{}", run.output());
+        run.stdout
+    };
+    let shown = show("show-h2", &["--host", "h2"]);
+    assert!(shown.contains("\n2 session(s)\n"), "{shown}");
+    assert!(
+        shown.contains("session 2-0 ") && shown.contains("session 2-1 "),
+        "{shown}"
+    );
+    assert!(!shown.contains("session 1-"), "only h2's\n{shown}");
+    assert!(shown.contains("koala.KOALA.session.api.h2"), "{shown}");
+    let shown = show("show-h1-svc", &["--host", "h1", "--program", "svc"]);
+    assert!(shown.contains("\n3 session(s)\n"), "{shown}");
+    let shown = show("show-h1-api", &["--host", "h1", "--program", "api"]);
+    assert!(shown.contains("\n0 session(s)\n"), "{shown}");
+    let shown = show("show-all", &[]);
+    assert!(shown.contains("\n5 session(s)\n"), "{shown}");
+
+    // With files, the stream's filters are refused.
+    for command in ["show", "replay"] {
+        let args: Vec<String> = [command, "record-h1", "--host", "h1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let run = run_koala(&dir, &format!("{command}-files-host"), &args, &[]);
+        assert_eq!(run.code, Some(2), "{}", run.output());
+        assert!(
+            run.stderr
+                .contains("--host, --since and --until apply to a stream"),
+            "{}",
+            run.output()
+        );
+    }
+}

@@ -19,7 +19,8 @@ pub fn run(
     }
     if !filters.is_empty() {
         return Err(
-            "--program, --since and --until apply to a stream (nats://HOST:PORT/STREAM)".into(),
+            "--program, --host, --since and --until apply to a stream (nats://HOST:PORT/STREAM)"
+                .into(),
         );
     }
     let files = session_files(paths).map_err(|e| e.to_string())?;

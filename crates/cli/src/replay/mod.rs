@@ -213,6 +213,10 @@ pub struct ReplayArgs {
     /// With a stream: only sessions whose request came before TIME.
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+    /// With a stream: only the records shipped from this host (the name
+    /// `koala ship --host` gave them).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// With --consumer: seconds a delivered session may go without its
     /// acknowledgement before the server hands it to another worker
     /// (default: --timeout plus 60).

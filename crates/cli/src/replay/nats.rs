@@ -49,6 +49,8 @@ pub fn is_stream(path: &Path) -> bool {
 pub struct Filters {
     /// Only this program's records (`koala.<STREAM>.*.<program>.*`).
     pub program: Option<String>,
+    /// Only the records shipped from this host (`koala.<STREAM>.*.*.<host>`).
+    pub host: Option<String>,
     /// Sessions whose request was read at or after this time (Unix ns).
     pub since: Option<u64>,
     /// ... and before this time.
@@ -68,6 +70,10 @@ pub struct ShowFilters {
     /// With a stream: only the records of this program.
     #[arg(long, value_name = "PROGRAM")]
     pub program: Option<String>,
+    /// With a stream: only the records shipped from this host (the name
+    /// `koala ship --host` gave them).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
     /// With a stream: only sessions whose request came at or after TIME
     /// (Unix seconds, or YYYY-MM-DDTHH:MM:SSZ); background records are
     /// shown whatever their time.
@@ -80,12 +86,16 @@ pub struct ShowFilters {
 
 impl ShowFilters {
     pub fn is_empty(&self) -> bool {
-        self.program.is_none() && self.since.is_none() && self.until.is_none()
+        self.program.is_none()
+            && self.host.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
     }
 
     fn filters(&self) -> Result<Filters, String> {
         Ok(Filters {
             program: self.program.clone(),
+            host: self.host.clone(),
             since: self.since.as_deref().map(parse_time).transpose()?,
             until: self.until.as_deref().map(parse_time).transpose()?,
         })
@@ -108,10 +118,11 @@ impl StreamSource {
         if streams == 0 {
             if args.consumer.is_some()
                 || args.program.is_some()
+                || args.host.is_some()
                 || args.since.is_some()
                 || args.until.is_some()
             {
-                return Err("--consumer, --program, --since and --until apply to a stream (nats://HOST:PORT/STREAM)".into());
+                return Err("--consumer, --program, --host, --since and --until apply to a stream (nats://HOST:PORT/STREAM)".into());
             }
             return Ok(None);
         }
@@ -130,6 +141,7 @@ impl StreamSource {
         };
         let filters = Filters {
             program: args.program.clone(),
+            host: args.host.clone(),
             since: args.since.as_deref().map(parse_time).transpose()?,
             until: args.until.as_deref().map(parse_time).transpose()?,
         };
@@ -162,13 +174,10 @@ impl StreamSource {
     }
 
     fn subject_filter(&self, kind: Option<RecordKind>) -> String {
-        let program = self
-            .filters
-            .program
-            .as_deref()
-            .map_or("*".into(), sink::token);
+        let token = |value: &Option<String>| value.as_deref().map_or("*".into(), sink::token);
+        let (program, host) = (token(&self.filters.program), token(&self.filters.host));
         let kind = kind.map_or("*", RecordKind::as_str);
-        format!("koala.{}.{kind}.{program}.*", self.stream)
+        format!("koala.{}.{kind}.{program}.{host}", self.stream)
     }
 
     /// Reads the stream's records (as filtered) into a [`Loaded`]; also
@@ -541,6 +550,30 @@ mod tests {
         for bad in ["yesterday", "-1", "2026-13-01T00:00:00Z", "2026-01-01"] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn filters_make_the_subject_filter() {
+        let source = |program: Option<&str>, host: Option<&str>| StreamSource {
+            url: NatsUrl::parse("nats://h:1/S").unwrap(),
+            stream: "S".into(),
+            filters: Filters {
+                program: program.map(str::to_string),
+                host: host.map(str::to_string),
+                ..Filters::default()
+            },
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(source(None, None).subject_filter(None), "koala.S.*.*.*");
+        assert_eq!(
+            source(Some("php-fpm8.2"), Some("web.1")).subject_filter(Some(RecordKind::Session)),
+            "koala.S.session.php-fpm8_2.web_1",
+            "the names as koala ship made them tokens"
+        );
+        assert_eq!(
+            source(None, Some("h2")).subject_filter(Some(RecordKind::Session)),
+            "koala.S.session.*.h2"
+        );
     }
 
     #[test]

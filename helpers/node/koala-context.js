@@ -6,8 +6,9 @@
 // request an http/https server handles a context of its own
 // (AsyncLocalStorage: it follows the request through callbacks, promises,
 // timers and the client libraries' queues), and right before a socket
-// write whose context differs from the previous write's, tells the
-// library which request the write is for: a `set-delegated-from-thread-id`
+// write whose context differs from the previous write's (the context the
+// bytes were written in, which a corked or busy socket may send later),
+// tells the library which request the write is for: a `set-delegated-from-thread-id`
 // hint (docs/helper-hints.md) on a connected UDP socket, which leaves
 // synchronously, before the write. So a write costs one comparison, plus
 // one datagram (consumed by the library, never sent) when the event loop
@@ -81,8 +82,7 @@
 
   // Before each write: tell the library when the context changed. Until
   // the hint socket is connected (the first tick) nothing is said.
-  function beforeWrite() {
-    const id = storage.getStore() || 0;
+  function tell(id) {
     if (id === current || !connected || handWritten) {
       return;
     }
@@ -94,11 +94,97 @@
     }
   }
 
+  // A socket write can leave later than `socket.write()` was called (the
+  // socket corked, or busy with an earlier write), and carry the chunks of
+  // several writes at once: node-redis corks its socket for a tick, so the
+  // commands of two requests that reach it in the same tick leave in one
+  // writev. So each chunk carries the context it was written in, on its
+  // write callback (which the stream keeps with the chunk), and a writev
+  // whose chunks belong to different requests is sent as one write per
+  // run of chunks of one request, in order, each after its hint: the
+  // bytes on the wire are the same, and each goes to its own session.
+  const CONTEXT = Symbol('koala request context');
+
+  function tagged(callback) {
+    const id = storage.getStore() || 0;
+    const tag =
+      typeof callback === 'function'
+        ? function koalaWritten(...args) {
+            return callback.apply(this, args);
+          }
+        : function koalaWritten() {};
+    tag[CONTEXT] = id;
+    return tag;
+  }
+
+  function contextOf(callback) {
+    if (typeof callback === 'function' && callback[CONTEXT] !== undefined) {
+      return callback[CONTEXT];
+    }
+    return storage.getStore() || 0; // a chunk written around the wrapper
+  }
+
+  // Runs of consecutive chunks of one context: [{ id, chunks }].
+  function runs(entries) {
+    const out = [];
+    for (const entry of entries) {
+      const id = contextOf(entry && entry.callback);
+      const last = out[out.length - 1];
+      if (last && last.id === id) {
+        last.chunks.push(entry);
+      } else {
+        out.push({ id, chunks: [entry] });
+      }
+    }
+    return out;
+  }
+
+  const socketWrite = net.Socket.prototype.write;
+  net.Socket.prototype.write = function koalaWrite(chunk, encoding, callback) {
+    if (typeof encoding === 'function') {
+      return socketWrite.call(this, chunk, tagged(encoding));
+    }
+    return socketWrite.call(this, chunk, encoding, tagged(callback));
+  };
+
   const writeGeneric = net.Socket.prototype._writeGeneric;
   if (typeof writeGeneric === 'function') {
-    net.Socket.prototype._writeGeneric = function koalaWriteGeneric(...args) {
-      beforeWrite();
-      return writeGeneric.apply(this, args);
+    net.Socket.prototype._writeGeneric = function koalaWriteGeneric(writev, data, encoding, cb) {
+      let split = null;
+      try {
+        if (writev && Array.isArray(data)) {
+          const groups = runs(data);
+          if (groups.length > 1 && !handWritten) {
+            split = groups;
+          } else if (groups.length === 1) {
+            tell(groups[0].id);
+          }
+        } else {
+          // One chunk: the stream keeps its callback while it is written.
+          const state = this._writableState;
+          tell(contextOf(state && state.writecb));
+        }
+      } catch (_) {
+        split = null; // a hint must never break the service
+      }
+      if (split === null) {
+        return writeGeneric.call(this, writev, data, encoding, cb);
+      }
+      // Each run after the one before it has been written.
+      const socket = this;
+      let next = 0;
+      const writeNext = (error) => {
+        if (error || next === split.length) {
+          cb(error);
+          return;
+        }
+        const group = split[next];
+        next += 1;
+        group.chunks.allBuffers = data.allBuffers;
+        tell(group.id);
+        writeGeneric.call(socket, true, group.chunks, encoding, writeNext);
+      };
+      return writeNext(null);
     };
   }
 

@@ -11,6 +11,7 @@ pub mod event_loop;
 pub mod nats;
 pub mod php_stacks;
 pub mod python_stacks;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fs;

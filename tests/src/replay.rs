@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -835,6 +835,54 @@ pub fn record_lines(dir: &Path) -> Vec<(String, Session)> {
         }
     }
     out
+}
+
+/// A listener on a stopped dependency's port: keeps the first bytes of
+/// every connection and answers plain HTTP that no recording holds (and no
+/// TLS client accepts), so a replay that reached it fails fast and visibly.
+pub struct Trap {
+    reached: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Trap {
+    pub fn start(port: u16) -> Trap {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("the trap cannot listen on {port}: {e}"));
+        let reached = Arc::new(Mutex::new(Vec::new()));
+        let log = reached.clone();
+        thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut bytes = vec![0; 512];
+                let n = stream.read(&mut bytes).unwrap_or(0);
+                bytes.truncate(n);
+                log.lock().unwrap().push(bytes);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\ntrap\n",
+                );
+            }
+        });
+        Trap { reached }
+    }
+
+    /// The first bytes of each connection it got, in order.
+    pub fn reached(&self) -> Vec<Vec<u8>> {
+        self.reached.lock().unwrap().clone()
+    }
+
+    #[track_caller]
+    pub fn assert_untouched(&self) {
+        let reached: Vec<String> = self
+            .reached()
+            .iter()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .collect();
+        assert_eq!(
+            reached,
+            Vec::<String>::new(),
+            "the replayed service reached the real dependency's address"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -15,61 +15,12 @@
 //! keeps the host as dlopen's caller: a library found through the caller's
 //! RUNPATH still loads.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use koala_tests::replay::*;
 use koala_tests::*;
 
 const IDS: [&str; 3] = ["d1", "d2", "d3"];
-
-/// A listener on the stopped backend's port: remembers the first bytes of
-/// every connection and answers something no recording holds, so a replay
-/// that reached it fails fast and visibly.
-struct Trap {
-    reached: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Trap {
-    fn start(port: u16) -> Trap {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("the trap cannot listen on {port}: {e}"));
-        let reached = Arc::new(Mutex::new(Vec::new()));
-        let log = reached.clone();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut bytes = vec![0; 256];
-                let n = stream.read(&mut bytes).unwrap_or(0);
-                bytes.truncate(n);
-                log.lock().unwrap().push(bytes);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\ntrap\n",
-                );
-            }
-        });
-        Trap { reached }
-    }
-
-    #[track_caller]
-    fn assert_untouched(&self) {
-        let reached: Vec<String> = self
-            .reached
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
-            .collect();
-        assert_eq!(
-            reached,
-            Vec::<String>::new(),
-            "the replayed service reached the real backend's address"
-        );
-    }
-}
 
 /// The service under test: how to start it (`args` after the program) and
 /// what it answers.

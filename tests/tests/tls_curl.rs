@@ -21,49 +21,10 @@
 //!   not part of the parent's session (its calls are its own process's
 //!   background records), so that route is recorded, not replayed.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use koala_session::Tls;
 use koala_tests::replay::*;
+use koala_tests::tls::*;
 use koala_tests::*;
-
-/// A self-signed certificate for `localhost`, made with the openssl CLI.
-fn make_certificate(dir: &TestDir) -> (String, String) {
-    let openssl = require_program("openssl", "openssl");
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    let status = clean_command(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-keyout", &key, "-out", &cert, "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
-}
-
-/// `tls_backend.py` on a free port, serving `cert`; its request heads go to
-/// `backend.log`.
-fn start_backend(dir: &TestDir, cert: &str, key: &str) -> (Program, u16) {
-    let port = free_port();
-    let mut backend = Spec::python_fixture("backend", "tls_backend.py")
-        .args([
-            port.to_string(),
-            cert.to_string(),
-            key.to_string(),
-            dir.join("backend.log").display().to_string(),
-        ])
-        .spawn(dir);
-    backend.wait_for_port(port);
-    (backend, port)
-}
 
 /// The backend's answer to `GET /c/<item>`, exactly.
 fn backend_answer(item: &str) -> Vec<u8> {
@@ -78,38 +39,6 @@ fn backend_answer(item: &str) -> Vec<u8> {
 /// The body of an HTTP message.
 fn body(message: &[u8]) -> &[u8] {
     &message[find(message, b"\r\n\r\n").map_or(0, |at| at + 4)..]
-}
-
-/// A listener on the stopped backend's port: keeps the first bytes of every
-/// connection and answers plain HTTP, which no TLS client accepts.
-struct Trap {
-    reached: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Trap {
-    fn start(port: u16) -> Trap {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("the trap cannot listen on {port}: {e}"));
-        let reached = Arc::new(Mutex::new(Vec::new()));
-        let log = reached.clone();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut bytes = vec![0; 512];
-                let n = stream.read(&mut bytes).unwrap_or(0);
-                bytes.truncate(n);
-                log.lock().unwrap().push(bytes);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\ntrap\n",
-                );
-            }
-        });
-        Trap { reached }
-    }
-
-    fn reached(&self) -> Vec<Vec<u8>> {
-        self.reached.lock().unwrap().clone()
-    }
 }
 
 fn require_php_curl() -> std::path::PathBuf {
@@ -150,8 +79,8 @@ fn replay_php(
 fn tls_php_curl_recorded_and_replayed_with_verification_on() {
     let php = require_php_curl();
     let dir = TestDir::new("tls_php_curl");
-    let (cert, key) = make_certificate(&dir);
-    let (mut backend, backend_port) = start_backend(&dir, &cert, &key);
+    let (cert, key) = self_signed_certificate(&dir);
+    let (mut backend, backend_port) = start_tls_backend(&dir, &cert, &key);
     let env = [
         ("BACKEND_PORT", backend_port.to_string()),
         ("CA_FILE", cert.clone()),
@@ -277,8 +206,8 @@ fn tls_php_curl_recorded_and_replayed_with_verification_on() {
 fn tls_curl_cli_records_plaintext_in_its_own_process() {
     require_program("curl", "curl");
     let dir = TestDir::new("tls_curl_cli");
-    let (cert, key) = make_certificate(&dir);
-    let (_backend, backend_port) = start_backend(&dir, &cert, &key);
+    let (cert, key) = self_signed_certificate(&dir);
+    let (_backend, backend_port) = start_tls_backend(&dir, &cert, &key);
 
     let port = free_port();
     let record = dir.join("record");

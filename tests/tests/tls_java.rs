@@ -12,26 +12,8 @@
 
 use koala_session::Tls;
 use koala_tests::replay::*;
+use koala_tests::tls::*;
 use koala_tests::*;
-
-/// A self-signed certificate for `localhost`, made with the openssl CLI.
-fn make_certificate(dir: &TestDir) -> (String, String) {
-    let openssl = require_program("openssl", "openssl");
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    let status = clean_command(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-keyout", &key, "-out", &cert, "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
-}
 
 /// `java -Djava.net.preferIPv4Stack=true TlsJavaService.java`.
 fn java_command() -> Vec<String> {
@@ -48,17 +30,8 @@ fn java_command() -> Vec<String> {
 #[test]
 fn tls_java_ciphertext_marked_counted_and_explained() {
     let dir = TestDir::new("tls_java");
-    let (cert, key) = make_certificate(&dir);
-    let backend_port = free_port();
-    let mut backend = Spec::python_fixture("backend", "tls_backend.py")
-        .args([
-            backend_port.to_string(),
-            cert.clone(),
-            key,
-            dir.join("backend.log").display().to_string(),
-        ])
-        .spawn(&dir);
-    backend.wait_for_port(backend_port);
+    let (cert, key) = self_signed_certificate(&dir);
+    let (mut backend, backend_port) = start_tls_backend(&dir, &cert, &key);
 
     // --- Record under `koala record`, one request at a time.
     let port = free_port();

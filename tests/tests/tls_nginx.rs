@@ -11,26 +11,8 @@ use std::fs;
 
 use koala_session::Tls;
 use koala_tests::replay::*;
+use koala_tests::tls::*;
 use koala_tests::*;
-
-/// A self-signed certificate for `localhost`, made with the openssl CLI.
-fn make_certificate(dir: &TestDir) -> (String, String) {
-    let openssl = require_program("openssl", "openssl");
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    let status = clean_command(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-keyout", &key, "-out", &cert, "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
-}
 
 /// `curl -si --cacert CERT URL`: the response as curl read it (plaintext).
 fn curl(cert: &str, url: &str) -> String {
@@ -49,7 +31,7 @@ fn curl(cert: &str, url: &str) -> String {
 #[test]
 fn tls_nginx_inbound_https() {
     let dir = TestDir::new("tls_nginx");
-    let (cert, key) = make_certificate(&dir);
+    let (cert, key) = self_signed_certificate(&dir);
     let record = dir.join("record");
     let nginx_dir = dir.join("nginx");
     fs::create_dir_all(&nginx_dir).unwrap();

@@ -25,26 +25,8 @@ use std::os::unix::fs::PermissionsExt;
 use koala_session::Tls;
 use koala_tests::python_stacks::*;
 use koala_tests::replay::*;
+use koala_tests::tls::*;
 use koala_tests::*;
-
-/// A self-signed certificate for `localhost`, made with the openssl CLI.
-fn make_certificate(dir: &TestDir) -> (String, String) {
-    let openssl = require_program("openssl", "openssl");
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    let status = clean_command(openssl)
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-keyout", &key, "-out", &cert, "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl req failed");
-    (cert, key)
-}
 
 /// `psql -tAc SQL` as the superuser over the server's unix socket.
 fn psql(dir: &TestDir, port: u16, sql: &str) -> String {
@@ -106,19 +88,10 @@ fn backend_response(item: &str) -> Vec<u8> {
 #[test]
 fn tls_postgres_and_https_with_two_openssl_copies() {
     let dir = TestDir::new("tls_postgres");
-    let (cert, key) = make_certificate(&dir);
+    let (cert, key) = self_signed_certificate(&dir);
     let (mut postgres, pg_port) = start_postgres(&dir);
     enable_ssl(&dir, pg_port, &cert, &key);
-    let backend_port = free_port();
-    let mut backend = Spec::python_fixture("backend", "tls_backend.py")
-        .args([
-            backend_port.to_string(),
-            cert.clone(),
-            key,
-            dir.join("backend.log").display().to_string(),
-        ])
-        .spawn(&dir);
-    backend.wait_for_port(backend_port);
+    let (mut backend, backend_port) = start_tls_backend(&dir, &cert, &key);
 
     let port = free_port();
     let record = dir.join("record");

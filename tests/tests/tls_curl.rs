@@ -36,6 +36,23 @@ fn backend_answer(item: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `call` was recorded through the TLS hooks (`"tls": true`) and its
+/// request is `GET /c/<item>`, exactly as the backend read it (its request
+/// heads in `heads`, each followed by `--end--`).
+#[track_caller]
+fn assert_plaintext_request(call: &Exchange, item: &str, heads: &[u8], what: &str) {
+    assert_eq!(call.tls, Tls::Plaintext, "{what}");
+    let request = call.request.as_bytes();
+    assert!(
+        request.starts_with(format!("GET /c/{item} HTTP/1.1\r\n").as_bytes()),
+        "{what}"
+    );
+    assert!(
+        find(heads, &[request, b"--end--\n"].concat()).is_some(),
+        "the recorded request is exactly what the backend read\n{what}"
+    );
+}
+
 /// The body of an HTTP message.
 fn body(message: &[u8]) -> &[u8] {
     &message[find(message, b"\r\n\r\n").map_or(0, |at| at + 4)..]
@@ -128,17 +145,14 @@ fn tls_php_curl_recorded_and_replayed_with_verification_on() {
         let what = format!("recorded session of {item}\n{}", show(session));
         assert_eq!(session.calls.len(), 1, "{what}");
         let call = &session.calls[0];
-        assert_eq!(call.tls, Tls::Plaintext, "{what}");
-        let request = call.request.as_bytes();
-        assert!(
-            request.starts_with(format!("GET /c/{item} HTTP/1.1\r\n").as_bytes()),
-            "{what}"
+        assert_plaintext_request(call, &item, &heads, &what);
+        assert_exchange(
+            call,
+            &backend_peer,
+            call.request.as_bytes(),
+            &backend_answer(&item),
+            &what,
         );
-        assert!(
-            find(&heads, &[request, b"--end--\n"].concat()).is_some(),
-            "the recorded request is exactly what the backend read\n{what}"
-        );
-        assert_exchange(call, &backend_peer, request, &backend_answer(&item), &what);
     }
 
     // --- Replay, the backend gone and a trap in its place.
@@ -247,16 +261,7 @@ fn tls_curl_cli_records_plaintext_in_its_own_process() {
     assert_eq!(curl_calls.len(), items.len(), "{}", describe_dir(&record));
     for (call, item) in curl_calls.iter().zip(items) {
         let what = format!("curl's call for {item}: {call:?}");
-        assert_eq!(call.tls, Tls::Plaintext, "{what}");
-        let request = call.request.as_bytes();
-        assert!(
-            request.starts_with(format!("GET /c/{item} HTTP/1.1\r\n").as_bytes()),
-            "{what}"
-        );
-        assert!(
-            find(&heads, &[request, b"--end--\n"].concat()).is_some(),
-            "the recorded request is exactly what the backend read\n{what}"
-        );
+        assert_plaintext_request(call, item, &heads, &what);
         assert_bytes(
             call.response.as_bytes(),
             &backend_answer(item),

@@ -308,7 +308,8 @@ impl Observed {
     /// The service moved `data` (the slices of its own buffers) on `fd`.
     pub fn moved(&self, fd: i32, way: Way, data: &[&[u8]]) {
         if self.kind == FdKind::RandomDevice {
-            // Only `read` of the device is randomness drawn ([`Observed::drew`]).
+            // Only `read` of the device is randomness drawn ([`Observed::drew`]);
+            // the other reads of it (readv) are not connection bytes either.
             return;
         }
         contain("bytes", || {
@@ -326,8 +327,6 @@ impl Observed {
         });
     }
 
-    /// A read on `fd` returned end-of-file: on an outbound connection the
-    /// dependency closed it (replay closes where the recording did).
     /// Whether this is a read of `/dev/urandom` or `/dev/random`.
     pub fn is_random_device(&self) -> bool {
         self.kind == FdKind::RandomDevice
@@ -338,6 +337,8 @@ impl Observed {
         contain("random", || draw_random(drawn));
     }
 
+    /// A read on `fd` returned end-of-file: on an outbound connection the
+    /// dependency closed it (replay closes where the recording did).
     pub fn peer_closed(&self, fd: i32) {
         if self.kind != FdKind::Outbound {
             return;

@@ -152,12 +152,14 @@
     net.Socket.prototype._writeGeneric = function koalaWriteGeneric(writev, data, encoding, cb) {
       let split = null;
       try {
-        if (writev && Array.isArray(data)) {
-          const groups = runs(data);
-          if (groups.length > 1 && !handWritten) {
-            split = groups;
-          } else if (groups.length === 1) {
-            tell(groups[0].id);
+        if (writev && Array.isArray(data) && data.length > 0) {
+          // Usually one request's chunks (a response's head and body):
+          // one hint, nothing allocated.
+          const first = contextOf(data[0] && data[0].callback);
+          if (data.every((entry) => contextOf(entry && entry.callback) === first)) {
+            tell(first);
+          } else if (!handWritten) {
+            split = runs(data);
           }
         } else {
           // One chunk: the stream keeps its callback while it is written.
